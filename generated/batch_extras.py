@@ -179,7 +179,8 @@ class BatchExtras:
 
     def as_dict(self) -> dict[str, Any]:
         """The present extras as a batch-style dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if value is not None}
 
 
 STASH_ATTRIBUTE: Final = "_coordexp_batch_extras"
@@ -228,7 +229,7 @@ def read_instability_meta_json(batch: Mapping[str, Any]) -> str | None:
 
 
 def stash_batch_extras(trainer: object, extras: BatchExtras) -> None:
-    """Make ``extras`` the current step's extras of ``trainer`` (replacing the previous step's)."""
+    """Make ``extras`` the current step's extras of ``trainer`` (replacing the last step's)."""
     setattr(trainer, STASH_ATTRIBUTE, extras)
 
 

@@ -109,8 +109,12 @@ def check_catalog(schema: Mapping[str, Any], path: Path) -> None:
     for key, spec in props.items():
         if not re.fullmatch(r"[A-Za-z0-9_/()]+", key):
             raise _fail(path, key, "key may only use letters, digits, '_', '/', '(' and ')'")
-        if key.startswith("eval_") and key not in ("eval_runtime", "eval_samples_per_second",
-                                                   "eval_steps_per_second", "eval_loss"):
+        if key.startswith("eval_") and key not in (
+            "eval_runtime",
+            "eval_samples_per_second",
+            "eval_steps_per_second",
+            "eval_loss",
+        ):
             raise _fail(path, key, "train-mode keys only: ms-swift adds 'eval_' itself")
         if not spec.get("description"):
             raise _fail(path, key, "needs a description")
@@ -241,9 +245,11 @@ def render_metric_keys(metrics: Mapping[str, Any]) -> str:
     if len(set(consts)) != len(consts):
         raise SchemaError("two metric keys map to the same constant name")
     out = [HEADER.format(source="metrics.schema.json")]
-    out.append('"""Metric-key constants: one ``Final`` string per catalog key.\n\n'
-               "Hover a constant to read what the key means. Deprecated aliases say where they moved.\n"
-               '"""\n\nfrom __future__ import annotations\n\nfrom typing import Final\n\n')
+    out.append(
+        '"""Metric-key constants: one ``Final`` string per catalog key.\n\n'
+        "Hover a constant to read what the key means. Deprecated aliases say where they moved.\n"
+        '"""\n\nfrom __future__ import annotations\n\nfrom typing import Final\n\n'
+    )
     out.append("__all__ = [\n" + "".join(f"    {py_str(c)},\n" for c in consts) + "]\n\n")
     for v in views:
         ext = v.ext
@@ -251,12 +257,16 @@ def render_metric_keys(metrics: Mapping[str, Any]) -> str:
         extra = [f"Group: {ext['group']}. Owner: {ext['owner']}. Unit: {ext['unit'] or '-'}."]
         in_loss = ext["in_loss"]
         extra.append(
-            "In loss: " + in_loss["value"] + (f" ({in_loss['condition']})." if in_loss.get("condition") else ".")
+            "In loss: "
+            + in_loss["value"]
+            + (f" ({in_loss['condition']})." if in_loss.get("condition") else ".")
         )
         if ext.get("deprecation"):
             dep = ext["deprecation"]
             extra.append(f"Deprecated: renamed to {dep['renamed_to']!r}. {dep.get('note', '')}".rstrip())
-        out.append(f"\n{v.const}: Final = {py_str(v.key)}\n{docstring(doc + chr(10) + chr(10) + ' '.join(extra))}\n")
+        out.append(
+            f"\n{v.const}: Final = {py_str(v.key)}\n{docstring(doc + chr(10) + chr(10) + ' '.join(extra))}\n"
+        )
     return "".join(out)
 
 
@@ -298,7 +308,9 @@ def render_metric_catalog(metrics: Mapping[str, Any]) -> str:
     for name, desc in conditions.items():
         out.append(f"        {py_str(name)}: {py_str(desc)},\n")
     out.append("    }\n)\n")
-    out.append('"""Conditions a key\'s ``requires`` may name: all must hold for the key to be written."""\n\n')
+    out.append(
+        '"""Conditions a key\'s ``requires`` may name: all must hold for the key to be written."""\n\n'
+    )
     out.append("METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(\n    {\n")
     for v in views:
         ext = v.ext
@@ -328,16 +340,25 @@ def render_metric_catalog(metrics: Mapping[str, Any]) -> str:
         return [v.key for v in views if pred(v)]
 
     out.append("ALL_KEYS: Final[frozenset[str]] = " + frozenset_literal([v.key for v in views]) + "\n")
-    out.append("COORDEXP_KEYS: Final[frozenset[str]] = "
-               + frozenset_literal(keyset(lambda v: v.ext["owner"] == "coordexp")) + "\n")
+    out.append(
+        "COORDEXP_KEYS: Final[frozenset[str]] = "
+        + frozenset_literal(keyset(lambda v: v.ext["owner"] == "coordexp"))
+        + "\n"
+    )
     out.append('"""Keys this package writes; the runtime metric guard accepts only these."""\n\n')
-    out.append("FRAMEWORK_KEYS: Final[frozenset[str]] = "
-               + frozenset_literal(keyset(lambda v: v.ext["owner"] == "framework")) + "\n")
+    out.append(
+        "FRAMEWORK_KEYS: Final[frozenset[str]] = "
+        + frozenset_literal(keyset(lambda v: v.ext["owner"] == "framework"))
+        + "\n"
+    )
     out.append('"""Keys written by the HF Trainer or ms-swift; accepted in logs, never written by us."""\n\n')
     groups = sorted({v.ext["group"] for v in views})
     out.append("KEYS_BY_GROUP: Final[Mapping[str, frozenset[str]]] = MappingProxyType(\n    {\n")
     for g in groups:
-        out.append(f"        {py_str(g)}: frozenset({py_literal(sorted(keyset(lambda v, g=g: v.ext['group'] == g)))}),\n")
+        out.append(
+            f"        {py_str(g)}: "
+            f"frozenset({py_literal(sorted(keyset(lambda v, g=g: v.ext['group'] == g)))}),\n"
+        )
     out.append("    }\n)\n\n")
     features = sorted({v.ext["feature"] for v in views})
     out.append("KEYS_BY_FEATURE: Final[Mapping[str, frozenset[str]]] = MappingProxyType(\n    {\n")
@@ -471,7 +492,8 @@ def render_batch_extras(extras: Mapping[str, Any]) -> str:
         "        return frozenset(f.name for f in fields(self) if getattr(self, f.name) is not None)\n\n"
         "    def as_dict(self) -> dict[str, Any]:\n"
         '        """The present extras as a batch-style dict."""\n'
-        "        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}\n\n\n"
+        "        values = {f.name: getattr(self, f.name) for f in fields(self)}\n"
+        "        return {name: value for name, value in values.items() if value is not None}\n\n\n"
     )
     out.append(
         'STASH_ATTRIBUTE: Final = "_coordexp_batch_extras"\n'
@@ -493,7 +515,7 @@ def render_batch_extras(extras: Mapping[str, Any]) -> str:
         )
     out.append(
         "def stash_batch_extras(trainer: object, extras: BatchExtras) -> None:\n"
-        '    """Make ``extras`` the current step\'s extras of ``trainer`` (replacing the previous step\'s)."""\n'
+        '    """Make ``extras`` the current step\'s extras of ``trainer`` (replacing the last step\'s)."""\n'
         "    setattr(trainer, STASH_ATTRIBUTE, extras)\n\n\n"
         "def get_stashed_batch_extras(trainer: object) -> BatchExtras | None:\n"
         '    """The extras stashed for the current step, or None before the first step."""\n'
@@ -557,12 +579,19 @@ def render_models_init() -> str:
 def run_datamodel_codegen(schema_path: Path, out_path: Path) -> str:
     """Generate pydantic v2 models with datamodel-code-generator; returns the file text."""
     cmd = [
-        sys.executable, "-m", "datamodel_code_generator",
-        "--input", str(schema_path),
-        "--input-file-type", "jsonschema",
-        "--output", str(out_path),
-        "--output-model-type", "pydantic_v2.BaseModel",
-        "--target-python-version", "3.11",
+        sys.executable,
+        "-m",
+        "datamodel_code_generator",
+        "--input",
+        str(schema_path),
+        "--input-file-type",
+        "jsonschema",
+        "--output",
+        str(out_path),
+        "--output-model-type",
+        "pydantic_v2.BaseModel",
+        "--target-python-version",
+        "3.11",
         "--disable-timestamp",
         "--use-standard-collections",
         "--use-union-operator",
@@ -572,8 +601,11 @@ def run_datamodel_codegen(schema_path: Path, out_path: Path) -> str:
         "--use-double-quotes",
         "--strict-nullable",
         "--use-default-factory-for-optional-nested-models",
-        "--formatters", "ruff-format", "ruff-check",
-        "--custom-file-header", HEADER.format(source=schema_path.name).rstrip("\n"),
+        "--formatters",
+        "ruff-format",
+        "ruff-check",
+        "--custom-file-header",
+        HEADER.format(source=schema_path.name).rstrip("\n"),
     ]
     env = dict(os.environ)
     env.setdefault("PYTHONHASHSEED", "0")
@@ -614,8 +646,10 @@ def render_doc_tables(schemas: Mapping[str, Mapping[str, Any]]) -> dict[str, str
     views = key_views(metrics)
     tables: dict[str, str] = {}
 
-    rows = ["| key | group | in loss | feature | written when (all of) | unit | range | meaning |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| key | group | in loss | feature | written when (all of) | unit | range | meaning |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in views:
         if v.ext["owner"] != "coordexp":
             continue
@@ -649,23 +683,28 @@ def render_doc_tables(schemas: Mapping[str, Mapping[str, Any]]) -> dict[str, str
         value = ext["value"]
         if value["kind"] == "tensor":
             shape = ", ".join(value["shape"])
-            vtxt = f"{value['dtype']} tensor [{shape}]" + (f", shaped like `{ext['shape_like']}`"
-                                                           if ext.get("shape_like") else "")
+            vtxt = f"{value['dtype']} tensor [{shape}]" + (
+                f", shaped like `{ext['shape_like']}`" if ext.get("shape_like") else ""
+            )
         elif value["kind"] == "list":
             vtxt = f"list[{value['item']}], one per row"
         else:
             vtxt = f"JSON text ({value['schema']}), one entry per row"
         presence = "always" if ext["presence"] == "always" else f"when `{ext['feature']}`"
-        rows.append(f"| `{key}` | {vtxt} | {ext['producer']} | {md_escape(', '.join(ext['consumers']))} | "
-                    f"{presence} | {md_escape(spec['description'])} |")
+        rows.append(
+            f"| `{key}` | {vtxt} | {ext['producer']} | {md_escape(', '.join(ext['consumers']))} | "
+            f"{presence} | {md_escape(spec['description'])} |"
+        )
     tables["batch-extras"] = "\n".join(rows)
 
     cfg = schemas["config.schema.json"]["$defs"]
     rows = ["| key | type | default | bounds | meaning |", "|---|---|---|---|---|"]
-    for section, model in (("token_type_metrics", "TokenTypeMetricsConfig"),
-                           ("coord_soft_ce_w1", "CoordSoftCEW1Config"),
-                           ("instability_monitor", "InstabilityMonitorConfig"),
-                           ("contracts", "ContractsConfig")):
+    for section, model in (
+        ("token_type_metrics", "TokenTypeMetricsConfig"),
+        ("coord_soft_ce_w1", "CoordSoftCEW1Config"),
+        ("instability_monitor", "InstabilityMonitorConfig"),
+        ("contracts", "ContractsConfig"),
+    ):
         rows.extend(_config_rows(cfg, model, f"custom.{section}"))
     tables["config"] = "\n".join(rows)
     return tables
@@ -682,12 +721,19 @@ def _config_rows(defs: Mapping[str, Any], model: str, prefix: str) -> list[str]:
         if "enum" in spec:
             typ += " (" + ", ".join(map(str, spec["enum"])) + ")"
         bounds = []
-        for kw, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        for kw, sym in (
+            ("minimum", ">="),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "<="),
+            ("exclusiveMaximum", "<"),
+        ):
             if kw in spec:
                 bounds.append(f"{sym} {spec[kw]}")
         default = json.dumps(spec.get("default"))
-        rows.append(f"| `{prefix}.{name}` | {typ} | `{default}` | {', '.join(bounds)} | "
-                    f"{md_escape(spec.get('description', ''))} |")
+        rows.append(
+            f"| `{prefix}.{name}` | {typ} | `{default}` | {', '.join(bounds)} | "
+            f"{md_escape(spec.get('description', ''))} |"
+        )
     return rows
 
 
@@ -766,7 +812,9 @@ def render_all(schemas: Mapping[str, Mapping[str, Any]], workdir: Path) -> dict[
         Path("generated/models/__init__.py"): render_models_init(),
     }
     for schema_name, module in CODEGEN_MODELS.items():
-        files[Path("generated/models") / module] = run_datamodel_codegen(SCHEMAS / schema_name, workdir / module)
+        files[Path("generated/models") / module] = run_datamodel_codegen(
+            SCHEMAS / schema_name, workdir / module
+        )
     doc_text = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
     if not doc_text:
         raise SchemaError(f"{DOC}: missing (it holds the hand-written prose around the generated tables)")
@@ -780,9 +828,7 @@ def expected_generated_files(files: Mapping[Path, str]) -> set[Path]:
 
 def stray_generated_files() -> list[Path]:
     """Python files in generated/ that regen would not write (hand-added files drift too)."""
-    return sorted(
-        p.relative_to(ROOT) for p in GENERATED.rglob("*.py") if "__pycache__" not in p.parts
-    )
+    return sorted(p.relative_to(ROOT) for p in GENERATED.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -813,10 +859,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if current == text:
             continue
         if args.check:
-            stale.extend(difflib.unified_diff(
-                current.splitlines(keepends=True), text.splitlines(keepends=True),
-                fromfile=f"a/{rel}", tofile=f"b/{rel} (regenerated)",
-            ))
+            stale.extend(
+                difflib.unified_diff(
+                    current.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    fromfile=f"a/{rel}",
+                    tofile=f"b/{rel} (regenerated)",
+                )
+            )
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
@@ -830,13 +880,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"removed {rel}")
 
     if compat_errors:
-        print("regen: catalog compatibility check failed against "
-              f"{BASELINE.relative_to(ROOT)}:", file=sys.stderr)
+        print(
+            f"regen: catalog compatibility check failed against {BASELINE.relative_to(ROOT)}:",
+            file=sys.stderr,
+        )
         for err in compat_errors:
             print(f"  - {err}", file=sys.stderr)
     if args.check and stale:
         sys.stdout.writelines(stale)
-        print("\nregen: generated files or doc tables are stale: run `python tools/regen.py`", file=sys.stderr)
+        print(
+            "\nregen: generated files or doc tables are stale: run `python tools/regen.py`", file=sys.stderr
+        )
         return 1
     if compat_errors:
         return 1

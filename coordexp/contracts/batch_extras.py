@@ -41,8 +41,9 @@ def _dims(batch: Mapping[str, Any], rows: int | None) -> dict[str, int | None]:
     return {"batch": rows, "seq": seq}
 
 
-def _tensor_violation(key: str, spec: ExtraSpec, value: Any, batch: Mapping[str, Any],
-                      rows: int | None) -> ContractViolation | None:
+def _tensor_violation(
+    key: str, spec: ExtraSpec, value: Any, batch: Mapping[str, Any], rows: int | None
+) -> ContractViolation | None:
     if not isinstance(value, torch.Tensor):
         return ContractViolation(key, "type", f"expected a torch.Tensor, got {type(value).__name__}")
     want = _DTYPES[spec.dtype or "int64"]
@@ -51,20 +52,27 @@ def _tensor_violation(key: str, spec: ExtraSpec, value: Any, batch: Mapping[str,
     if spec.shape_like is not None:
         ref = batch.get(spec.shape_like)
         if not isinstance(ref, torch.Tensor):
-            return ContractViolation(key, "shape", f"must be shaped like {spec.shape_like!r}, which is missing")
+            return ContractViolation(
+                key, "shape", f"must be shaped like {spec.shape_like!r}, which is missing"
+            )
         if tuple(value.shape) != tuple(ref.shape):
-            return ContractViolation(key, "shape", f"shape {tuple(value.shape)} differs from "
-                                                   f"{spec.shape_like} {tuple(ref.shape)}")
+            return ContractViolation(
+                key, "shape", f"shape {tuple(value.shape)} differs from {spec.shape_like} {tuple(ref.shape)}"
+            )
     elif spec.shape is not None:
         dims = _dims(batch, rows)
         if value.dim() != len(spec.shape):
-            return ContractViolation(key, "shape", f"expected {len(spec.shape)} dims {list(spec.shape)}, "
-                                                   f"got shape {tuple(value.shape)}")
+            return ContractViolation(
+                key,
+                "shape",
+                f"expected {len(spec.shape)} dims {list(spec.shape)}, got shape {tuple(value.shape)}",
+            )
         for axis, symbol in enumerate(spec.shape):
             size = dims.get(symbol)
             if size is not None and value.shape[axis] != size:
-                return ContractViolation(key, "shape", f"dim {axis} ({symbol}) is {value.shape[axis]}, "
-                                                       f"the batch has {size}")
+                return ContractViolation(
+                    key, "shape", f"dim {axis} ({symbol}) is {value.shape[axis]}, the batch has {size}"
+                )
     labels = batch.get("labels")
     if isinstance(labels, torch.Tensor) and value.device != labels.device:
         return ContractViolation(key, "device", f"on {value.device}, labels are on {labels.device}")
@@ -82,9 +90,10 @@ def _list_violation(key: str, spec: ExtraSpec, value: Any, rows: int | None) -> 
     for i, item in enumerate(value):
         # bool is an int subclass; a flag is not a length.
         if not isinstance(item, item_type) or isinstance(item, bool):
-            return ContractViolation(key, "item_type",
-                                     f"item {i} is {type(item).__name__}, expected {item_type.__name__}")
-        if item_type is int and item < 0:
+            return ContractViolation(
+                key, "item_type", f"item {i} is {type(item).__name__}, expected {item_type.__name__}"
+            )
+        if isinstance(item, int) and item < 0:
             return ContractViolation(key, "values", f"item {i} is negative ({item})")
     if rows is not None and len(value) != rows:
         return ContractViolation(key, "length", f"{len(value)} entries for {rows} batch rows")
@@ -102,8 +111,9 @@ def _json_violation(key: str, spec: ExtraSpec, value: Any, rows: int | None) -> 
         error = next(iter(_validator(spec.json_schema).iter_errors(data)), None)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "<root>"
-            return ContractViolation(key, "json_schema",
-                                     f"does not match {spec.json_schema} at {where}: {error.message}")
+            return ContractViolation(
+                key, "json_schema", f"does not match {spec.json_schema} at {where}: {error.message}"
+            )
     if rows is not None and isinstance(data, list) and len(data) != rows:
         return ContractViolation(key, "length", f"{len(data)} entries for {rows} batch rows")
     return None
@@ -113,8 +123,11 @@ def extra_violation(key: str, value: Any, batch: Mapping[str, Any]) -> ContractV
     """The first rule the extra ``key`` (= ``value``) of ``batch`` breaks, or None."""
     spec = EXTRA_SPECS.get(key)
     if spec is None:
-        return ContractViolation(key, "undeclared_extra",
-                                 "not a declared batch extra: declare it in schemas/batch_extras.schema.json")
+        return ContractViolation(
+            key,
+            "undeclared_extra",
+            "not a declared batch extra: declare it in schemas/batch_extras.schema.json",
+        )
     rows = batch_rows(batch)
     if spec.kind == "tensor":
         return _tensor_violation(key, spec, value, batch, rows)
@@ -123,7 +136,9 @@ def extra_violation(key: str, value: Any, batch: Mapping[str, Any]) -> ContractV
     return _json_violation(key, spec, value, rows)
 
 
-def check_batch_extras(batch: MutableMapping[str, Any], *, mode: str | None = None) -> list[ContractViolation]:
+def check_batch_extras(
+    batch: MutableMapping[str, Any], *, mode: str | None = None
+) -> list[ContractViolation]:
     """Check every declared extra present in ``batch``.
 
     ``strict`` raises on the first violation; ``warn`` warns once per key and rule and removes the
@@ -163,12 +178,16 @@ def check_enricher_output(
     for key in sorted(set(added_keys)):
         if key not in EXTRA_SPECS:
             violation = ContractViolation(
-                key, "undeclared_extra",
+                key,
+                "undeclared_extra",
                 f"enricher {enricher!r} added a key the batch-extras contract does not declare",
             )
         elif key not in declared_set:
-            violation = ContractViolation(key, "undeclared_by_enricher",
-                                          f"enricher {enricher!r} wrote an extra it does not declare in `emits`")
+            violation = ContractViolation(
+                key,
+                "undeclared_by_enricher",
+                f"enricher {enricher!r} wrote an extra it does not declare in `emits`",
+            )
         else:
             continue
         violate(violation, resolved)

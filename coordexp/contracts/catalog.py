@@ -27,8 +27,8 @@ def strip_eval_prefix(key: str) -> tuple[str, bool]:
     """``eval_coord_diag/loss`` -> (``coord_diag/loss``, True); framework eval keys stay whole."""
     if key in ALL_KEYS:
         return key, False
-    if key.startswith(EVAL_PREFIX) and key[len(EVAL_PREFIX):] in ALL_KEYS:
-        return key[len(EVAL_PREFIX):], True
+    if key.startswith(EVAL_PREFIX) and key[len(EVAL_PREFIX) :] in ALL_KEYS:
+        return key[len(EVAL_PREFIX) :], True
     return key, False
 
 

@@ -40,18 +40,22 @@ def metric_key_violation(
         bucket = find_dataset_bucket(key, labels)
         if bucket is not None:
             return ContractViolation(
-                key, "per_dataset_bucket",
+                key,
+                "per_dataset_bucket",
                 f"the key carries dataset label {bucket!r}: per-dataset buckets are forbidden by the "
                 "contract (metrics are aggregate-only)",
             )
-        if key.startswith(EVAL_PREFIX) and spec_of(key[len(EVAL_PREFIX):]) is not None:
-            return ContractViolation(key, "eval_prefix",
-                                     "write the train-mode name; ms-swift adds 'eval_' in eval mode")
-        return ContractViolation(key, "undeclared",
-                                 "not a catalog key: declare it in schemas/metrics.schema.json and regen")
+        if key.startswith(EVAL_PREFIX) and spec_of(key[len(EVAL_PREFIX) :]) is not None:
+            return ContractViolation(
+                key, "eval_prefix", "write the train-mode name; ms-swift adds 'eval_' in eval mode"
+            )
+        return ContractViolation(
+            key, "undeclared", "not a catalog key: declare it in schemas/metrics.schema.json and regen"
+        )
     if spec.owner != "coordexp":
-        return ContractViolation(key, "framework_owned",
-                                 f"{key!r} is written by the {spec.owner}, not by coordexp")
+        return ContractViolation(
+            key, "framework_owned", f"{key!r} is written by the {spec.owner}, not by coordexp"
+        )
     if value is None:
         return None
     try:

@@ -75,8 +75,11 @@ def violate(violation: ContractViolation, mode: GuardMode) -> None:
             if ident in _warned:
                 return
             _warned.add(ident)
-        warnings.warn(f"{violation} (dropped; further violations of this rule for this key are silent)",
-                      ContractWarning, stacklevel=3)
+        warnings.warn(
+            f"{violation} (dropped; further violations of this rule for this key are silent)",
+            ContractWarning,
+            stacklevel=3,
+        )
 
 
 def reset_warned() -> None:
