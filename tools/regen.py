@@ -601,6 +601,7 @@ def run_datamodel_codegen(schema_path: Path, out_path: Path) -> str:
         "--use-double-quotes",
         "--strict-nullable",
         "--use-default-factory-for-optional-nested-models",
+        "--enum-field-as-literal", "all",
         "--formatters",
         "ruff-format",
         "ruff-check",

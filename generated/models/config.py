@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,15 +76,6 @@ class CoordSoftCEW1Config(BaseModel):
     )
 
 
-class OnReason(StrEnum):
-    nonfinite_loss = "nonfinite_loss"
-    nonfinite_logits = "nonfinite_logits"
-    logit_overflow_like = "logit_overflow_like"
-    loss_spike = "loss_spike"
-    zero_token_acc = "zero_token_acc"
-    low_token_acc = "low_token_acc"
-
-
 class EarlyStopConfig(BaseModel):
     """
     custom.instability_monitor.early_stop.
@@ -94,7 +85,16 @@ class EarlyStopConfig(BaseModel):
         extra="forbid",
     )
     enabled: bool = Field(False, description="Stop training on a configured reason.")
-    on_reasons: list[OnReason] = Field(
+    on_reasons: list[
+        Literal[
+            "nonfinite_loss",
+            "nonfinite_logits",
+            "logit_overflow_like",
+            "loss_spike",
+            "zero_token_acc",
+            "low_token_acc",
+        ]
+    ] = Field(
         ["nonfinite_loss", "nonfinite_logits"],
         description="Reasons that stop training.",
     )
@@ -125,16 +125,6 @@ class GuardConfig(BaseModel):
     )
 
 
-class Mode(StrEnum):
-    """
-    strict: raise ContractViolation; warn: warn once per key and rule and drop the offending write or extra; off: no checks.
-    """
-
-    strict = "strict"
-    warn = "warn"
-    off = "off"
-
-
 class ContractsConfig(BaseModel):
     """
     custom.contracts: how the runtime guards react to a contract violation.
@@ -143,7 +133,7 @@ class ContractsConfig(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    mode: Mode = Field(
+    mode: Literal["strict", "warn", "off"] = Field(
         "warn",
         description="strict: raise ContractViolation; warn: warn once per key and rule and drop the offending write or extra; off: no checks.",
     )

@@ -1,0 +1,43 @@
+"""The component protocol and the request each component makes of the fused statistics pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from coordexp.components.context import StepContext
+from coordexp.functional import CoordLossConfig
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """What a component needs from the step's single fused pass over the logits."""
+
+    top5: bool = False
+    mass: bool = False
+    mass_max_tokens: int = 0
+    types: bool = False
+    coord_cfg: CoordLossConfig | None = None
+
+    def merge(self, other: PassRequest) -> PassRequest:
+        if self.coord_cfg is not None and other.coord_cfg is not None and self.coord_cfg != other.coord_cfg:
+            raise ValueError("two components asked for different coord configurations")
+        return PassRequest(
+            top5=self.top5 or other.top5,
+            mass=self.mass or other.mass,
+            mass_max_tokens=max(self.mass_max_tokens, other.mass_max_tokens),
+            types=self.types or other.types,
+            coord_cfg=self.coord_cfg or other.coord_cfg,
+        )
+
+
+class Component(Protocol):
+    """One Stage-1 behaviour. The pipeline calls the phases in a fixed order; see ``pipeline``."""
+
+    name: ClassVar[str]
+    objective: ClassVar[bool]
+    """True when the component changes the training objective (fail fast, never best-effort)."""
+
+    def pass_request(self, ctx: StepContext) -> PassRequest | None: ...
+
+    def report(self, ctx: StepContext) -> None: ...

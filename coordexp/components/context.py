@@ -1,0 +1,42 @@
+"""What one ``compute_loss`` call carries from component to component."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor
+
+from coordexp.generated.batch_extras import BatchExtras
+
+Mode = Literal["train", "eval"]
+
+
+@dataclass
+class StepContext:
+    """State of one step, filled in phase by phase by the pipeline.
+
+    ``labels`` are the ORIGINAL labels aligned with the logits (after ms-swift's ``logits_to_keep``
+    cut); the model may be fed masked labels (coord loss), but every metric reads these.
+    ``device`` holds 0-d device tensors to move to the host in the step's single transfer;
+    ``host`` holds them as floats afterwards; ``metrics`` the key -> value writes of the step.
+    """
+
+    trainer: Any
+    model: Any
+    mode: Mode
+    inputs: dict[str, Any]
+    labels: Tensor | None
+    extras: BatchExtras
+    num_items_in_batch: Any
+    forward_num_items: Any = None
+    outputs: Any = None
+    loss: Tensor | None = None
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    device: dict[str, Tensor] = field(default_factory=dict)
+    host: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dataset_labels(self) -> list[str]:
+        return list(self.extras.dataset_labels or [])

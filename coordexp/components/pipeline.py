@@ -1,0 +1,260 @@
+"""One explicit, ordered pipeline of Stage-1 components behind a single ``compute_loss``.
+
+Order is fixed here, not by class order: runtime -> coord -> token metrics -> instability monitor.
+Per step:
+
+1. take the batch extras (popped before the model sees them) and the ORIGINAL labels;
+2. coord (objective): mask coord targets in the labels the model sees, set the base-CE count;
+3. forward through the wrapped trainer's ``compute_loss`` (the model computes the base CE);
+4. ONE fused pass over the logits for every component's statistics - for the enabled coord loss the
+   same pass is the forward of its autograd function, which also adds the coord terms to the loss;
+5. coord: gradient-accumulation scaling of the train loss;
+6. ONE device->host transfer of every statistic;
+7. host side: each component turns statistics into metric values (diagnostics best-effort), the
+   monitor may guard the loss or stop training; the reporter writes the values through the guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from coordexp.components.base import PassRequest
+from coordexp.components.context import StepContext
+from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
+from coordexp.components.instability import InstabilityMonitorComponent
+from coordexp.components.runtime import RuntimeComponent
+from coordexp.components.token_metrics import TokenMetricsComponent
+from coordexp.config import (
+    CoordSoftCEW1Config,
+    InstabilityMonitorConfig,
+    TokenTypeMetricsConfig,
+)
+from coordexp.coord_tokens.codec import CoordVocabError, get_coord_token_ids
+from coordexp.functional import (
+    DEFAULT_CHUNK_SIZE,
+    STAT_KEYS,
+    CoordLossConfig,
+    CoordSlice,
+    next_token_targets,
+    next_token_types,
+    stage1_stats,
+)
+from coordexp.generated.batch_extras import BatchExtras
+from coordexp.reporting import BestEffort, MetricReporter, trainer_mode
+
+logger = logging.getLogger("coordexp")
+
+RUNTIME = RuntimeComponent.name
+COORD = CoordLossComponent.name
+TOKEN_METRICS = TokenMetricsComponent.name
+MONITOR = InstabilityMonitorComponent.name
+COMPONENT_ORDER = (RUNTIME, COORD, TOKEN_METRICS, MONITOR)
+
+ForwardFn = Callable[[dict[str, Any], Any], tuple[Tensor, Any]]
+
+
+def _section(trainer: Any, attr: str, cls: Any) -> Any:
+    raw = getattr(trainer, attr, None)
+    return None if raw is None else cls.from_mapping(raw)
+
+
+def find_tokenizer(trainer: Any) -> Any:
+    template = getattr(trainer, "template", None)
+    for owner, name in ((template, "tokenizer"), (trainer, "processing_class"), (trainer, "tokenizer")):
+        tok = getattr(owner, name, None) if owner is not None else None
+        if tok is not None:
+            return getattr(tok, "tokenizer", tok)  # processors wrap the tokenizer
+    return None
+
+
+class Stage1Pipeline:
+    """The Stage-1 components of one trainer, run in :data:`COMPONENT_ORDER`."""
+
+    def __init__(self, trainer: Any, component_names: frozenset[str], *, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        unknown = component_names - set(COMPONENT_ORDER)
+        if unknown:
+            raise ValueError(f"unknown Stage-1 components {sorted(unknown)}")
+        self.chunk_size = chunk_size
+        self.best_effort = BestEffort()
+        self.reporter = MetricReporter()
+        self.runtime = RuntimeComponent() if RUNTIME in component_names else None
+        coord_cfg = _section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config) if COORD in component_names else None
+        self.coord = CoordLossComponent(coord_cfg) if coord_cfg is not None else None
+        token_cfg = (_section(trainer, "token_type_metrics_cfg", TokenTypeMetricsConfig)
+                     if TOKEN_METRICS in component_names else None)
+        self.token_metrics = TokenMetricsComponent(token_cfg) if token_cfg is not None and token_cfg.enabled else None
+        monitor_cfg = (_section(trainer, "instability_monitor_cfg", InstabilityMonitorConfig)
+                       if MONITOR in component_names else None)
+        self.monitor = (InstabilityMonitorComponent(monitor_cfg, trainer)
+                        if monitor_cfg is not None and monitor_cfg.enabled else None)
+        self._coord_ids: list[int] | None = None
+        self._coord_slice: CoordSlice | None = None
+        self._resolve_coord_vocab(trainer)
+
+    @property
+    def components(self) -> list[Any]:
+        return [c for c in (self.runtime, self.coord, self.token_metrics, self.monitor) if c is not None]
+
+    @property
+    def coord_loss_enabled(self) -> bool:
+        return self.coord is not None and self.coord.enabled
+
+    # -- coord vocabulary ----------------------------------------------------------------------
+    def _resolve_coord_vocab(self, trainer: Any) -> None:
+        wants = self.coord is not None or self.token_metrics is not None
+        if not wants:
+            return
+        tokenizer = find_tokenizer(trainer)
+        try:
+            if tokenizer is None:
+                raise CoordVocabError("the trainer has no tokenizer (template.tokenizer) to read coord tokens from")
+            self._coord_ids = get_coord_token_ids(tokenizer)
+        except CoordVocabError as exc:
+            if self.coord_loss_enabled:
+                raise CoordObjectiveError(
+                    f"custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unusable: {exc}"
+                ) from exc
+            warnings.warn(f"coordexp: coord tokens unavailable ({exc}); coord diagnostics and coord monitors "
+                          "are skipped", RuntimeWarning, stacklevel=2)
+            if self.coord is not None:
+                self.best_effort.disabled.add(COORD)
+        if self.token_metrics is not None:
+            self.token_metrics.coord_vocab_known = self._coord_ids is not None
+
+    def coord_slice(self, device: torch.device, vocab_size: int | None = None) -> CoordSlice | None:
+        """The coord ids on ``device``; checked against the logits' ``vocab_size`` when given."""
+        if self._coord_ids is None:
+            return None
+        if self._coord_slice is None or self._coord_slice.device != device:
+            self._coord_slice = CoordSlice.from_ids(self._coord_ids, device=device)
+        max_id = self._coord_slice.max_id
+        if vocab_size is not None and max_id is not None and max_id >= vocab_size:
+            message = (f"coord token id {max_id} is beyond the logits' vocabulary ({vocab_size}): "
+                       "the tokenizer and the model's embedding size disagree")
+            if self.coord_loss_enabled:
+                raise CoordObjectiveError(f"custom.coord_soft_ce_w1: {message}")
+            warnings.warn(f"coordexp: {message}; coord diagnostics are skipped", RuntimeWarning, stacklevel=2)
+            self._coord_ids = None
+            if self.token_metrics is not None:
+                self.token_metrics.coord_vocab_known = False
+            return None
+        return self._coord_slice
+
+    # -- the step -----------------------------------------------------------------------------
+    def _request(self, ctx: StepContext) -> PassRequest | None:
+        request: PassRequest | None = None
+        for comp in (self.coord, self.token_metrics, self.monitor):
+            if comp is None or not self.best_effort.enabled(comp.name):
+                continue
+            part = comp.pass_request(ctx)
+            if part is not None:
+                request = part if request is None else request.merge(part)
+        return request
+
+    def run(self, trainer: Any, model: Any, inputs: dict[str, Any], extras: BatchExtras,
+            num_items_in_batch: Any, forward: ForwardFn) -> tuple[Tensor, Any]:
+        labels = inputs.get("labels")
+        ctx = StepContext(trainer=trainer, model=model, mode=trainer_mode(model), inputs=inputs,
+                          labels=labels if isinstance(labels, Tensor) else None, extras=extras,
+                          num_items_in_batch=num_items_in_batch, forward_num_items=num_items_in_batch)
+        coord = None
+        if self.coord_loss_enabled and ctx.labels is not None:
+            # The vocab size is only known from the logits; ids are validated again after the forward.
+            coord = self.coord_slice(ctx.labels.device)
+            assert self.coord is not None
+            self.coord.prepare(ctx, coord)
+
+        loss, outputs = forward(ctx.inputs, ctx.forward_num_items)
+        ctx.loss, ctx.outputs = loss, outputs
+        if self.coord_loss_enabled:
+            ctx.device["base_loss"] = loss.detach().to(torch.float32)
+
+        self._statistics(ctx)
+        if ctx.loss is not None and self.monitor is not None:
+            ctx.device["loss"] = ctx.loss.detach().to(torch.float32)
+        if self.coord is not None:
+            self.coord.scale_for_accumulation(ctx)
+        self._to_host(ctx)
+        self._host_phase(ctx)
+        assert ctx.loss is not None
+        return ctx.loss, outputs
+
+    def _statistics(self, ctx: StepContext) -> None:
+        request = self._request(ctx)
+        logits = getattr(ctx.outputs, "logits", None)
+        if ctx.labels is None or not isinstance(logits, Tensor):
+            if self.coord_loss_enabled:
+                raise CoordObjectiveError("custom.coord_soft_ce_w1.enabled is true but the model returned no logits")
+            return
+        if request is None and not self.coord_loss_enabled:
+            return
+        request = request or PassRequest()
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        targets = next_token_targets(ctx.labels)
+        if flat.shape[0] != targets.shape[0]:
+            message = f"logits {tuple(logits.shape)} do not line up with labels {tuple(ctx.labels.shape)}"
+            if self.coord_loss_enabled:
+                raise CoordObjectiveError(message)
+            warnings.warn(f"coordexp: {message}; the step's diagnostics are skipped", RuntimeWarning, stacklevel=3)
+            return
+        types = None
+        token_types = ctx.extras.token_types
+        if request.types and isinstance(token_types, Tensor) and token_types.shape == ctx.labels.shape:
+            types = next_token_types(token_types.to(ctx.labels.device))
+        coord = self.coord_slice(flat.device, vocab)
+        if ctx.extras.pack_num_samples is not None:
+            ctx.device["pack_samples"] = ctx.extras.pack_num_samples.sum().to(torch.float32)
+
+        if self.coord_loss_enabled:
+            assert self.coord is not None
+            if coord is None:
+                raise CoordObjectiveError("custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unknown")
+            try:
+                ctx.stats = self.coord.add_coord_loss(ctx, coord, flat, targets, types, request, self.chunk_size)
+            except CoordObjectiveError:
+                raise
+            except Exception as exc:
+                raise CoordObjectiveError(
+                    f"custom.coord_soft_ce_w1: the enabled coord loss failed ({type(exc).__name__}: {exc}); "
+                    "refusing to train on without it") from exc
+            return
+        coord_cfg: CoordLossConfig | None = request.coord_cfg if self.best_effort.enabled(COORD) else None
+
+        def diagnostics() -> dict[str, Tensor]:
+            with torch.no_grad():
+                return stage1_stats(flat.detach(), targets, coord=coord, types=types, top5=request.top5,
+                                    mass=request.mass, mass_max_tokens=request.mass_max_tokens,
+                                    coord_cfg=coord_cfg if coord is not None else None, chunk_size=self.chunk_size)
+
+        stats = self.best_effort.run("stage1_statistics", diagnostics)
+        if stats is not None:
+            ctx.stats = stats
+
+    def _to_host(self, ctx: StepContext) -> None:
+        """The step's single device->host transfer."""
+        names = list(ctx.device) + [k for k in STAT_KEYS if k in ctx.stats]
+        if not names:
+            return
+        values = [ctx.device[n] if n in ctx.device else ctx.stats[n] for n in names]
+        device = values[0].device
+        stacked = torch.stack([v.reshape(()).to(device=device, dtype=torch.float32) for v in values])
+        ctx.host = dict(zip(names, stacked.to("cpu", copy=True).tolist(), strict=True))
+
+    def _host_phase(self, ctx: StepContext) -> None:
+        has_stats = bool(ctx.stats)
+        if self.runtime is not None:
+            self.best_effort.run(RUNTIME, lambda: self.runtime.report(ctx) if self.runtime else None)
+        for comp in (self.coord, self.token_metrics, self.monitor):
+            if comp is None or not has_stats:
+                continue
+            if comp is self.monitor and "loss" not in ctx.host:
+                continue
+            self.best_effort.run(comp.name, lambda comp=comp: comp.report(ctx))
+        self.reporter.write(ctx.trainer, ctx.mode, ctx.metrics, ctx.dataset_labels)

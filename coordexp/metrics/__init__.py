@@ -1,0 +1,1 @@
+"""Stage-1 trainer mixins (``coordexp.metrics.dataset_metrics``)."""

@@ -1,0 +1,172 @@
+"""Stage-1 trainer mixins (public names kept) as thin shells over one pipeline.
+
+Each mixin only *declares* a component; the shared base :class:`Stage1TrainerHook` owns the single
+``compute_loss`` (and ``_prepare_inputs``) override and runs the declared components through
+:class:`coordexp.components.Stage1Pipeline` in a fixed order. So any subset of the mixins, in any
+order, in front of a trainer class gives the same keys and the same loss.
+
+Trainer attributes read: ``coord_soft_ce_w1_cfg``, ``token_type_metrics_cfg``,
+``instability_monitor_cfg`` (mappings or config objects), ``template`` (its ``tokenizer``),
+``custom_metrics``, ``args``, ``model.training``, ``state``, ``control``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from coordexp.components import COMPONENT_ORDER, Stage1Pipeline
+from coordexp.components.extras_alignment import cut_like_labels
+from coordexp.config import Stage1CustomConfig, load_custom_config
+from coordexp.generated.batch_extras import (
+    BATCH_EXTRAS_KEYS,
+    BatchExtras,
+    get_stashed_batch_extras,
+    pop_batch_extras,
+    stash_batch_extras,
+)
+
+_PIPELINE_ATTR = "_coordexp_stage1_pipeline"
+_EXTRAS_PREPARED_ATTR = "_coordexp_extras_prepared"
+
+
+def _move(extras: BatchExtras, device: Any) -> BatchExtras:
+    moved = {name: (value.to(device, non_blocking=True) if isinstance(value, Tensor) else value)
+             for name, value in extras.as_dict().items()}
+    return BatchExtras(**moved)
+
+
+class Stage1TrainerHook:
+    """The one ``compute_loss`` seam of the Stage-1 mixins (see the module docstring)."""
+
+    _stage1_component: ClassVar[str | None] = None
+
+    @classmethod
+    def stage1_components(cls) -> frozenset[str]:
+        """Components declared by the mixins in this class's MRO (order irrelevant)."""
+        return frozenset(
+            name for klass in cls.__mro__ if (name := klass.__dict__.get("_stage1_component")) is not None
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self, "template", None) is not None:
+            # Fail fast, before any step runs (e.g. coord loss on, tokenizer without coord tokens).
+            self.stage1_pipeline()
+
+    def stage1_pipeline(self) -> Stage1Pipeline:
+        pipeline = self.__dict__.get(_PIPELINE_ATTR)
+        if pipeline is None:
+            pipeline = Stage1Pipeline(self, type(self).stage1_components())
+            self.__dict__[_PIPELINE_ATTR] = pipeline
+        return pipeline
+
+    def _prepare_inputs(self, inputs: Any) -> Any:
+        # Pop the extras before the framework sees them, remember the uncut labels, then align the
+        # per-token extras with whatever the framework did to the labels (logits_to_keep).
+        if not isinstance(inputs, dict) or not any(k in inputs for k in BATCH_EXTRAS_KEYS):
+            parent = super()._prepare_inputs  # type: ignore[misc]
+            return parent(inputs)
+        extras = pop_batch_extras(inputs)
+        original = inputs.get("labels")
+        prepared = super()._prepare_inputs(inputs)  # type: ignore[misc]
+        labels = prepared.get("labels")
+        if isinstance(labels, Tensor):
+            extras = _move(extras, labels.device)
+            if isinstance(extras.token_types, Tensor):
+                original_on_device = original.to(labels.device) if isinstance(original, Tensor) else None
+                cut = cut_like_labels(extras.token_types, original_on_device, labels, prepared.get("logits_to_keep"))
+                extras = BatchExtras(**{**extras.as_dict(), "token_types": cut})
+        stash_batch_extras(self, extras)
+        self.__dict__[_EXTRAS_PREPARED_ATTR] = True
+        return prepared
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        if any(k in inputs for k in BATCH_EXTRAS_KEYS):
+            # Called without our _prepare_inputs (stand-in trainers, direct calls): pop here.
+            extras = pop_batch_extras(inputs)
+            labels = inputs.get("labels")
+            if isinstance(extras.token_types, Tensor) and isinstance(labels, Tensor):
+                cut = cut_like_labels(extras.token_types, None, labels, inputs.get("logits_to_keep"))
+                extras = BatchExtras(**{**extras.as_dict(), "token_types": cut})
+            stash_batch_extras(self, extras)
+        elif not self.__dict__.get(_EXTRAS_PREPARED_ATTR, False):
+            # A batch without extras: this step has none (never reuse the previous step's).
+            stash_batch_extras(self, BatchExtras())
+        self.__dict__[_EXTRAS_PREPARED_ATTR] = False
+        extras = get_stashed_batch_extras(self) or BatchExtras()
+        parent = super()
+
+        def forward(model_inputs: dict[str, Any], num_items: Any) -> tuple[Tensor, Any]:
+            result = parent.compute_loss(model, model_inputs, return_outputs=True,  # type: ignore[misc]
+                                         num_items_in_batch=num_items)
+            return result[0], result[1]
+
+        loss, outputs = self.stage1_pipeline().run(self, model, inputs, extras, num_items_in_batch, forward)
+        return (loss, outputs) if return_outputs else loss
+
+
+class GradAccumLossScaleMixin(Stage1TrainerHook):
+    """Strips and stashes batch extras; writes the runtime keys (learning rate, accumulation)."""
+
+    _stage1_component: ClassVar[str | None] = "runtime"
+
+
+class CoordSoftCEW1LossMixin(Stage1TrainerHook):
+    """Coord loss (``custom.coord_soft_ce_w1.enabled``) or, when disabled, its diagnostics."""
+
+    _stage1_component: ClassVar[str | None] = "coord_soft_ce_w1"
+
+
+class AggregateTokenTypeMetricsMixin(Stage1TrainerHook):
+    """Aggregate token-type metrics and coord monitors (``custom.token_type_metrics``)."""
+
+    _stage1_component: ClassVar[str | None] = "token_metrics"
+
+
+class InstabilityMonitorMixin(Stage1TrainerHook):
+    """Instability monitor: events, sample dumps, early stop, guard (``custom.instability_monitor``)."""
+
+    _stage1_component: ClassVar[str | None] = "instability_monitor"
+
+
+MIXIN_BY_COMPONENT: dict[str, type[Stage1TrainerHook]] = {
+    "runtime": GradAccumLossScaleMixin,
+    "coord_soft_ce_w1": CoordSoftCEW1LossMixin,
+    "token_metrics": AggregateTokenTypeMetricsMixin,
+    "instability_monitor": InstabilityMonitorMixin,
+}
+assert tuple(MIXIN_BY_COMPONENT) == COMPONENT_ORDER
+
+
+def components_for(custom: Stage1CustomConfig) -> list[str]:
+    """Components the training entry turns on for a ``custom:`` block."""
+    names = ["runtime"]
+    if custom.coord_soft_ce_w1 is not None:  # loss when enabled, diagnostics otherwise
+        names.append("coord_soft_ce_w1")
+    if custom.token_type_metrics is not None and custom.token_type_metrics.enabled:
+        names.append("token_metrics")
+    if custom.instability_monitor is not None and custom.instability_monitor.enabled:
+        names.append("instability_monitor")
+    return names
+
+
+def build_trainer_cls(base_trainer_cls: type, custom_cfg: Mapping[str, Any] | Stage1CustomConfig | None) -> type:
+    """Compose the Stage-1 trainer class from ``custom:`` the way the training entry does.
+
+    The class carries the config sections as class attributes (``coord_soft_ce_w1_cfg`` ...), so
+    instances read them without extra constructor arguments.
+    """
+    custom = custom_cfg if isinstance(custom_cfg, Stage1CustomConfig) else load_custom_config(custom_cfg)
+    mixins = tuple(MIXIN_BY_COMPONENT[name] for name in components_for(custom))
+    attrs: dict[str, Any] = {
+        "coord_soft_ce_w1_cfg": custom.coord_soft_ce_w1,
+        "token_type_metrics_cfg": custom.token_type_metrics,
+        "instability_monitor_cfg": custom.instability_monitor,
+        "__module__": __name__,
+        "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(components_for(custom))}.",
+    }
+    return type(f"Stage1{base_trainer_cls.__name__}", (*mixins, base_trainer_cls), attrs)
