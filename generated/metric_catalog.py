@@ -1018,6 +1018,22 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
         ),
+        "train_speed(s/it)": MetricSpec(
+            key="train_speed(s/it)",
+            description="ms-swift 4.6 training speed as logged in logging.jsonl (seconds per iteration).",
+            owner="framework",
+            group="framework",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="framework",
+            requires=frozenset(("framework",)),
+            unit="s/it",
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="stable",
+            renamed_to=None,
+        ),
         "train_runtime": MetricSpec(
             key="train_runtime",
             description="End-of-run wall time.",
@@ -1162,6 +1178,22 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
         ),
+        "step": MetricSpec(
+            key="step",
+            description="Optimizer step of a trainer.state.log_history record.",
+            owner="framework",
+            group="framework",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="framework",
+            requires=frozenset(("framework",)),
+            unit="steps",
+            minimum=0,
+            maximum=None,
+            is_number=False,
+            stability="stable",
+            renamed_to=None,
+        ),
     }
 )
 
@@ -1227,6 +1259,7 @@ ALL_KEYS: Final[frozenset[str]] = frozenset(
     "percentage",
     "remaining_time",
     "stage1/total_loss_per_sample_est",
+    "step",
     "text_token_acc",
     "token_acc",
     "token_acc_top5",
@@ -1235,6 +1268,7 @@ ALL_KEYS: Final[frozenset[str]] = frozenset(
     "train_runtime",
     "train_samples_per_second",
     "train_speed(iter/s)",
+    "train_speed(s/it)",
     "train_steps_per_second",
     }
 )
@@ -1308,12 +1342,14 @@ FRAMEWORK_KEYS: Final[frozenset[str]] = frozenset(
     "memory(GiB)",
     "percentage",
     "remaining_time",
+    "step",
     "token_acc",
     "total_flos",
     "train_loss",
     "train_runtime",
     "train_samples_per_second",
     "train_speed(iter/s)",
+    "train_speed(s/it)",
     "train_steps_per_second",
     }
 )
@@ -1324,7 +1360,7 @@ KEYS_BY_GROUP: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "base_ce": frozenset(("base_ce/loss", "base_ce/loss_per_sample", "base_ce/noncoord_tokens", "base_ce/noncoord_tokens_per_sample")),
         "coord_diag": frozenset(("coord_diag/acc_top5", "coord_diag/ce", "coord_diag/coord_tokens", "coord_diag/coord_tokens_per_sample", "coord_diag/coord_vocab_mass", "coord_diag/enabled", "coord_diag/expected_bin_abs_err_p90", "coord_diag/expected_bin_mae", "coord_diag/gate", "coord_diag/loss", "coord_diag/loss_per_sample", "coord_diag/margin_mean", "coord_diag/p_gt_mean", "coord_diag/soft_ce", "coord_diag/w1", "coord_diag/w1_to_delta")),
         "coord_monitor": frozenset(("coord_monitor/coord_vocab_mass_at_gt_coord", "coord_monitor/coord_vocab_mass_at_gt_desc", "coord_monitor/coord_vocab_mass_at_gt_format", "coord_monitor/coord_vocab_mass_at_gt_text", "coord_monitor/flip_coord_to_noncoord", "coord_monitor/flip_desc_to_coord", "coord_monitor/flip_format_to_coord", "coord_monitor/flip_text_to_coord")),
-        "framework": frozenset(("aux_loss", "elapsed_time", "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "global_step/max_steps", "grad_norm", "loss", "memory(GiB)", "percentage", "remaining_time", "token_acc", "total_flos", "train_loss", "train_runtime", "train_samples_per_second", "train_speed(iter/s)", "train_steps_per_second")),
+        "framework": frozenset(("aux_loss", "elapsed_time", "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "global_step/max_steps", "grad_norm", "loss", "memory(GiB)", "percentage", "remaining_time", "step", "token_acc", "total_flos", "train_loss", "train_runtime", "train_samples_per_second", "train_speed(iter/s)", "train_speed(s/it)", "train_steps_per_second")),
         "legacy": frozenset(("coord_softce_w1/ce", "coord_softce_w1/gate", "coord_softce_w1/loss", "coord_softce_w1/soft_ce", "coord_softce_w1/w1")),
         "packing": frozenset(("pack/num_samples",)),
         "runtime": frozenset(("accum/current_grad_steps", "accum/grad_steps", "learning_rate")),
@@ -1337,7 +1373,7 @@ KEYS_BY_GROUP: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
 KEYS_BY_FEATURE: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
         "coord_soft_ce_w1": frozenset(("base_ce/loss", "base_ce/loss_per_sample", "base_ce/noncoord_tokens", "base_ce/noncoord_tokens_per_sample", "coord_diag/acc_top5", "coord_diag/ce", "coord_diag/coord_tokens", "coord_diag/coord_tokens_per_sample", "coord_diag/coord_vocab_mass", "coord_diag/enabled", "coord_diag/expected_bin_abs_err_p90", "coord_diag/expected_bin_mae", "coord_diag/gate", "coord_diag/loss", "coord_diag/loss_per_sample", "coord_diag/margin_mean", "coord_diag/p_gt_mean", "coord_diag/soft_ce", "coord_diag/w1", "coord_diag/w1_to_delta", "coord_softce_w1/ce", "coord_softce_w1/gate", "coord_softce_w1/loss", "coord_softce_w1/soft_ce", "coord_softce_w1/w1", "pack/num_samples", "stage1/total_loss_per_sample_est")),
-        "framework": frozenset(("aux_loss", "elapsed_time", "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "global_step/max_steps", "grad_norm", "loss", "memory(GiB)", "percentage", "remaining_time", "token_acc", "total_flos", "train_loss", "train_runtime", "train_samples_per_second", "train_speed(iter/s)", "train_steps_per_second")),
+        "framework": frozenset(("aux_loss", "elapsed_time", "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "global_step/max_steps", "grad_norm", "loss", "memory(GiB)", "percentage", "remaining_time", "step", "token_acc", "total_flos", "train_loss", "train_runtime", "train_samples_per_second", "train_speed(iter/s)", "train_speed(s/it)", "train_steps_per_second")),
         "runtime": frozenset(("accum/current_grad_steps", "accum/grad_steps", "learning_rate")),
         "token_type_metrics": frozenset(("coord_monitor/coord_vocab_mass_at_gt_coord", "coord_monitor/coord_vocab_mass_at_gt_desc", "coord_monitor/coord_vocab_mass_at_gt_format", "coord_monitor/coord_vocab_mass_at_gt_text", "coord_monitor/flip_coord_to_noncoord", "coord_monitor/flip_desc_to_coord", "coord_monitor/flip_format_to_coord", "coord_monitor/flip_text_to_coord", "coord_token_acc", "coord_token_acc_top5", "coord_token_frac", "desc_token_acc", "desc_token_acc_top5", "desc_token_frac", "format_token_acc", "format_token_acc_top5", "format_token_frac", "text_token_acc", "token_acc_top5")),
     }

@@ -70,6 +70,7 @@ __all__ = [
     "REMAINING_TIME",
     "MEMORY_GIB",
     "TRAIN_SPEED_ITER_S",
+    "TRAIN_SPEED_S_IT",
     "TRAIN_RUNTIME",
     "TRAIN_SAMPLES_PER_SECOND",
     "TRAIN_STEPS_PER_SECOND",
@@ -79,6 +80,7 @@ __all__ = [
     "EVAL_SAMPLES_PER_SECOND",
     "EVAL_STEPS_PER_SECOND",
     "EVAL_LOSS",
+    "STEP",
 ]
 
 
@@ -382,6 +384,11 @@ TRAIN_SPEED_ITER_S: Final = "train_speed(iter/s)"
 
 Group: framework. Owner: framework. Unit: iter/s. In loss: no."""
 
+TRAIN_SPEED_S_IT: Final = "train_speed(s/it)"
+"""ms-swift 4.6 training speed as logged in logging.jsonl (seconds per iteration).
+
+Group: framework. Owner: framework. Unit: s/it. In loss: no."""
+
 TRAIN_RUNTIME: Final = "train_runtime"
 """End-of-run wall time.
 
@@ -426,3 +433,8 @@ EVAL_LOSS: Final = "eval_loss"
 """Evaluation loss.
 
 Group: framework. Owner: framework. Unit: nats. In loss: yes."""
+
+STEP: Final = "step"
+"""Optimizer step of a trainer.state.log_history record.
+
+Group: framework. Owner: framework. Unit: steps. In loss: no."""

@@ -81,7 +81,9 @@ class CoordLossComponent:
         if ctx.labels is None:
             raise CoordObjectiveError("custom.coord_soft_ce_w1.enabled is true but the batch has no labels")
         if coord is None:
-            raise CoordObjectiveError("custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unknown")
+            raise CoordObjectiveError(
+                "custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unknown"
+            )
         is_coord, _ = coord.lookup(ctx.labels.reshape(-1))
         masked = ctx.labels.masked_fill(is_coord.view_as(ctx.labels), IGNORE_INDEX)
         ctx.inputs["labels"] = masked
@@ -89,17 +91,32 @@ class CoordLossComponent:
         ctx.forward_num_items = _global(count, ctx.trainer)
         ctx.device["base_den"] = ctx.forward_num_items.to(torch.float32)
 
-    def add_coord_loss(self, ctx: StepContext, coord: CoordSlice, logits: Tensor, targets: Tensor,
-                       types: Tensor | None, request: PassRequest, chunk_size: int) -> dict[str, Tensor]:
+    def add_coord_loss(
+        self,
+        ctx: StepContext,
+        coord: CoordSlice,
+        logits: Tensor,
+        targets: Tensor,
+        types: Tensor | None,
+        request: PassRequest,
+        chunk_size: int,
+    ) -> dict[str, Tensor]:
         """After the forward: base CE + coord terms (one gradient), and the step's statistics."""
         assert ctx.loss is not None
         is_coord, _ = coord.lookup(targets)
         local = (is_coord & (targets != IGNORE_INDEX)).sum().to(torch.float32)
         denominator = _global(local, ctx.trainer).clamp(min=1.0)
         value, stats = coord_loss(
-            logits, targets, coord, self.loss_cfg,
-            coord_denominator=denominator, types=types, top5=request.top5,
-            mass=request.mass, mass_max_tokens=request.mass_max_tokens, chunk_size=chunk_size,
+            logits,
+            targets,
+            coord,
+            self.loss_cfg,
+            coord_denominator=denominator,
+            types=types,
+            top5=request.top5,
+            mass=request.mass,
+            mass_max_tokens=request.mass_max_tokens,
+            chunk_size=chunk_size,
         )
         if averages_tokens_across_devices(ctx.trainer):
             # Global denominator on every rank; DDP averages gradients over ranks, so scale back up.

@@ -15,10 +15,13 @@ from torch import Tensor
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_IGNORE
 
 
-def cut_like_labels(token_types: Tensor, original_labels: Tensor | None, labels: Tensor,
-                    logits_to_keep: object) -> Tensor | None:
+def cut_like_labels(
+    token_types: Tensor, original_labels: Tensor | None, labels: Tensor, logits_to_keep: object
+) -> Tensor | None:
     """``token_types`` cut the way ms-swift cut ``original_labels`` into ``labels``; None if unknown."""
-    if token_types.shape == labels.shape and (original_labels is None or original_labels.shape == labels.shape):
+    if token_types.shape == labels.shape and (
+        original_labels is None or original_labels.shape == labels.shape
+    ):
         return token_types
     if isinstance(logits_to_keep, int) and not isinstance(logits_to_keep, bool):
         keep = labels.shape[-1]

@@ -16,6 +16,7 @@ Per step:
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from coordexp.components.base import PassRequest
+from coordexp.components.base import Component, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
 from coordexp.components.instability import InstabilityMonitorComponent
@@ -76,7 +77,9 @@ def find_tokenizer(trainer: Any) -> Any:
 class Stage1Pipeline:
     """The Stage-1 components of one trainer, run in :data:`COMPONENT_ORDER`."""
 
-    def __init__(self, trainer: Any, component_names: frozenset[str], *, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self, trainer: Any, component_names: frozenset[str], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ):
         unknown = component_names - set(COMPONENT_ORDER)
         if unknown:
             raise ValueError(f"unknown Stage-1 components {sorted(unknown)}")
@@ -84,15 +87,30 @@ class Stage1Pipeline:
         self.best_effort = BestEffort()
         self.reporter = MetricReporter()
         self.runtime = RuntimeComponent() if RUNTIME in component_names else None
-        coord_cfg = _section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config) if COORD in component_names else None
+        coord_cfg = (
+            _section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config)
+            if COORD in component_names
+            else None
+        )
         self.coord = CoordLossComponent(coord_cfg) if coord_cfg is not None else None
-        token_cfg = (_section(trainer, "token_type_metrics_cfg", TokenTypeMetricsConfig)
-                     if TOKEN_METRICS in component_names else None)
-        self.token_metrics = TokenMetricsComponent(token_cfg) if token_cfg is not None and token_cfg.enabled else None
-        monitor_cfg = (_section(trainer, "instability_monitor_cfg", InstabilityMonitorConfig)
-                       if MONITOR in component_names else None)
-        self.monitor = (InstabilityMonitorComponent(monitor_cfg, trainer)
-                        if monitor_cfg is not None and monitor_cfg.enabled else None)
+        token_cfg = (
+            _section(trainer, "token_type_metrics_cfg", TokenTypeMetricsConfig)
+            if TOKEN_METRICS in component_names
+            else None
+        )
+        self.token_metrics = (
+            TokenMetricsComponent(token_cfg) if token_cfg is not None and token_cfg.enabled else None
+        )
+        monitor_cfg = (
+            _section(trainer, "instability_monitor_cfg", InstabilityMonitorConfig)
+            if MONITOR in component_names
+            else None
+        )
+        self.monitor = (
+            InstabilityMonitorComponent(monitor_cfg, trainer)
+            if monitor_cfg is not None and monitor_cfg.enabled
+            else None
+        )
         self._coord_ids: list[int] | None = None
         self._coord_slice: CoordSlice | None = None
         self._resolve_coord_vocab(trainer)
@@ -113,15 +131,21 @@ class Stage1Pipeline:
         tokenizer = find_tokenizer(trainer)
         try:
             if tokenizer is None:
-                raise CoordVocabError("the trainer has no tokenizer (template.tokenizer) to read coord tokens from")
+                raise CoordVocabError(
+                    "the trainer has no tokenizer (template.tokenizer) to read coord tokens from"
+                )
             self._coord_ids = get_coord_token_ids(tokenizer)
         except CoordVocabError as exc:
             if self.coord_loss_enabled:
                 raise CoordObjectiveError(
                     f"custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unusable: {exc}"
                 ) from exc
-            warnings.warn(f"coordexp: coord tokens unavailable ({exc}); coord diagnostics and coord monitors "
-                          "are skipped", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"coordexp: coord tokens unavailable ({exc}); coord diagnostics and coord monitors "
+                "are skipped",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             if self.coord is not None:
                 self.best_effort.disabled.add(COORD)
         if self.token_metrics is not None:
@@ -135,8 +159,10 @@ class Stage1Pipeline:
             self._coord_slice = CoordSlice.from_ids(self._coord_ids, device=device)
         max_id = self._coord_slice.max_id
         if vocab_size is not None and max_id is not None and max_id >= vocab_size:
-            message = (f"coord token id {max_id} is beyond the logits' vocabulary ({vocab_size}): "
-                       "the tokenizer and the model's embedding size disagree")
+            message = (
+                f"coord token id {max_id} is beyond the logits' vocabulary ({vocab_size}): "
+                "the tokenizer and the model's embedding size disagree"
+            )
             if self.coord_loss_enabled:
                 raise CoordObjectiveError(f"custom.coord_soft_ce_w1: {message}")
             warnings.warn(f"coordexp: {message}; coord diagnostics are skipped", RuntimeWarning, stacklevel=2)
@@ -157,12 +183,26 @@ class Stage1Pipeline:
                 request = part if request is None else request.merge(part)
         return request
 
-    def run(self, trainer: Any, model: Any, inputs: dict[str, Any], extras: BatchExtras,
-            num_items_in_batch: Any, forward: ForwardFn) -> tuple[Tensor, Any]:
+    def run(
+        self,
+        trainer: Any,
+        model: Any,
+        inputs: dict[str, Any],
+        extras: BatchExtras,
+        num_items_in_batch: Any,
+        forward: ForwardFn,
+    ) -> tuple[Tensor, Any]:
         labels = inputs.get("labels")
-        ctx = StepContext(trainer=trainer, model=model, mode=trainer_mode(model), inputs=inputs,
-                          labels=labels if isinstance(labels, Tensor) else None, extras=extras,
-                          num_items_in_batch=num_items_in_batch, forward_num_items=num_items_in_batch)
+        ctx = StepContext(
+            trainer=trainer,
+            model=model,
+            mode=trainer_mode(model),
+            inputs=inputs,
+            labels=labels if isinstance(labels, Tensor) else None,
+            extras=extras,
+            num_items_in_batch=num_items_in_batch,
+            forward_num_items=num_items_in_batch,
+        )
         coord = None
         if self.coord_loss_enabled and ctx.labels is not None:
             # The vocab size is only known from the logits; ids are validated again after the forward.
@@ -190,7 +230,9 @@ class Stage1Pipeline:
         logits = getattr(ctx.outputs, "logits", None)
         if ctx.labels is None or not isinstance(logits, Tensor):
             if self.coord_loss_enabled:
-                raise CoordObjectiveError("custom.coord_soft_ce_w1.enabled is true but the model returned no logits")
+                raise CoordObjectiveError(
+                    "custom.coord_soft_ce_w1.enabled is true but the model returned no logits"
+                )
             return
         if request is None and not self.coord_loss_enabled:
             return
@@ -202,7 +244,9 @@ class Stage1Pipeline:
             message = f"logits {tuple(logits.shape)} do not line up with labels {tuple(ctx.labels.shape)}"
             if self.coord_loss_enabled:
                 raise CoordObjectiveError(message)
-            warnings.warn(f"coordexp: {message}; the step's diagnostics are skipped", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"coordexp: {message}; the step's diagnostics are skipped", RuntimeWarning, stacklevel=3
+            )
             return
         types = None
         token_types = ctx.extras.token_types
@@ -215,23 +259,36 @@ class Stage1Pipeline:
         if self.coord_loss_enabled:
             assert self.coord is not None
             if coord is None:
-                raise CoordObjectiveError("custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unknown")
+                raise CoordObjectiveError(
+                    "custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unknown"
+                )
             try:
-                ctx.stats = self.coord.add_coord_loss(ctx, coord, flat, targets, types, request, self.chunk_size)
+                ctx.stats = self.coord.add_coord_loss(
+                    ctx, coord, flat, targets, types, request, self.chunk_size
+                )
             except CoordObjectiveError:
                 raise
             except Exception as exc:
                 raise CoordObjectiveError(
                     f"custom.coord_soft_ce_w1: the enabled coord loss failed ({type(exc).__name__}: {exc}); "
-                    "refusing to train on without it") from exc
+                    "refusing to train on without it"
+                ) from exc
             return
         coord_cfg: CoordLossConfig | None = request.coord_cfg if self.best_effort.enabled(COORD) else None
 
         def diagnostics() -> dict[str, Tensor]:
             with torch.no_grad():
-                return stage1_stats(flat.detach(), targets, coord=coord, types=types, top5=request.top5,
-                                    mass=request.mass, mass_max_tokens=request.mass_max_tokens,
-                                    coord_cfg=coord_cfg if coord is not None else None, chunk_size=self.chunk_size)
+                return stage1_stats(
+                    flat.detach(),
+                    targets,
+                    coord=coord,
+                    types=types,
+                    top5=request.top5,
+                    mass=request.mass,
+                    mass_max_tokens=request.mass_max_tokens,
+                    coord_cfg=coord_cfg if coord is not None else None,
+                    chunk_size=self.chunk_size,
+                )
 
         stats = self.best_effort.run("stage1_statistics", diagnostics)
         if stats is not None:
@@ -249,12 +306,11 @@ class Stage1Pipeline:
 
     def _host_phase(self, ctx: StepContext) -> None:
         has_stats = bool(ctx.stats)
-        if self.runtime is not None:
-            self.best_effort.run(RUNTIME, lambda: self.runtime.report(ctx) if self.runtime else None)
-        for comp in (self.coord, self.token_metrics, self.monitor):
-            if comp is None or not has_stats:
-                continue
-            if comp is self.monitor and "loss" not in ctx.host:
-                continue
-            self.best_effort.run(comp.name, lambda comp=comp: comp.report(ctx))
+        reporting: list[Component] = [] if self.runtime is None else [self.runtime]
+        if has_stats:
+            reporting += [c for c in (self.coord, self.token_metrics) if c is not None]
+            if self.monitor is not None and "loss" in ctx.host:
+                reporting.append(self.monitor)
+        for comp in reporting:
+            self.best_effort.run(comp.name, functools.partial(comp.report, ctx))
         self.reporter.write(ctx.trainer, ctx.mode, ctx.metrics, ctx.dataset_labels)

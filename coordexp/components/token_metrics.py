@@ -48,8 +48,12 @@ class TokenMetricsComponent:
         self.coord_vocab_known = False
 
     def pass_request(self, ctx: StepContext) -> PassRequest | None:
-        return PassRequest(top5=self.cfg.log_top5, mass=self.cfg.coord_monitor_mass,
-                           mass_max_tokens=self.cfg.coord_monitor_mass_max_tokens, types=True)
+        return PassRequest(
+            top5=self.cfg.log_top5,
+            mass=self.cfg.coord_monitor_mass,
+            mass_max_tokens=self.cfg.coord_monitor_mass_max_tokens,
+            types=True,
+        )
 
     def report(self, ctx: StepContext) -> None:
         s = ctx.host

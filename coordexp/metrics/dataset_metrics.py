@@ -33,8 +33,10 @@ _EXTRAS_PREPARED_ATTR = "_coordexp_extras_prepared"
 
 
 def _move(extras: BatchExtras, device: Any) -> BatchExtras:
-    moved = {name: (value.to(device, non_blocking=True) if isinstance(value, Tensor) else value)
-             for name, value in extras.as_dict().items()}
+    moved = {
+        name: (value.to(device, non_blocking=True) if isinstance(value, Tensor) else value)
+        for name, value in extras.as_dict().items()
+    }
     return BatchExtras(**moved)
 
 
@@ -77,14 +79,17 @@ class Stage1TrainerHook:
             extras = _move(extras, labels.device)
             if isinstance(extras.token_types, Tensor):
                 original_on_device = original.to(labels.device) if isinstance(original, Tensor) else None
-                cut = cut_like_labels(extras.token_types, original_on_device, labels, prepared.get("logits_to_keep"))
+                cut = cut_like_labels(
+                    extras.token_types, original_on_device, labels, prepared.get("logits_to_keep")
+                )
                 extras = BatchExtras(**{**extras.as_dict(), "token_types": cut})
         stash_batch_extras(self, extras)
         self.__dict__[_EXTRAS_PREPARED_ATTR] = True
         return prepared
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         if any(k in inputs for k in BATCH_EXTRAS_KEYS):
             # Called without our _prepare_inputs (stand-in trainers, direct calls): pop here.
             extras = pop_batch_extras(inputs)
@@ -101,8 +106,12 @@ class Stage1TrainerHook:
         parent = super()
 
         def forward(model_inputs: dict[str, Any], num_items: Any) -> tuple[Tensor, Any]:
-            result = parent.compute_loss(model, model_inputs, return_outputs=True,  # type: ignore[misc]
-                                         num_items_in_batch=num_items)
+            result = parent.compute_loss(  # type: ignore[misc,attr-defined]
+                model,
+                model_inputs,
+                return_outputs=True,
+                num_items_in_batch=num_items,
+            )
             return result[0], result[1]
 
         loss, outputs = self.stage1_pipeline().run(self, model, inputs, extras, num_items_in_batch, forward)
@@ -154,19 +163,22 @@ def components_for(custom: Stage1CustomConfig) -> list[str]:
     return names
 
 
-def build_trainer_cls(base_trainer_cls: type, custom_cfg: Mapping[str, Any] | Stage1CustomConfig | None) -> type:
+def build_trainer_cls(
+    base_trainer_cls: type, custom_cfg: Mapping[str, Any] | Stage1CustomConfig | None
+) -> type:
     """Compose the Stage-1 trainer class from ``custom:`` the way the training entry does.
 
     The class carries the config sections as class attributes (``coord_soft_ce_w1_cfg`` ...), so
     instances read them without extra constructor arguments.
     """
     custom = custom_cfg if isinstance(custom_cfg, Stage1CustomConfig) else load_custom_config(custom_cfg)
-    mixins = tuple(MIXIN_BY_COMPONENT[name] for name in components_for(custom))
+    names = components_for(custom)
+    mixins = tuple(MIXIN_BY_COMPONENT[name] for name in names)
     attrs: dict[str, Any] = {
         "coord_soft_ce_w1_cfg": custom.coord_soft_ce_w1,
         "token_type_metrics_cfg": custom.token_type_metrics,
         "instability_monitor_cfg": custom.instability_monitor,
         "__module__": __name__,
-        "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(components_for(custom))}.",
+        "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(names)}.",
     }
     return type(f"Stage1{base_trainer_cls.__name__}", (*mixins, base_trainer_cls), attrs)

@@ -365,6 +365,12 @@ class MetricsRecord(BaseModel):
         description="ms-swift training speed.",
         ge=0.0,
     )
+    train_speed_s_it_: float | None = Field(
+        None,
+        alias="train_speed(s/it)",
+        description="ms-swift 4.6 training speed as logged in logging.jsonl (seconds per iteration).",
+        ge=0.0,
+    )
     train_runtime: float | None = Field(
         None, description="End-of-run wall time.", ge=0.0
     )
@@ -388,3 +394,6 @@ class MetricsRecord(BaseModel):
         None, description="Evaluation throughput.", ge=0.0
     )
     eval_loss: float | None = Field(None, description="Evaluation loss.")
+    step: int | None = Field(
+        None, description="Optimizer step of a trainer.state.log_history record.", ge=0
+    )

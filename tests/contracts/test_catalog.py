@@ -86,6 +86,9 @@ REFERENCE_FRAMEWORK_KEYS = {
     "eval_samples_per_second",
     "eval_steps_per_second",
     "eval_loss",
+    # seen in real ms-swift 4.6 logs (docs/ms-swift-probe.md)
+    "train_speed(s/it)",
+    "step",
 }
 
 
