@@ -1,0 +1,104 @@
+"""Coord tokens ``<|coord_0|>`` .. ``<|coord_999|>``: 1000 ordered bins, and their tokenizer ids."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+COORD_BINS: Final = 1000
+_COORD_RE: Final = re.compile(r"^<\|coord_(\d{1,3})\|>$")
+
+
+class CoordVocabError(ValueError):
+    """The tokenizer (or the logits' vocab) does not carry the full coord vocabulary."""
+
+
+def coord_token(k: int) -> str:
+    """The token text of bin ``k`` (0 <= k < 1000)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < COORD_BINS:
+        raise ValueError(f"coord bin must be an int in [0, {COORD_BINS}), got {k!r}")
+    return f"<|coord_{k}|>"
+
+
+def parse_coord_token(s: object) -> int | None:
+    """The bin of a coord-token string, or None when ``s`` is not exactly one coord token."""
+    if not isinstance(s, str):
+        return None
+    m = _COORD_RE.match(s)
+    if m is None:
+        return None
+    digits = m.group(1)
+    # Reject non-canonical spellings ("<|coord_007|>") so text <-> bin is a bijection.
+    if len(digits) > 1 and digits.startswith("0"):
+        return None
+    return int(digits)
+
+
+# Aliases named after the int <-> token direction, for call sites that read better that way.
+int_to_token = coord_token
+
+
+def token_to_int(s: str) -> int:
+    """Like ``parse_coord_token`` but raising on a non-coord string."""
+    k = parse_coord_token(s)
+    if k is None:
+        raise ValueError(f"not a coord token: {s!r}")
+    return k
+
+
+def get_coord_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of ``<|coord_0|>`` .. ``<|coord_999|>`` in bin order; raises ``CoordVocabError`` if incomplete."""
+    tokens = [coord_token(k) for k in range(COORD_BINS)]
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    missing = [t for t, i in zip(tokens, ids, strict=True) if i is None or (unk is not None and i == unk)]
+    if missing:
+        raise CoordVocabError(
+            f"tokenizer is missing {len(missing)} of the {COORD_BINS} coord tokens (first: {missing[:3]}); "
+            f"the tokenizer must contain the {COORD_BINS} coord tokens "
+            f"<|coord_0|> .. <|coord_{COORD_BINS - 1}|>"
+        )
+    if len(set(ids)) != COORD_BINS:
+        raise CoordVocabError(
+            f"coord tokens map to {len(set(ids))} distinct ids, expected {COORD_BINS}; "
+            f"the tokenizer must contain the {COORD_BINS} coord tokens as distinct tokens"
+        )
+    return [int(i) for i in ids]
+
+
+def validate_coord_ids(ids: Sequence[int], vocab_size: int) -> None:
+    """Raise ``CoordVocabError`` when the coord ids do not all index into logits of ``vocab_size``."""
+    if len(ids) != COORD_BINS:
+        raise CoordVocabError(f"expected {COORD_BINS} coord ids, got {len(ids)}")
+    bad = [i for i in ids if not 0 <= int(i) < vocab_size]
+    if bad:
+        raise CoordVocabError(
+            f"{len(bad)} coord ids fall outside the logits' vocab of size {vocab_size} "
+            f"(max coord id {max(int(i) for i in ids)}); resize the model embeddings to the tokenizer"
+        )
+
+
+def is_coord_token(token_id: int, coord_ids: Iterable[int]) -> bool:
+    """Whether ``token_id`` is one of ``coord_ids`` (pass a set for repeated lookups)."""
+    return int(token_id) in (coord_ids if isinstance(coord_ids, set | frozenset) else set(coord_ids))
+
+
+def coord_ids_are_consecutive(ids: Sequence[int]) -> bool:
+    """True when the ids are ``first, first+1, ...``: the coord logits are then a plain slice."""
+    return len(ids) > 0 and all(int(b) - int(a) == 1 for a, b in itertools.pairwise(ids))
+
+
+__all__ = [
+    "COORD_BINS",
+    "CoordVocabError",
+    "coord_ids_are_consecutive",
+    "coord_token",
+    "get_coord_token_ids",
+    "int_to_token",
+    "is_coord_token",
+    "parse_coord_token",
+    "token_to_int",
+    "validate_coord_ids",
+]

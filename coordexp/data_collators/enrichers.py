@@ -1,0 +1,343 @@
+"""Batch enrichers: small objects that add diagnostics extras to a collated batch.
+
+Each enricher declares the extras keys it writes (``emits``) and whether it is ``optional``
+(best-effort: the collator drops its output and warns once when it fails). An enricher gets the
+collated ``batch`` (a dict of tensors from the base collator) and ``raw``, the list the base
+collator was given: sample dicts (padded / padding-free) or packs, i.e. lists of sample dicts.
+
+How the source row's fields reach a sample dict: see ``coordexp.data_collators.dataset_metrics``;
+``sample_fields`` reads them from the encoded sample's ``_extra_kwargs`` (ms-swift with
+``remove_unused_columns=False``) or from its top-level keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol, runtime_checkable
+
+import torch
+
+from coordexp.data_collators.token_types import (
+    compute_packed_token_types,
+    compute_token_types,
+    dataset_included,
+    ignore_types,
+    resolve_suffix_ids,
+    tail_special_ids,
+)
+from coordexp.generated.batch_extras import (
+    DATASET_LABELS_KEY,
+    DATASET_SEGMENTS_KEY,
+    INSTABILITY_META_JSON_KEY,
+    PACK_NUM_SAMPLES_KEY,
+    TOKEN_TYPES_KEY,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABEL: Final = "default"
+MIXED_LABEL: Final = "mixed"
+DEFAULT_MAX_META_SAMPLES: Final = 16
+DEFAULT_INCLUDE: Final[tuple[str, ...]] = ("lvis",)
+EXTRA_KWARGS_KEY: Final = "_extra_kwargs"  # where ms-swift's Template.encode keeps the row's extra columns
+PAYLOAD_FIELD: Final = "assistant_payload"
+# Source-row fields the metrics collator consumes; they are kept away from the model inputs.
+META_FIELDS: Final = frozenset(
+    {PAYLOAD_FIELD, "metadata", "dataset", "dataset_name", "base_idx", "sample_id"}
+)
+
+Sample = Mapping[str, Any]
+Rows = list[list[Sample]]
+
+
+@runtime_checkable
+class Enricher(Protocol):
+    """Adds extras to a collated batch in place; writes only the keys in ``emits``."""
+
+    name: str
+    emits: frozenset[str]
+    optional: bool
+
+    def __call__(self, batch: dict[str, Any], raw: list[Any]) -> None: ...
+
+
+# ---------------------------------------------------------------- sample and row helpers
+
+
+def cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
+    """Read ``name`` from a Mapping or an attribute-style config (pydantic model, namespace)."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def sample_fields(sample: Sample) -> Mapping[str, Any]:
+    """The source row's extra fields of an encoded sample (``_extra_kwargs`` over top-level keys)."""
+    extra = sample.get(EXTRA_KWARGS_KEY)
+    if isinstance(extra, Mapping):
+        return {**sample, **extra}
+    return sample
+
+
+def _text(value: Any) -> str | None:
+    """A usable label: non-empty text (other non-None values are stringified), else None."""
+    if isinstance(value, str):
+        return value or None
+    return None if value is None else str(value)
+
+
+def sample_dataset_label(sample: Sample) -> str:
+    """metadata._fusion_source, else metadata.dataset, else dataset, else dataset_name, else 'default'."""
+    fields = sample_fields(sample)
+    meta = fields.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    for value in (
+        meta.get("_fusion_source"), meta.get("dataset"), fields.get("dataset"), fields.get("dataset_name")
+    ):
+        label = _text(value)
+        if label is not None:
+            return label
+    return DEFAULT_LABEL
+
+
+def row_label(labels: Sequence[str]) -> str:
+    """A packed row's label: the shared label of its samples, else 'mixed' ('default' when empty)."""
+    unique = set(labels)
+    if not unique:
+        return DEFAULT_LABEL
+    return labels[0] if len(unique) == 1 else MIXED_LABEL
+
+
+def sample_length(sample: Sample) -> int:
+    """The encoded length: ``length`` when the sample has it, else the length of its ids."""
+    length = sample.get("length")
+    if isinstance(length, int) and not isinstance(length, bool):
+        return length
+    for key in ("input_ids", "labels"):
+        seq = sample.get(key)
+        if seq is not None:
+            return len(seq)
+    return 0
+
+
+def batch_num_rows(batch: Mapping[str, Any]) -> int | None:
+    for key in ("labels", "input_ids", "attention_mask", "position_ids"):
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            # mrope position_ids are [3, batch, seq]; the first three keys are [batch, seq].
+            return int(value.shape[1] if key == "position_ids" and value.dim() == 3 else value.shape[0])
+    return None
+
+
+def group_rows(batch: Mapping[str, Any], raw: Sequence[Any]) -> Rows | None:
+    """The source samples of each collated row, or None when the rows cannot be matched.
+
+    Groups are the packs (packed) or single samples (padded); when the base collator joined them into
+    one row (padding-free, or several packs in one batch) all samples form that row, in order.
+    """
+    groups: Rows = [list(item) if isinstance(item, list | tuple) else [item] for item in raw]
+    n_rows = batch_num_rows(batch)
+    if n_rows is None or n_rows == len(groups):
+        return groups
+    if n_rows == 1:
+        return [[s for g in groups for s in g]]
+    return None
+
+
+def labels_device(batch: Mapping[str, Any]) -> torch.device:
+    for key in ("labels", "input_ids"):
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
+
+
+def dataset_segments(batch: Mapping[str, Any], n_rows: int) -> list[int]:
+    """attention_mask row sums, else the padded length per row, else 0."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return [int(v) for v in mask.sum(dim=-1).tolist()]
+    ids = batch.get("input_ids")
+    if isinstance(ids, torch.Tensor) and ids.dim() >= 1:
+        return [int(ids.shape[-1])] * n_rows
+    return [0] * n_rows
+
+
+def _restart_counts(batch: Mapping[str, Any], n_rows: int) -> list[int]:
+    """Samples per row from position_ids restarts (fallback when raw rows cannot be matched)."""
+    pos = batch.get("position_ids")
+    if isinstance(pos, torch.Tensor) and pos.dim() == 2 and pos.shape[0] == n_rows:
+        return [max(1, int(v)) for v in (pos == 0).sum(dim=-1).tolist()]
+    return [1] * n_rows
+
+
+def _sample_labels(sample: Sample) -> torch.Tensor:
+    labels = sample.get("labels")
+    return torch.as_tensor([] if labels is None else labels, dtype=torch.int64).reshape(-1)
+
+
+# ---------------------------------------------------------------- enrichers
+
+
+class DatasetMetaEnricher:
+    """dataset_labels, dataset_segments, pack_num_samples: attached to every batch."""
+
+    name = "dataset_meta"
+    emits = frozenset({DATASET_LABELS_KEY, DATASET_SEGMENTS_KEY, PACK_NUM_SAMPLES_KEY})
+    optional = False
+
+    def __call__(self, batch: dict[str, Any], raw: list[Any]) -> None:
+        rows = group_rows(batch, raw)
+        n_rows = batch_num_rows(batch)
+        n_rows = len(rows) if n_rows is None and rows is not None else (n_rows or 0)
+        if rows is not None:
+            labels = [row_label([sample_dataset_label(s) for s in row]) for row in rows]
+            counts = [len(row) for row in rows]
+        else:  # rows not matchable (an unusual base collator): no labels, count restarts
+            labels = [DEFAULT_LABEL] * n_rows
+            counts = _restart_counts(batch, n_rows)
+        batch[DATASET_LABELS_KEY] = labels
+        batch[DATASET_SEGMENTS_KEY] = dataset_segments(batch, n_rows)
+        batch[PACK_NUM_SAMPLES_KEY] = torch.tensor(counts, dtype=torch.int64, device=labels_device(batch))
+
+
+class InstabilityMetaEnricher:
+    """instability_meta_json: the source samples of each row, for instability dumps."""
+
+    name = "instability_meta"
+    emits = frozenset({INSTABILITY_META_JSON_KEY})
+    optional = True
+
+    def __init__(self, max_meta_samples: int = DEFAULT_MAX_META_SAMPLES) -> None:
+        if max_meta_samples < 0:
+            raise ValueError(f"max_meta_samples must be >= 0, got {max_meta_samples}")
+        self.max_meta_samples = int(max_meta_samples)
+
+    @staticmethod
+    def _sample_meta(sample: Sample) -> dict[str, Any]:
+        fields = sample_fields(sample)
+        meta = fields.get("metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
+        base_idx = fields.get("base_idx", meta.get("base_idx"))
+        sample_id = fields.get("sample_id", meta.get("sample_id"))
+        return {
+            "dataset": sample_dataset_label(sample),
+            # The schema allows int|None for base_idx and int|str|None for sample_id.
+            "base_idx": base_idx if isinstance(base_idx, int) and not isinstance(base_idx, bool) else None,
+            "sample_id": sample_id if isinstance(sample_id, int | str | None) else str(sample_id),
+            "length": sample_length(sample),
+        }
+
+    def row_meta(self, row: Sequence[Sample]) -> dict[str, Any]:
+        return {
+            "num_samples": len(row),
+            "total_length": sum(sample_length(s) for s in row),
+            "samples": [self._sample_meta(s) for s in row[: self.max_meta_samples]],
+        }
+
+    def __call__(self, batch: dict[str, Any], raw: list[Any]) -> None:
+        rows = group_rows(batch, raw)
+        if rows is None:
+            raise ValueError(f"cannot match {len(raw)} raw items to {batch_num_rows(batch)} collated rows")
+        entries = [self.row_meta(row) for row in rows]
+        batch[INSTABILITY_META_JSON_KEY] = json.dumps(entries, sort_keys=True, ensure_ascii=True)
+
+
+class TokenTypesEnricher:
+    """token_types: per-position GT types aligned to ``labels`` (see ``token_types``)."""
+
+    name = "token_types"
+    emits = frozenset({TOKEN_TYPES_KEY})
+    optional = True
+
+    def __init__(
+        self, template: Any, include: Iterable[str] = DEFAULT_INCLUDE, exclude: Iterable[str] = ()
+    ) -> None:
+        self.template = template
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self._suffix: list[int] | None = None
+        self._specials: frozenset[int] | None = None
+        self._told_no_payload = False
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.template.tokenizer
+
+    def _lazy_init(self) -> tuple[list[int], frozenset[int]]:
+        # Resolved on first use: the template's tokenizer is final by then, and each costs a
+        # tokenizer round trip we do not want per sample.
+        if self._suffix is None or self._specials is None:
+            self._suffix = resolve_suffix_ids(self.template)
+            self._specials = tail_special_ids(self.tokenizer)
+        return self._suffix, self._specials
+
+    def sample_types(
+        self, sample: Sample, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Types for one sample's labels; IGNORE when excluded, without payload, or on mismatch."""
+        fields = sample_fields(sample)
+        payload = fields.get(PAYLOAD_FIELD)
+        if payload is None or not dataset_included(sample_dataset_label(sample), self.include, self.exclude):
+            return ignore_types(labels.numel(), device=labels.device)
+        suffix, specials = self._lazy_init()
+        types = compute_token_types(
+            tokenizer=self.tokenizer, payload=payload, labels=labels, attention_mask=attention_mask,
+            suffix_tokens=suffix, special_ids=specials,
+        )
+        return ignore_types(labels.numel(), device=labels.device) if types is None else types
+
+    def _check_payloads_reach_us(self, rows: Rows) -> None:
+        # The usual misconfiguration: swift dropped the row's extra fields. Say so once, since the
+        # only symptom would be rows that are silently all IGNORE.
+        if self._told_no_payload or any(PAYLOAD_FIELD in sample_fields(s) for row in rows for s in row):
+            return
+        self._told_no_payload = True
+        logger.warning(
+            "token types: no sample carries %r, so every row is IGNORE; keep the source fields with "
+            "remove_unused_columns=False (template / swift CLI)", PAYLOAD_FIELD,
+        )
+
+    def __call__(self, batch: dict[str, Any], raw: list[Any]) -> None:
+        labels = batch.get("labels")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+            return  # nothing supervised to type (e.g. an inference batch): skip quietly
+        out = torch.full_like(labels, -1, dtype=torch.int64)
+        rows = group_rows(batch, raw)
+        if rows is None:
+            batch[TOKEN_TYPES_KEY] = out  # rows unknown: all IGNORE means "no types"
+            return
+        self._check_payloads_reach_us(rows)
+        mask = batch.get("attention_mask")
+        mask = mask if isinstance(mask, torch.Tensor) and mask.shape == labels.shape else None
+        for i, row in enumerate(rows):
+            if len(row) == 1:
+                # One sample per row: type the collated row itself, whatever the padding side.
+                out[i] = self.sample_types(row[0], labels[i], None if mask is None else mask[i])
+            else:
+                parts = [self.sample_types(s, _sample_labels(s)) for s in row]
+                out[i] = compute_packed_token_types(parts, labels.shape[-1]).to(labels.device)
+        batch[TOKEN_TYPES_KEY] = out
+
+
+__all__ = [
+    "DEFAULT_LABEL",
+    "EXTRA_KWARGS_KEY",
+    "META_FIELDS",
+    "MIXED_LABEL",
+    "PAYLOAD_FIELD",
+    "DatasetMetaEnricher",
+    "Enricher",
+    "InstabilityMetaEnricher",
+    "TokenTypesEnricher",
+    "batch_num_rows",
+    "cfg_get",
+    "group_rows",
+    "row_label",
+    "sample_dataset_label",
+    "sample_fields",
+]

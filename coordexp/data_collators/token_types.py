@@ -1,0 +1,192 @@
+"""Per-position ground-truth token types (``token_types`` batch extra).
+
+A sample's supervised tokens are typed by re-serialising its ``assistant_payload`` with per-character
+types (``typed_serialization``), tokenising that text like the template does (no special tokens) and
+giving every token the majority type of its characters. The template's end-of-turn suffix tokens are
+FORMAT. The result is used only when the token ids equal the supervised label ids exactly (plus at
+most ``MAX_SPECIAL_TAIL`` extra supervised special tokens, typed FORMAT): a row is never given wrong
+types, only none (all IGNORE).
+
+Majority tie rule: the lowest ``TokenType`` value wins (DESC < COORD < FORMAT), i.e. content beats
+scaffolding. Byte-level BPE often merges a separator with content (``' "'`` before a description,
+``' 4'`` in ``[3, 4]``); such a token is predicted for its content, so it is typed by it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from coordexp.coord_tokens.codec import COORD_BINS, coord_token
+from coordexp.coord_tokens.payload import TokenType, typed_serialization
+
+IGNORE_INDEX = -100
+MAX_SPECIAL_TAIL = 8
+_FORMAT = int(TokenType.FORMAT)
+
+__all__ = [
+    "MAX_SPECIAL_TAIL",
+    "TokenType",
+    "compute_packed_token_types",
+    "compute_token_types",
+    "dataset_included",
+    "ignore_types",
+    "resolve_suffix_ids",
+    "tail_special_ids",
+    "typed_token_ids",
+]
+
+
+def dataset_included(label: str, include: Iterable[str], exclude: Iterable[str] = ()) -> bool:
+    """Whether samples of ``label`` get token types: lower-cased label in include and not in exclude.
+
+    The lists are lower-cased too, so a config spelling ``LVIS`` still matches.
+    """
+    key = str(label).lower()
+    return key in {str(x).lower() for x in include} and key not in {str(x).lower() for x in exclude}
+
+
+def ignore_types(length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    return torch.full((length,), int(TokenType.IGNORE), dtype=torch.int64, device=device)
+
+
+def _majority(char_types: Sequence[int], start: int, end: int) -> int:
+    window = char_types[start:end]
+    if not window:
+        return _FORMAT  # a token with no characters of its own (should not happen with offsets on)
+    counts: dict[int, int] = {}
+    for t in window:
+        counts[t] = counts.get(t, 0) + 1
+    best = max(counts.values())
+    return min(t for t, c in counts.items() if c == best)
+
+
+def typed_token_ids(tokenizer: Any, payload: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    """Token ids of the payload's answer text and one type per token (majority of its characters)."""
+    text, char_types = typed_serialization(payload)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(i) for i in enc["input_ids"]]
+    types = [_majority(char_types, int(s), int(e)) for s, e in enc["offset_mapping"]]
+    return ids, types
+
+
+def tail_special_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids that may form the supervised tail: named specials (eos, pad, ...) and special added
+    tokens, coord tokens excluded (a coord token past the answer is a mismatch, not a tail)."""
+    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", []) or []}
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(int(i) for i, tok in decoder.items() if getattr(tok, "special", False))
+    coord = tokenizer.convert_tokens_to_ids([coord_token(k) for k in range(COORD_BINS)])
+    return frozenset(ids - {int(i) for i in coord if i is not None})
+
+
+def resolve_suffix_ids(template: Any) -> list[int]:
+    """Token ids of the template's end-of-turn suffix (``template.template_meta.suffix``).
+
+    ms-swift writes a suffix as a list whose items are text (tokenised without special tokens, the way
+    the template encodes it) or lists of token ids / tokenizer attribute names like 'eos_token_id'.
+    """
+    tokenizer = template.tokenizer
+    meta = getattr(template, "template_meta", None)
+    ids: list[int] = []
+    for part in getattr(meta, "suffix", None) or []:
+        if isinstance(part, str):
+            ids.extend(int(i) for i in tokenizer(part, add_special_tokens=False)["input_ids"])
+            continue
+        for item in part:
+            value = getattr(tokenizer, item) if isinstance(item, str) else item
+            if value is None:
+                raise ValueError(f"template suffix names {item!r}, which the tokenizer does not define")
+            ids.extend(int(v) for v in (value if isinstance(value, list | tuple) else [value]))
+    return ids
+
+
+def _as_payload(payload: Any) -> Mapping[str, Any] | None:
+    if isinstance(payload, str):  # a payload stored as JSON text keeps its key order through Arrow
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return None
+    return payload if isinstance(payload, Mapping) else None
+
+
+def _drop_none(obj: Any) -> Any:
+    """Remove None-valued keys: HF datasets fills keys missing from some rows' structs with None."""
+    if isinstance(obj, Mapping):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list | tuple):
+        return [_drop_none(v) for v in obj]
+    return obj
+
+
+def _align(
+    sup_ids: list[int], ids: list[int], types: list[int], suffix: list[int], specials: Collection[int]
+) -> list[int] | None:
+    """Types of the supervised tokens, or None when they are not ``ids`` (+ suffix) (+ special tail)."""
+    n = len(ids)
+    if sup_ids[:n] != ids:
+        return None
+    rest = sup_ids[n:]
+    # The suffix may be supervised in full, in part (truncation) or not at all.
+    k = 0
+    while k < min(len(rest), len(suffix)) and rest[k] == suffix[k]:
+        k += 1
+    tail = rest[k:]
+    if len(tail) > MAX_SPECIAL_TAIL or any(t not in specials for t in tail):
+        return None
+    return types + [_FORMAT] * len(rest)
+
+
+def compute_token_types(
+    *,
+    tokenizer: Any,
+    payload: Any,
+    labels: torch.Tensor | Sequence[int],
+    attention_mask: torch.Tensor | Sequence[int] | None = None,
+    suffix_tokens: Sequence[int] | None = None,
+    special_ids: Collection[int] | None = None,
+) -> torch.Tensor | None:
+    """Token types aligned to one sample's 1-D ``labels``, or None when the payload does not match.
+
+    Unsupervised positions (``labels == -100`` or ``attention_mask == 0``) are IGNORE. ``special_ids``
+    (the allowed tail tokens) defaults to ``tail_special_ids(tokenizer)``; pass it when calling often.
+    """
+    labels_t = torch.as_tensor(labels).reshape(-1)
+    supervised = labels_t != IGNORE_INDEX
+    if attention_mask is not None:
+        supervised &= torch.as_tensor(attention_mask, device=labels_t.device).reshape(-1) != 0
+    base = _as_payload(payload)
+    if base is None or not bool(supervised.any()):
+        return None
+    sup_ids = [int(i) for i in labels_t[supervised].tolist()]
+    suffix = [int(i) for i in (suffix_tokens or [])]
+    specials = tail_special_ids(tokenizer) if special_ids is None else special_ids
+    aligned: list[int] | None = None
+    stripped = _drop_none(base)
+    for candidate in (base, stripped) if stripped != base else (base,):
+        try:
+            ids, types = typed_token_ids(tokenizer, candidate)
+        except (TypeError, ValueError):  # unserialisable payload (odd flat poly, bad keys): no types
+            return None
+        aligned = _align(sup_ids, ids, types, suffix, specials)
+        if aligned is not None:
+            break
+    if aligned is None:
+        return None
+    out = ignore_types(labels_t.numel(), device=labels_t.device)
+    out[supervised] = torch.tensor(aligned, dtype=torch.int64, device=labels_t.device)
+    return out
+
+
+def compute_packed_token_types(per_sample: Sequence[torch.Tensor], row_length: int) -> torch.Tensor:
+    """Concatenate per-sample types in pack order; a length mismatch makes the whole row IGNORE.
+
+    Each entry is already a full-length tensor for its sample (IGNORE where the sample got no types).
+    """
+    if not per_sample:
+        return ignore_types(row_length)
+    row = torch.cat([t.reshape(-1).to(torch.int64) for t in per_sample])
+    return row if row.numel() == row_length else ignore_types(row_length, device=row.device)
