@@ -30,7 +30,9 @@ class MetricReporter:
     def __init__(self, mode: str | None = None) -> None:
         self.mode = mode
 
-    def write(self, trainer: Any, mode: Mode, values: Mapping[str, float], dataset_labels: Iterable[str]) -> int:
+    def write(
+        self, trainer: Any, mode: Mode, values: Mapping[str, float], dataset_labels: Iterable[str]
+    ) -> int:
         store = getattr(trainer, "custom_metrics", None)
         if store is None:
             return 0
@@ -65,10 +67,18 @@ class BestEffort:
             raise
         except Exception as exc:  # diagnostics are best-effort by contract
             self.disabled.add(name)
-            logger.warning("coordexp: diagnostic %r failed and is disabled for the rest of the run: %s: %s",
-                           name, type(exc).__name__, exc)
+            logger.warning(
+                "coordexp: diagnostic %r failed and is disabled for the rest of the run: %s: %s",
+                name,
+                type(exc).__name__,
+                exc,
+            )
             import warnings
 
-            warnings.warn(f"coordexp diagnostic {name!r} failed ({type(exc).__name__}: {exc}); it is disabled "
-                          "for the rest of the run", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"coordexp diagnostic {name!r} failed ({type(exc).__name__}: {exc}); it is disabled "
+                "for the rest of the run",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return None

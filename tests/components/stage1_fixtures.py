@@ -54,22 +54,34 @@ class ToyLM(nn.Module):
             self.head.bias.zero_()
         self.seen_kwargs: list[set[str]] = []
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any) -> CausalLMOutput:
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
+    ) -> CausalLMOutput:
         self.seen_kwargs.append(set(kwargs) | {"input_ids"} | ({"labels"} if labels is not None else set()))
         logits = self.head(self.embed(input_ids))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
         return CausalLMOutput(loss=loss, logits=logits)
 
 
 class StandInTrainer:
     """What a Stage-1 mixin may rely on (semantics section 9), with swift's loss rescaling."""
 
-    def __init__(self, model: nn.Module, *, output_dir: str = ".", grad_accum: int = 1,
-                 coord_soft_ce_w1_cfg: Any = None, token_type_metrics_cfg: Any = None,
-                 instability_monitor_cfg: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        output_dir: str = ".",
+        grad_accum: int = 1,
+        coord_soft_ce_w1_cfg: Any = None,
+        token_type_metrics_cfg: Any = None,
+        instability_monitor_cfg: Any = None,
+    ) -> None:
         if coord_soft_ce_w1_cfg is not None:
             self.coord_soft_ce_w1_cfg = coord_soft_ce_w1_cfg
         if token_type_metrics_cfg is not None:
@@ -78,19 +90,30 @@ class StandInTrainer:
             self.instability_monitor_cfg = instability_monitor_cfg
         self.model = model
         self.template = SimpleNamespace(tokenizer=tokenizer())
-        self.args = SimpleNamespace(gradient_accumulation_steps=grad_accum, learning_rate=1e-3,
-                                    output_dir=output_dir, average_tokens_across_devices=False)
+        self.args = SimpleNamespace(
+            gradient_accumulation_steps=grad_accum,
+            learning_rate=1e-3,
+            output_dir=output_dir,
+            average_tokens_across_devices=False,
+        )
         self.current_gradient_accumulation_steps = grad_accum
         self.custom_metrics: dict[str, defaultdict[str, MeanMetric]] = {
-            "train": defaultdict(MeanMetric), "eval": defaultdict(MeanMetric)}
+            "train": defaultdict(MeanMetric),
+            "eval": defaultdict(MeanMetric),
+        }
         self.state = SimpleNamespace(global_step=0, epoch=0.0)
         self.control = SimpleNamespace(should_training_stop=False, should_epoch_stop=False)
         self.model_accepts_loss_kwargs = True
         self.compute_loss_func = None
         super().__init__()
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         outputs = model(**inputs)
         loss = outputs.loss
         if num_items_in_batch is not None:  # ms-swift's compute_sft_loss rescaling
@@ -102,11 +125,26 @@ class StandInTrainer:
 
 
 PAYLOADS = [
-    {"objects": [{"desc": "red car", "bbox_2d": ["<|coord_12|>", "<|coord_40|>", "<|coord_300|>", "<|coord_512|>"]}]},
-    {"objects": [{"desc": "dog", "bbox_2d": ["<|coord_1|>", "<|coord_2|>", "<|coord_998|>", "<|coord_999|>"]},
-                 {"desc": "small cat", "bbox_2d": ["<|coord_100|>", "<|coord_150|>", "<|coord_200|>", "<|coord_250|>"],
-                  "poly": ["<|coord_100|>", "<|coord_150|>", "<|coord_200|>", "<|coord_150|>"]}]},
-    {"objects": [{"desc": "tree", "bbox_2d": ["<|coord_500|>", "<|coord_501|>", "<|coord_600|>", "<|coord_700|>"]}]},
+    {
+        "objects": [
+            {"desc": "red car", "bbox_2d": ["<|coord_12|>", "<|coord_40|>", "<|coord_300|>", "<|coord_512|>"]}
+        ]
+    },
+    {
+        "objects": [
+            {"desc": "dog", "bbox_2d": ["<|coord_1|>", "<|coord_2|>", "<|coord_998|>", "<|coord_999|>"]},
+            {
+                "desc": "small cat",
+                "bbox_2d": ["<|coord_100|>", "<|coord_150|>", "<|coord_200|>", "<|coord_250|>"],
+                "poly": ["<|coord_100|>", "<|coord_150|>", "<|coord_200|>", "<|coord_150|>"],
+            },
+        ]
+    },
+    {
+        "objects": [
+            {"desc": "tree", "bbox_2d": ["<|coord_500|>", "<|coord_501|>", "<|coord_600|>", "<|coord_700|>"]}
+        ]
+    },
 ]
 PROMPT = "<|im_start|>user\nDetect the objects.<|im_end|>\n<|im_start|>assistant\n"
 SUFFIX = "<|im_end|>\n"
@@ -134,8 +172,9 @@ def encode(payload: dict[str, Any], dataset: str) -> Sample:
     ids = prompt + answer
     labels = [-100] * len(prompt) + answer
     suffix_ids = tok.encode(SUFFIX, add_special_tokens=False)
-    types = compute_token_types(tokenizer=tok, payload=payload, labels=torch.tensor(labels),
-                                suffix_tokens=suffix_ids)
+    types = compute_token_types(
+        tokenizer=tok, payload=payload, labels=torch.tensor(labels), suffix_tokens=suffix_ids
+    )
     assert types is not None, "fixture payload must align"
     return Sample(ids, labels, types.tolist(), dataset)
 
@@ -170,7 +209,9 @@ def make_batch(spec: BatchSpec) -> dict[str, Any]:
         mask[r, :n] = 1
         types_t[r, :n] = torch.tensor(s.types)
     batch = {
-        "input_ids": input_ids, "labels": labels, "attention_mask": mask,
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": mask,
         PACK_NUM_SAMPLES_KEY: torch.ones(rows, dtype=torch.long),
         DATASET_LABELS_KEY: [s.dataset for s in samples],
         DATASET_SEGMENTS_KEY: [len(s.input_ids) for s in samples],
@@ -182,8 +223,12 @@ def make_batch(spec: BatchSpec) -> dict[str, Any]:
 
 FULL_CUSTOM = {
     "coord_soft_ce_w1": {"enabled": True, "gate_weight": 1.0, "ce_weight": 0.5},
-    "token_type_metrics": {"enabled": True, "include": ["lvis", "coco"], "log_top5": True,
-                           "coord_monitor_mass": True},
+    "token_type_metrics": {
+        "enabled": True,
+        "include": ["lvis", "coco"],
+        "log_top5": True,
+        "coord_monitor_mass": True,
+    },
     "instability_monitor": {"enabled": True},
 }
 

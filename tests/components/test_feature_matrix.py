@@ -17,25 +17,56 @@ from coordexp.metrics.dataset_metrics import (
     InstabilityMonitorMixin,
     build_trainer_cls,
 )
-from tests.components.stage1_fixtures import BatchSpec, StandInTrainer, ToyLM, custom_with, make_batch, tokenizer
+from tests.components.stage1_fixtures import (
+    BatchSpec,
+    StandInTrainer,
+    ToyLM,
+    custom_with,
+    make_batch,
+    tokenizer,
+)
 
 # Reference sets, typed out from shared/reference/stage1-metric-keys.md (not read from the catalog).
 RUNTIME = {"learning_rate", "accum/grad_steps", "accum/current_grad_steps"}
-BASE_CE = {"base_ce/loss", "base_ce/noncoord_tokens", "base_ce/noncoord_tokens_per_sample", "base_ce/loss_per_sample"}
+BASE_CE = {
+    "base_ce/loss",
+    "base_ce/noncoord_tokens",
+    "base_ce/noncoord_tokens_per_sample",
+    "base_ce/loss_per_sample",
+}
 COORD_DIAG_NO_CE = {
-    "coord_diag/enabled", "coord_diag/loss", "coord_diag/soft_ce", "coord_diag/w1", "coord_diag/gate",
-    "coord_diag/coord_vocab_mass", "coord_diag/coord_tokens", "coord_diag/acc_top5", "coord_diag/p_gt_mean",
-    "coord_diag/margin_mean", "coord_diag/expected_bin_mae", "coord_diag/expected_bin_abs_err_p90",
-    "coord_diag/w1_to_delta", "coord_diag/coord_tokens_per_sample", "coord_diag/loss_per_sample",
+    "coord_diag/enabled",
+    "coord_diag/loss",
+    "coord_diag/soft_ce",
+    "coord_diag/w1",
+    "coord_diag/gate",
+    "coord_diag/coord_vocab_mass",
+    "coord_diag/coord_tokens",
+    "coord_diag/acc_top5",
+    "coord_diag/p_gt_mean",
+    "coord_diag/margin_mean",
+    "coord_diag/expected_bin_mae",
+    "coord_diag/expected_bin_abs_err_p90",
+    "coord_diag/w1_to_delta",
+    "coord_diag/coord_tokens_per_sample",
+    "coord_diag/loss_per_sample",
 }
 ALIASES = {f"coord_softce_w1/{t}" for t in ("loss", "soft_ce", "w1", "ce", "gate")}
 COORD_ON_ONLY = BASE_CE | ALIASES | {"coord_diag/ce", "pack/num_samples", "stage1/total_loss_per_sample_est"}
-TOKEN_ALWAYS = {"token_acc_top5", "text_token_acc", "coord_monitor/flip_coord_to_noncoord",
-                "coord_monitor/flip_text_to_coord", "coord_monitor/coord_vocab_mass_at_gt_coord",
-                "coord_monitor/coord_vocab_mass_at_gt_text"}
+TOKEN_ALWAYS = {
+    "token_acc_top5",
+    "text_token_acc",
+    "coord_monitor/flip_coord_to_noncoord",
+    "coord_monitor/flip_text_to_coord",
+    "coord_monitor/coord_vocab_mass_at_gt_coord",
+    "coord_monitor/coord_vocab_mass_at_gt_text",
+}
 TYPED = {f"{t}_token_{m}" for t in ("desc", "format", "coord") for m in ("frac", "acc", "acc_top5")} | {
-    "coord_monitor/flip_format_to_coord", "coord_monitor/flip_desc_to_coord",
-    "coord_monitor/coord_vocab_mass_at_gt_format", "coord_monitor/coord_vocab_mass_at_gt_desc"}
+    "coord_monitor/flip_format_to_coord",
+    "coord_monitor/flip_desc_to_coord",
+    "coord_monitor/coord_vocab_mass_at_gt_format",
+    "coord_monitor/coord_vocab_mass_at_gt_desc",
+}
 ALL_49 = RUNTIME | COORD_DIAG_NO_CE | COORD_ON_ONLY | TOKEN_ALWAYS | TYPED
 EXPECTED = {
     (True, True): ALL_49,
@@ -46,11 +77,22 @@ EXPECTED = {
 
 
 def test_reference_cell_sizes() -> None:
-    assert [len(EXPECTED[c]) for c in [(True, True), (False, True), (True, False), (False, False)]] == [49, 37, 36, 24]
+    assert [len(EXPECTED[c]) for c in [(True, True), (False, True), (True, False), (False, False)]] == [
+        49,
+        37,
+        36,
+        24,
+    ]
 
 
-def run_step(custom: dict[str, Any], spec: BatchSpec, tmp_path: Path, *, mixins: tuple[type, ...] | None = None,
-             train: bool = True) -> tuple[StandInTrainer, torch.Tensor, ToyLM]:
+def run_step(
+    custom: dict[str, Any],
+    spec: BatchSpec,
+    tmp_path: Path,
+    *,
+    mixins: tuple[type, ...] | None = None,
+    train: bool = True,
+) -> tuple[StandInTrainer, torch.Tensor, ToyLM]:
     torch.manual_seed(0)
     model = ToyLM(len(tokenizer()))
     model.train(train)
@@ -58,9 +100,13 @@ def run_step(custom: dict[str, Any], spec: BatchSpec, tmp_path: Path, *, mixins:
         cls = build_trainer_cls(StandInTrainer, custom)
     else:
         cls = type("Composed", (*mixins, StandInTrainer), {})
-    trainer = cls(model, output_dir=str(tmp_path), coord_soft_ce_w1_cfg=custom.get("coord_soft_ce_w1"),
-                  token_type_metrics_cfg=custom.get("token_type_metrics"),
-                  instability_monitor_cfg=custom.get("instability_monitor"))
+    trainer = cls(
+        model,
+        output_dir=str(tmp_path),
+        coord_soft_ce_w1_cfg=custom.get("coord_soft_ce_w1"),
+        token_type_metrics_cfg=custom.get("token_type_metrics"),
+        instability_monitor_cfg=custom.get("instability_monitor"),
+    )
     loss = trainer.compute_loss(model, make_batch(spec))
     return trainer, loss, model
 
@@ -68,9 +114,12 @@ def run_step(custom: dict[str, Any], spec: BatchSpec, tmp_path: Path, *, mixins:
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
 @pytest.mark.parametrize("coord_on", [True, False], ids=["coord_on", "coord_off"])
-def test_cell_emits_exactly_the_reference_keys(coord_on: bool, with_types: bool, packed: bool,
-                                               tmp_path: Path) -> None:
-    trainer, loss, model = run_step(custom_with(coord_on), BatchSpec(packed=packed, with_types=with_types), tmp_path)
+def test_cell_emits_exactly_the_reference_keys(
+    coord_on: bool, with_types: bool, packed: bool, tmp_path: Path
+) -> None:
+    trainer, loss, model = run_step(
+        custom_with(coord_on), BatchSpec(packed=packed, with_types=with_types), tmp_path
+    )
     logged = trainer.logged("train")
     assert set(logged) == EXPECTED[(coord_on, with_types)]
     labels = ["lvis", "coco", "mixed"]
@@ -82,20 +131,40 @@ def test_cell_emits_exactly_the_reference_keys(coord_on: bool, with_types: bool,
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     # Extras never reach the model.
-    assert all(not (seen & {"token_types", "pack_num_samples", "dataset_labels", "dataset_segments",
-                            "instability_meta_json"}) for seen in model.seen_kwargs)
+    assert all(
+        not (
+            seen
+            & {
+                "token_types",
+                "pack_num_samples",
+                "dataset_labels",
+                "dataset_segments",
+                "instability_meta_json",
+            }
+        )
+        for seen in model.seen_kwargs
+    )
 
 
 def test_eval_mode_writes_eval_metrics(tmp_path: Path) -> None:
-    trainer, _, _ = run_step(custom_with(True), BatchSpec(packed=False, with_types=True), tmp_path, train=False)
+    trainer, _, _ = run_step(
+        custom_with(True), BatchSpec(packed=False, with_types=True), tmp_path, train=False
+    )
     assert set(trainer.logged("eval")) == ALL_49
     assert trainer.logged("train") == {}
 
 
-MIXINS = (GradAccumLossScaleMixin, InstabilityMonitorMixin, AggregateTokenTypeMetricsMixin, CoordSoftCEW1LossMixin)
+MIXINS = (
+    GradAccumLossScaleMixin,
+    InstabilityMonitorMixin,
+    AggregateTokenTypeMetricsMixin,
+    CoordSoftCEW1LossMixin,
+)
 
 
-@pytest.mark.parametrize("order", [MIXINS, tuple(reversed(MIXINS)), (MIXINS[2], MIXINS[0], MIXINS[3], MIXINS[1])])
+@pytest.mark.parametrize(
+    "order", [MIXINS, tuple(reversed(MIXINS)), (MIXINS[2], MIXINS[0], MIXINS[3], MIXINS[1])]
+)
 def test_mixin_order_changes_neither_keys_nor_loss(order: tuple[type, ...], tmp_path: Path) -> None:
     spec = BatchSpec(packed=True, with_types=True)
     ref_trainer, ref_loss, _ = run_step(custom_with(True), spec, tmp_path, mixins=MIXINS)
@@ -107,6 +176,7 @@ def test_mixin_order_changes_neither_keys_nor_loss(order: tuple[type, ...], tmp_
 
 def test_subset_without_coord_mixin_has_no_coord_keys(tmp_path: Path) -> None:
     spec = BatchSpec(packed=False, with_types=True)
-    trainer, _, _ = run_step(custom_with(True), spec, tmp_path,
-                             mixins=(AggregateTokenTypeMetricsMixin, GradAccumLossScaleMixin))
+    trainer, _, _ = run_step(
+        custom_with(True), spec, tmp_path, mixins=(AggregateTokenTypeMetricsMixin, GradAccumLossScaleMixin)
+    )
     assert set(trainer.logged()) == RUNTIME | TOKEN_ALWAYS | TYPED

@@ -33,7 +33,9 @@ def _trainer(custom: dict[str, Any], tmp_path: Path, **kwargs: Any) -> tuple[Any
     return trainer, model
 
 
-def _reference_loss(model: ToyLM, batch: dict[str, Any], cfg: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+def _reference_loss(
+    model: ToyLM, batch: dict[str, Any], cfg: dict[str, float]
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Plain, slow reference: base CE over non-coord targets + the weighted coord terms."""
     ids = torch.tensor(get_coord_token_ids(tokenizer()))
     logits = model(batch["input_ids"]).logits[:, :-1].reshape(-1, model.head.out_features).float()
@@ -53,9 +55,20 @@ def _reference_loss(model: ToyLM, batch: dict[str, Any], cfg: dict[str, float]) 
     ce = -logp.gather(-1, t[:, None]).mean()
     full = logits[is_coord] / cfg.get("temperature", 1.0)
     gate = (torch.logsumexp(full, -1) - torch.logsumexp(z, -1)).clamp(min=0).mean()
-    coord = cfg["soft_ce_weight"] * soft + cfg["w1_weight"] * w1 + cfg["ce_weight"] * ce + cfg["gate_weight"] * gate
-    return base + coord, {"base": base.item(), "soft": soft.item(), "w1": w1.item(), "ce": ce.item(),
-                          "gate": gate.item(), "n": float(is_coord.sum())}
+    coord = (
+        cfg["soft_ce_weight"] * soft
+        + cfg["w1_weight"] * w1
+        + cfg["ce_weight"] * ce
+        + cfg["gate_weight"] * gate
+    )
+    return base + coord, {
+        "base": base.item(),
+        "soft": soft.item(),
+        "w1": w1.item(),
+        "ce": ce.item(),
+        "gate": gate.item(),
+        "n": float(is_coord.sum()),
+    }
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -64,10 +77,18 @@ def test_loss_is_masked_base_ce_plus_coord_loss(packed: bool, tmp_path: Path) ->
     custom["coord_soft_ce_w1"].update(temperature=1.5, target_sigma=3.0)
     trainer, model = _trainer(custom, tmp_path)
     batch = make_batch(BatchSpec(packed=packed, with_types=True))
-    expected, parts = _reference_loss(model, {k: v.clone() if isinstance(v, torch.Tensor) else v
-                                              for k, v in batch.items()},
-                                      {"soft_ce_weight": 1.0, "w1_weight": 1.0, "ce_weight": 0.5,
-                                       "gate_weight": 1.0, "temperature": 1.5, "target_sigma": 3.0})
+    expected, parts = _reference_loss(
+        model,
+        {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()},
+        {
+            "soft_ce_weight": 1.0,
+            "w1_weight": 1.0,
+            "ce_weight": 0.5,
+            "gate_weight": 1.0,
+            "temperature": 1.5,
+            "target_sigma": 3.0,
+        },
+    )
     loss = trainer.compute_loss(model, batch)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     logged = {k: v[0] for k, v in trainer.logged().items()}
@@ -81,13 +102,23 @@ def test_loss_is_masked_base_ce_plus_coord_loss(packed: bool, tmp_path: Path) ->
     assert logged[K.PACK_NUM_SAMPLES] == 3.0
     assert logged[K.COORD_DIAG_LOSS_PER_SAMPLE] == pytest.approx(logged[K.COORD_DIAG_LOSS] * parts["n"] / 3)
     assert logged[K.STAGE1_TOTAL_LOSS_PER_SAMPLE_EST] == pytest.approx(
-        logged[K.BASE_CE_LOSS_PER_SAMPLE] + logged[K.COORD_DIAG_LOSS_PER_SAMPLE])
+        logged[K.BASE_CE_LOSS_PER_SAMPLE] + logged[K.COORD_DIAG_LOSS_PER_SAMPLE]
+    )
     loss.backward()
     ref_model = ToyLM(len(tokenizer()))
     ref_model.load_state_dict(model.state_dict())
-    ref, _ = _reference_loss(ref_model, make_batch(BatchSpec(packed=packed, with_types=True)),
-                             {"soft_ce_weight": 1.0, "w1_weight": 1.0, "ce_weight": 0.5, "gate_weight": 1.0,
-                              "temperature": 1.5, "target_sigma": 3.0})
+    ref, _ = _reference_loss(
+        ref_model,
+        make_batch(BatchSpec(packed=packed, with_types=True)),
+        {
+            "soft_ce_weight": 1.0,
+            "w1_weight": 1.0,
+            "ce_weight": 0.5,
+            "gate_weight": 1.0,
+            "temperature": 1.5,
+            "target_sigma": 3.0,
+        },
+    )
     ref.backward()
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
@@ -117,7 +148,8 @@ def test_grad_accumulation_divides_once_and_only_with_num_items(tmp_path: Path) 
     for accum, num_items in ((1, None), (4, None), (4, torch.tensor(123))):
         trainer, model = _trainer(custom, tmp_path, grad_accum=accum)
         losses[(accum, num_items is not None)] = trainer.compute_loss(
-            model, make_batch(BatchSpec(packed=False, with_types=True)), num_items_in_batch=num_items)
+            model, make_batch(BatchSpec(packed=False, with_types=True)), num_items_in_batch=num_items
+        )
     # Without num_items the Trainer itself divides: the component must not.
     torch.testing.assert_close(losses[(4, False)], losses[(1, False)])
     # With num_items (model accepts loss kwargs) the Trainer does not divide: the component does, once.
@@ -160,8 +192,8 @@ def test_nan_logits_never_write_nan(tmp_path: Path) -> None:
 
 
 def test_enabled_coord_loss_without_coord_tokens_fails_before_any_step(tmp_path: Path) -> None:
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     raw = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()

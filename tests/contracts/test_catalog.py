@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from coordexp.contracts import keys_written_under
 from coordexp.generated import metric_catalog as cat
 from coordexp.generated import metric_keys
-
-from coordexp.contracts import keys_written_under
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,9 +172,10 @@ def test_no_metric_key_spelled_by_hand_outside_generated() -> None:
 
 
 def test_a_logged_record_validates_against_the_metrics_schema() -> None:
+    from jsonschema import Draft202012Validator
+
     from coordexp.generated.models.metrics_record import MetricsRecord
     from coordexp.generated.schemas import METRICS_SCHEMA
-    from jsonschema import Draft202012Validator
 
     record = {"loss": 1.2, "coord_diag/loss": 0.3, "text_token_acc": 0.5, "global_step/max_steps": "1/10"}
     Draft202012Validator(METRICS_SCHEMA).validate(record)

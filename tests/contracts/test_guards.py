@@ -8,14 +8,6 @@ import warnings
 
 import pytest
 import torch
-from coordexp.generated import metric_keys as K
-from coordexp.generated.batch_extras import (
-    DATASET_LABELS_KEY,
-    DATASET_SEGMENTS_KEY,
-    INSTABILITY_META_JSON_KEY,
-    PACK_NUM_SAMPLES_KEY,
-    TOKEN_TYPES_KEY,
-)
 
 from coordexp.contracts import (
     ContractViolation,
@@ -24,6 +16,14 @@ from coordexp.contracts import (
     check_enricher_output,
     check_metric_key,
     contracts_mode,
+)
+from coordexp.generated import metric_keys as K
+from coordexp.generated.batch_extras import (
+    DATASET_LABELS_KEY,
+    DATASET_SEGMENTS_KEY,
+    INSTABILITY_META_JSON_KEY,
+    PACK_NUM_SAMPLES_KEY,
+    TOKEN_TYPES_KEY,
 )
 
 
