@@ -142,6 +142,28 @@ class InstabilityMonitorMixin(Stage1TrainerHook):
     _stage1_component: ClassVar[str | None] = "instability_monitor"
 
 
+class DatasetMetricsCollatorMixin:
+    """ms-swift seam: wrap the template's collator with the dataset-metrics collator (the enrichers).
+
+    ms-swift refuses a ``data_collator=`` constructor argument; ``_get_data_collator`` is where it
+    builds its own, so the wrapping happens there.
+    """
+
+    token_type_metrics_cfg: Any = None
+    instability_monitor_cfg: Any = None
+
+    def _get_data_collator(self, args: Any, template: Any) -> Any:
+        from coordexp.data_collators.dataset_metrics import build_dataset_metrics_collator
+
+        base = super()._get_data_collator(args, template)  # type: ignore[misc]
+        return build_dataset_metrics_collator(
+            template,
+            base_collator=base,
+            token_type_cfg=self.token_type_metrics_cfg,
+            instability_monitor_cfg=self.instability_monitor_cfg,
+        )
+
+
 MIXIN_BY_COMPONENT: dict[str, type[Stage1TrainerHook]] = {
     "runtime": GradAccumLossScaleMixin,
     "coord_soft_ce_w1": CoordSoftCEW1LossMixin,
@@ -181,4 +203,5 @@ def build_trainer_cls(
         "__module__": __name__,
         "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(names)}.",
     }
-    return type(f"Stage1{base_trainer_cls.__name__}", (*mixins, base_trainer_cls), attrs)
+    bases = (*mixins, DatasetMetricsCollatorMixin, base_trainer_cls)
+    return type(f"Stage1{base_trainer_cls.__name__}", bases, attrs)
