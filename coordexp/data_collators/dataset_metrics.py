@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from coordexp.contracts import check_batch_extras, check_enricher_output
+from coordexp.contracts import ContractViolation, check_batch_extras, check_enricher_output
 from coordexp.data_collators.enrichers import (
     DEFAULT_INCLUDE,
     DEFAULT_MAX_META_SAMPLES,
@@ -99,8 +99,11 @@ class DatasetMetricsCollator:
         for enricher in enrichers:
             # Wiring errors, not data errors: fail when the collator is built.
             if not enricher.emits <= declared:
-                raise ValueError(f"enricher {enricher.name!r} emits keys the contract does not declare: "
-                                 f"{sorted(enricher.emits - declared)}")
+                undeclared = sorted(enricher.emits - declared)
+                raise ContractViolation(
+                    undeclared[0], "undeclared_extra",
+                    f"enricher {enricher.name!r} declares extras the batch-extras contract does not: {undeclared}",
+                )
             if enricher.emits & seen:
                 raise ValueError(f"enricher {enricher.name!r} emits keys another enricher already emits: "
                                  f"{sorted(enricher.emits & seen)}")

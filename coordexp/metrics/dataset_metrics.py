@@ -151,6 +151,8 @@ class DatasetMetricsCollatorMixin:
 
     token_type_metrics_cfg: Any = None
     instability_monitor_cfg: Any = None
+    stage1_extra_enrichers: tuple[Any, ...] = ()
+    """Further enrichers to run after the built-in ones (each declares the extras it emits)."""
 
     def _get_data_collator(self, args: Any, template: Any) -> Any:
         from coordexp.data_collators.dataset_metrics import build_dataset_metrics_collator
@@ -161,6 +163,7 @@ class DatasetMetricsCollatorMixin:
             base_collator=base,
             token_type_cfg=self.token_type_metrics_cfg,
             instability_monitor_cfg=self.instability_monitor_cfg,
+            extra_enrichers=self.stage1_extra_enrichers,
         )
 
 

@@ -283,8 +283,9 @@ def test_undeclared_write(template: Any, make_row: RowFactory) -> None:
 
 def test_enricher_wiring_errors(template: Any) -> None:
     bad = SimpleNamespace(name="bad", emits=frozenset({"foo"}), optional=True)
-    with pytest.raises(ValueError, match="does not declare"):
+    with pytest.raises(ContractViolation, match="contract does not") as info:
         build_dataset_metrics_collator(template, extra_enrichers=[bad])  # type: ignore[list-item]
+    assert (info.value.key, info.value.rule) == ("foo", "undeclared_extra")
     dup = SimpleNamespace(name="dup", emits=frozenset({DATASET_LABELS_KEY}), optional=True)
     with pytest.raises(ValueError, match="already emits"):
         build_dataset_metrics_collator(template, extra_enrichers=[dup])  # type: ignore[list-item]
