@@ -36,11 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": _train, "check-logs": None, "report": None}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: coordexp {train,check-logs,report} ...\n\n"
-              "  train [CONFIG.yaml]   train (no config: the embedded demo)\n"
-              "  check-logs RUN_DIR    check a run's logged keys against the metric catalog\n"
-              "  report RUN_DIR        plot loss composition and diagnostics (PNG + CSV)",
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        print(
+            "usage: coordexp {train,check-logs,report} ...\n\n"
+            "  train [CONFIG.yaml]   train (no config: the embedded demo)\n"
+            "  check-logs RUN_DIR    check a run's logged keys against the metric catalog\n"
+            "  report RUN_DIR        plot loss composition and diagnostics (PNG + CSV)",
+            file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout,
+        )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     if command == "train":

@@ -101,12 +101,16 @@ class DatasetMetricsCollator:
             if not enricher.emits <= declared:
                 undeclared = sorted(enricher.emits - declared)
                 raise ContractViolation(
-                    undeclared[0], "undeclared_extra",
-                    f"enricher {enricher.name!r} declares extras the batch-extras contract does not: {undeclared}",
+                    undeclared[0],
+                    "undeclared_extra",
+                    f"enricher {enricher.name!r} declares extras the batch-extras contract does not: "
+                    f"{undeclared}",
                 )
             if enricher.emits & seen:
-                raise ValueError(f"enricher {enricher.name!r} emits keys another enricher already emits: "
-                                 f"{sorted(enricher.emits & seen)}")
+                raise ValueError(
+                    f"enricher {enricher.name!r} emits keys another enricher already emits: "
+                    f"{sorted(enricher.emits & seen)}"
+                )
             seen |= enricher.emits
         self.base_collator = base_collator
         self.enrichers: tuple[Enricher, ...] = tuple(enrichers)
@@ -162,9 +166,11 @@ def build_enrichers(
     if cfg_get(token_type_cfg, "enabled", False):
         include = cfg_get(token_type_cfg, "include", DEFAULT_INCLUDE)
         exclude = cfg_get(token_type_cfg, "exclude", ())
-        enrichers.append(TokenTypesEnricher(
-            template, include=DEFAULT_INCLUDE if include is None else include, exclude=exclude or ()
-        ))
+        enrichers.append(
+            TokenTypesEnricher(
+                template, include=DEFAULT_INCLUDE if include is None else include, exclude=exclude or ()
+            )
+        )
     return enrichers
 
 

@@ -36,15 +36,18 @@ class DataSection(_Strict):
     train: list[str] = Field(min_length=1, description="JSONL files of training rows.")
     val: list[str] = Field(default_factory=list, description="JSONL files of evaluation rows.")
     layout: Layout = Field("padded", description="padded, padding_free or packing.")
-    packing_length: int | None = Field(None, gt=0, description="Tokens per pack (packing); default max_length.")
+    packing_length: int | None = Field(
+        None, gt=0, description="Tokens per pack (packing); default max_length."
+    )
     max_samples: int | None = Field(None, gt=0, description="Use at most this many rows per split.")
 
 
 class TrainConfig(_Strict):
     model: ModelSection
     data: DataSection
-    training: dict[str, Any] = Field(default_factory=dict,
-                                     description="ms-swift Seq2SeqTrainingArguments keyword arguments.")
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="ms-swift Seq2SeqTrainingArguments keyword arguments."
+    )
     custom: dict[str, Any] = Field(default_factory=dict, description="The Stage-1 custom.* sections.")
     seed: int = 42
 

@@ -44,8 +44,14 @@ def read_jsonl(path: Path) -> Iterator[SourceRow]:
             index += 1
 
 
-def encode_rows(template: Any, files: Sequence[str], *, max_samples: int | None = None,
-                payload_as_json: bool = False, split: str = "train") -> list[dict[str, Any]]:
+def encode_rows(
+    template: Any,
+    files: Sequence[str],
+    *,
+    max_samples: int | None = None,
+    payload_as_json: bool = False,
+    split: str = "train",
+) -> list[dict[str, Any]]:
     """Encode every row; rows the template refuses (e.g. too long) are skipped and counted."""
     encoded: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
@@ -68,8 +74,9 @@ def encode_rows(template: Any, files: Sequence[str], *, max_samples: int | None 
             encoded.append(enc)
     if not encoded:
         raise ValueError(f"no {split} row could be encoded from {list(files)} (skipped: {skipped or 'none'})")
-    logger.info("coordexp: encoded %d %s rows%s", len(encoded), split,
-                f" (skipped {skipped})" if skipped else "")
+    logger.info(
+        "coordexp: encoded %d %s rows%s", len(encoded), split, f" (skipped {skipped})" if skipped else ""
+    )
     if skipped:
         print(f"[coordexp] {split}: skipped {sum(skipped.values())} rows the template refused: {skipped}")
     return encoded
@@ -85,8 +92,15 @@ def source_files_by_label(files: Sequence[str]) -> dict[str, str]:
     return {label: next(iter(paths)) for label, paths in owners.items() if len(paths) == 1}
 
 
-def build_dataset(template: Any, files: Sequence[str], *, layout: str, packing_length: int,
-                  max_samples: int | None, split: str) -> Any:
+def build_dataset(
+    template: Any,
+    files: Sequence[str],
+    *,
+    layout: str,
+    packing_length: int,
+    max_samples: int | None,
+    split: str,
+) -> Any:
     """A dataset for the trainer: a list for padded / padding_free, a swift PackingDataset for packing."""
     packed = layout == "packing"
     rows = encode_rows(template, files, max_samples=max_samples, payload_as_json=packed, split=split)

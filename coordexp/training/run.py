@@ -34,21 +34,46 @@ def demo_config(root: Path = DEMO_ROOT, *, seed: int = 0) -> TrainConfig:
     root = root.resolve()
     assets = build_demo_assets(root / "assets", seed=seed)
     raw = {
-        "model": {"path": str(assets.model_dir), "model_type": assets.model_type,
-                  "template": assets.template_type, "max_length": 512},
-        "data": {"train": [str(p) for p in assets.train_files], "val": [str(p) for p in assets.val_files],
-                 "layout": "padded"},
+        "model": {
+            "path": str(assets.model_dir),
+            "model_type": assets.model_type,
+            "template": assets.template_type,
+            "max_length": 512,
+        },
+        "data": {
+            "train": [str(p) for p in assets.train_files],
+            "val": [str(p) for p in assets.val_files],
+            "layout": "padded",
+        },
         "training": {
-            "output_dir": str(root / "run"), "max_steps": 24, "per_device_train_batch_size": 4,
-            "per_device_eval_batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 3e-3,
-            "warmup_steps": 2, "logging_steps": 2, "eval_strategy": "steps", "eval_steps": 8,
-            "save_strategy": "steps", "save_steps": 24, "save_total_limit": 1,
+            "output_dir": str(root / "run"),
+            "max_steps": 24,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 3e-3,
+            "warmup_steps": 2,
+            "logging_steps": 2,
+            "eval_strategy": "steps",
+            "eval_steps": 8,
+            "save_strategy": "steps",
+            "save_steps": 24,
+            "save_total_limit": 1,
         },
         "custom": {
-            "token_type_metrics": {"enabled": True, "include": ["lvis", "coco"], "log_top5": True,
-                                   "coord_monitor_mass": True},
-            "coord_soft_ce_w1": {"enabled": True, "gate_weight": 1.0, "soft_ce_weight": 1.0,
-                                 "w1_weight": 1.0, "ce_weight": 0.0},
+            "token_type_metrics": {
+                "enabled": True,
+                "include": ["lvis", "coco"],
+                "log_top5": True,
+                "coord_monitor_mass": True,
+            },
+            "coord_soft_ce_w1": {
+                "enabled": True,
+                "gate_weight": 1.0,
+                "soft_ce_weight": 1.0,
+                "w1_weight": 1.0,
+                "ce_weight": 0.0,
+            },
             "instability_monitor": {"enabled": True},
             "contracts": {"mode": "warn"},
         },
@@ -108,22 +133,39 @@ def build_trainer(cfg: TrainConfig) -> Any:
     device_map = None if torch.cuda.is_available() else "cpu"
     model, processor = get_model_processor(cfg.model.path, device_map=device_map, **model_kwargs)
     layout = cfg.data.layout
-    template = get_template(processor, template_type=cfg.model.template, max_length=cfg.model.max_length,
-                            padding_free=layout == "padding_free")
+    template = get_template(
+        processor,
+        template_type=cfg.model.template,
+        max_length=cfg.model.max_length,
+        padding_free=layout == "padding_free",
+    )
     template.set_mode("train")
     packing_length = cfg.data.packing_length or cfg.model.max_length
-    train_ds = build_dataset(template, cfg.data.train, layout=layout, packing_length=packing_length,
-                             max_samples=cfg.data.max_samples, split="train")
+    train_ds = build_dataset(
+        template,
+        cfg.data.train,
+        layout=layout,
+        packing_length=packing_length,
+        max_samples=cfg.data.max_samples,
+        split="train",
+    )
     eval_ds = None
     if cfg.data.val:
         eval_template = template
         if layout == "packing":
             # PackingDataset switches the template's packing flags for good: give eval its own.
-            eval_template = get_template(processor, template_type=cfg.model.template,
-                                         max_length=cfg.model.max_length)
+            eval_template = get_template(
+                processor, template_type=cfg.model.template, max_length=cfg.model.max_length
+            )
             eval_template.set_mode("train")
-        eval_ds = build_dataset(eval_template, cfg.data.val, layout=layout, packing_length=packing_length,
-                                max_samples=cfg.data.max_samples, split="val")
+        eval_ds = build_dataset(
+            eval_template,
+            cfg.data.val,
+            layout=layout,
+            packing_length=packing_length,
+            max_samples=cfg.data.max_samples,
+            split="val",
+        )
 
     args_kwargs = {**_training_defaults(cfg), **cfg.training}
     if layout == "packing":
@@ -132,8 +174,11 @@ def build_trainer(cfg: TrainConfig) -> Any:
         args_kwargs["per_device_eval_batch_size"] = 1
     args = Seq2SeqTrainingArguments(**args_kwargs)
     trainer_cls = build_trainer_cls(Seq2SeqTrainer, stage1)
-    trainer_cls.instability_source_files = source_files_by_label(cfg.data.train)
-    return trainer_cls(model=model, args=args, template=template, train_dataset=train_ds, eval_dataset=eval_ds)
+    # Sample dumps look source rows up by dataset label.
+    setattr(trainer_cls, "instability_source_files", source_files_by_label(cfg.data.train))
+    return trainer_cls(
+        model=model, args=args, template=template, train_dataset=train_ds, eval_dataset=eval_ds
+    )
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -141,16 +186,20 @@ def train(cfg: TrainConfig) -> RunResult:
     output_dir = Path(trainer.args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / CONFIG_FILENAME).write_text(dump_config(cfg), encoding="utf-8")
-    print(f"[coordexp] training -> {output_dir} (layout {cfg.data.layout}; "
-          f"components: {', '.join(sorted(type(trainer).stage1_components()))})")
+    print(
+        f"[coordexp] training -> {output_dir} (layout {cfg.data.layout}; "
+        f"components: {', '.join(sorted(type(trainer).stage1_components()))})"
+    )
     result = trainer.train()
     eval_metrics: dict[str, Any] = {}
     if trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate()
     trainer.save_model(str(output_dir / "final"))
     trainer.save_state()
-    print(f"[coordexp] done: train loss {result.training_loss:.4f}"
-          + (f", eval loss {eval_metrics.get('eval_loss', float('nan')):.4f}" if eval_metrics else ""))
+    print(
+        f"[coordexp] done: train loss {result.training_loss:.4f}"
+        + (f", eval loss {eval_metrics.get('eval_loss', float('nan')):.4f}" if eval_metrics else "")
+    )
     print(f"[coordexp] next: python -m coordexp check-logs {output_dir}")
     print(f"[coordexp]       python -m coordexp report {output_dir}")
     return RunResult(output_dir, dict(result.metrics), eval_metrics)

@@ -20,15 +20,27 @@ def demo_assets_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_config(demo_assets_root: Path, tmp_path: Path) -> Callable[..., TrainConfig]:
     """The demo config, shrunk to 4 steps with 2 evaluations, strict guards, then overridden."""
 
-    def build(*, layout: str = "padded", coord_on: bool = True, token_metrics: bool = True,
-              monitor: bool = True, training: dict[str, Any] | None = None,
-              custom: dict[str, Any] | None = None) -> TrainConfig:
+    def build(
+        *,
+        layout: str = "padded",
+        coord_on: bool = True,
+        token_metrics: bool = True,
+        monitor: bool = True,
+        training: dict[str, Any] | None = None,
+        custom: dict[str, Any] | None = None,
+    ) -> TrainConfig:
         raw = demo_config(demo_assets_root).model_dump()
         raw["data"].update(layout=layout, packing_length=512, max_samples=24)
         raw["training"].update(
-            output_dir=str(tmp_path / f"run_{layout}"), max_steps=4, eval_steps=2, logging_steps=1,
-            save_strategy="no", per_device_train_batch_size=2, per_device_eval_batch_size=2,
-            gradient_accumulation_steps=2, warmup_steps=0,
+            output_dir=str(tmp_path / f"run_{layout}"),
+            max_steps=4,
+            eval_steps=2,
+            logging_steps=1,
+            save_strategy="no",
+            per_device_train_batch_size=2,
+            per_device_eval_batch_size=2,
+            gradient_accumulation_steps=2,
+            warmup_steps=0,
         )
         raw["training"].update(training or {})
         c = raw["custom"]

@@ -38,20 +38,31 @@ def _check_logs(run_dir: Path) -> int:
 
 @pytest.mark.parametrize("layout", ["padded", "packing"])
 @pytest.mark.parametrize("coord_on", [True, False], ids=["coord_on", "coord_off"])
-def test_real_run_passes_check_logs(layout: str, coord_on: bool, make_config: Callable[..., TrainConfig],
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_real_run_passes_check_logs(
+    layout: str, coord_on: bool, make_config: Callable[..., TrainConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
     result = train(make_config(layout=layout, coord_on=coord_on))
     run_dir = result.output_dir
     assert (run_dir / CONFIG_FILENAME).is_file()
     records = _records(run_dir)
     train_keys, eval_keys = _keys(records, False), _keys(records, True)
     assert sum("eval_loss" in r for r in records) >= 2  # evaluated at least twice
-    expected = {K.COORD_DIAG_LOSS, K.COORD_DIAG_W1, K.TEXT_TOKEN_ACC, K.TOKEN_ACC_TOP5, K.COORD_TOKEN_FRAC, K.DESC_TOKEN_ACC, K.COORD_MONITOR_FLIP_TEXT_TO_COORD,
-                K.ACCUM_GRAD_STEPS}
+    expected = {
+        K.COORD_DIAG_LOSS,
+        K.COORD_DIAG_W1,
+        K.TEXT_TOKEN_ACC,
+        K.TOKEN_ACC_TOP5,
+        K.COORD_TOKEN_FRAC,
+        K.DESC_TOKEN_ACC,
+        K.COORD_MONITOR_FLIP_TEXT_TO_COORD,
+        K.ACCUM_GRAD_STEPS,
+    }
     if coord_on:
         expected |= {K.BASE_CE_LOSS, K.COORD_DIAG_CE, K.PACK_NUM_SAMPLES, K.STAGE1_TOTAL_LOSS_PER_SAMPLE_EST}
     else:
-        assert not any(k.startswith("base_ce/") or k.startswith("eval_base_ce/") for k in train_keys | eval_keys)
+        assert not any(
+            k.startswith("base_ce/") or k.startswith("eval_base_ce/") for k in train_keys | eval_keys
+        )
     assert expected <= train_keys
     assert {f"eval_{k}" for k in expected} <= eval_keys
     for record in records:
@@ -103,8 +114,9 @@ class SneakyEnricher(RogueEnricher):
     emits = frozenset()
 
 
-def test_strict_guard_refuses_an_undeclared_extra(make_config: Callable[..., TrainConfig],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strict_guard_refuses_an_undeclared_extra(
+    make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from coordexp.metrics.dataset_metrics import DatasetMetricsCollatorMixin
 
     monkeypatch.setattr(DatasetMetricsCollatorMixin, "stage1_extra_enrichers", (RogueEnricher(),))
@@ -119,8 +131,9 @@ def test_strict_guard_refuses_an_undeclared_extra(make_config: Callable[..., Tra
     assert (info.value.key, info.value.rule) == ("my_debug_extra", "undeclared_extra")
 
 
-def test_a_raising_diagnostic_warns_once_and_the_run_finishes(make_config: Callable[..., TrainConfig],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_raising_diagnostic_warns_once_and_the_run_finishes(
+    make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from coordexp.components.token_metrics import TokenMetricsComponent
 
     calls = {"n": 0}
@@ -142,8 +155,11 @@ def test_a_raising_diagnostic_warns_once_and_the_run_finishes(make_config: Calla
 def test_forced_spike_writes_an_event_and_the_guard_zeroes_that_step(
     make_config: Callable[..., TrainConfig],
 ) -> None:
-    cfg = make_config(layout="padded", training={"gradient_accumulation_steps": 1, "max_steps": 5},
-                      custom={"instability_monitor": {"enabled": True, "spike_factor": 2.0, "guard": {"enabled": True}}})
+    cfg = make_config(
+        layout="padded",
+        training={"gradient_accumulation_steps": 1, "max_steps": 5},
+        custom={"instability_monitor": {"enabled": True, "spike_factor": 2.0, "guard": {"enabled": True}}},
+    )
     trainer = build_trainer(cfg)
     calls = {"n": 0}
     spike_call = 4  # a train forward after the EMA exists (evaluations in between also call forward)
