@@ -189,7 +189,10 @@ def components_for(custom: Stage1CustomConfig) -> list[str]:
 
 
 def build_trainer_cls(
-    base_trainer_cls: type, custom_cfg: Mapping[str, Any] | Stage1CustomConfig | None
+    base_trainer_cls: type,
+    custom_cfg: Mapping[str, Any] | Stage1CustomConfig | None,
+    *,
+    instability_source_files: Mapping[str, str] | None = None,
 ) -> type:
     """Compose the Stage-1 trainer class from ``custom:`` the way the training entry does.
 
@@ -203,6 +206,8 @@ def build_trainer_cls(
         "coord_soft_ce_w1_cfg": custom.coord_soft_ce_w1,
         "token_type_metrics_cfg": custom.token_type_metrics,
         "instability_monitor_cfg": custom.instability_monitor,
+        # Sample dumps look the offending rows up in their source file, by dataset label.
+        "instability_source_files": dict(instability_source_files or {}),
         "__module__": __name__,
         "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(names)}.",
     }

@@ -173,9 +173,9 @@ def build_trainer(cfg: TrainConfig) -> Any:
         args_kwargs["per_device_train_batch_size"] = 1
         args_kwargs["per_device_eval_batch_size"] = 1
     args = Seq2SeqTrainingArguments(**args_kwargs)
-    trainer_cls = build_trainer_cls(Seq2SeqTrainer, stage1)
-    # Sample dumps look source rows up by dataset label.
-    setattr(trainer_cls, "instability_source_files", source_files_by_label(cfg.data.train))
+    trainer_cls = build_trainer_cls(
+        Seq2SeqTrainer, stage1, instability_source_files=source_files_by_label(cfg.data.train)
+    )
     return trainer_cls(
         model=model, args=args, template=template, train_dataset=train_ds, eval_dataset=eval_ds
     )
