@@ -141,35 +141,23 @@ def build_trainer(cfg: TrainConfig) -> Any:
     )
     template.set_mode("train")
     packing_length = cfg.data.packing_length or cfg.model.max_length
-    train_ds = build_dataset(
-        template,
-        cfg.data.train,
-        layout=layout,
-        packing_length=packing_length,
-        max_samples=cfg.data.max_samples,
-        split="train",
-    )
-    eval_ds = None
-    if cfg.data.val:
-        eval_template = template
-        if layout == "packing":
-            # PackingDataset switches the template's packing flags for good: give eval its own.
-            eval_template = get_template(
-                processor, template_type=cfg.model.template, max_length=cfg.model.max_length
-            )
-            eval_template.set_mode("train")
-        eval_ds = build_dataset(
-            eval_template,
-            cfg.data.val,
+
+    def dataset(files: list[str], split: str) -> Any:
+        return build_dataset(
+            template,
+            files,
             layout=layout,
             packing_length=packing_length,
             max_samples=cfg.data.max_samples,
-            split="val",
+            split=split,
         )
+
+    train_ds = dataset(cfg.data.train, "train")
+    eval_ds = dataset(cfg.data.val, "val") if cfg.data.val else None
 
     args_kwargs = {**_training_defaults(cfg), **cfg.training}
     if layout == "packing":
-        args_kwargs.setdefault("per_device_train_batch_size", 1)
+        # A packed row already holds several samples; ms-swift packs one row per micro-batch.
         args_kwargs["per_device_train_batch_size"] = 1
         args_kwargs["per_device_eval_batch_size"] = 1
     args = Seq2SeqTrainingArguments(**args_kwargs)
