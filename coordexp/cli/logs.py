@@ -28,6 +28,7 @@ from coordexp.generated import metric_keys as K
 __all__ = [
     "CONFIG_FILE",
     "LOGGING_FILE",
+    "SUMMARY_KEYS",
     "TRAINER_STATE_FILE",
     "LogRecord",
     "Mode",
@@ -44,6 +45,7 @@ __all__ = [
     "read_tensorboard",
     "read_trainer_state",
     "record_mode",
+    "tb_tag_to_key",
 ]
 
 LOGGING_FILE = "logging.jsonl"

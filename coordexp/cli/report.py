@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coordexp.cli.logs import LogRecord, RunDirError, RunLogs, read_run
 from coordexp.contracts.catalog import EVAL_PREFIX
@@ -39,7 +40,7 @@ STEP_COLUMN = "step"
 _SKIPPED_GROUPS = frozenset({"framework", "legacy"})
 # Framework keys shown first in the CSV, in this order; catalog order follows.
 _LEADING = (K.LOSS, K.GRAD_NORM, K.LEARNING_RATE, K.TOKEN_ACC, K.EPOCH)
-_CATALOG_ORDER = {key: i for i, key in enumerate((*_LEADING, *METRIC_SPECS))}
+_CATALOG_ORDER = {key: i for i, key in enumerate(dict.fromkeys((*_LEADING, *METRIC_SPECS)))}
 
 
 def _rank(column: str) -> tuple[int, int, str]:
@@ -158,9 +159,21 @@ def _eval_column(key: str) -> str:
     return key if key.startswith(EVAL_PREFIX) else EVAL_PREFIX + key
 
 
+def _scale_axis(ax: Any, values: list[float]) -> None:
+    """Log y for keys of different magnitudes; symlog when a series touches 0 (a warmup LR of 0)."""
+    positive = [v for v in values if v > 0]
+    if not positive or any(v < 0 for v in values):
+        return
+    if len(positive) == len(values):
+        ax.set_yscale("log")
+    else:
+        ax.set_yscale("symlog", linthresh=min(positive))
+
+
 def write_png(table: MetricTable, path: Path, title: str) -> int:
     """Draw the panels (Agg, no pyplot state); returns how many were drawn."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = panels_for(table)
     if not panels:
@@ -171,23 +184,27 @@ def write_png(table: MetricTable, path: Path, title: str) -> int:
     fig.suptitle(f"{title}   (solid: train, dashed + markers: eval)", fontsize=11)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
-        positive = True
+        drawn: list[float] = []
         for i, key in enumerate(panel.keys):
-            color = f"C{i % 10}"
+            color, labelled = f"C{i % 10}", False
             for column, style in ((key, {}), (_eval_column(key), {"linestyle": "--", "marker": "o"})):
                 steps, values = table.series(column)
                 if not steps:
                     continue
                 values = [v if math.isfinite(v) else math.nan for v in values]
-                positive = positive and all(v > 0 for v in values if not math.isnan(v))
-                ax.plot(steps, values, color=color, label=column, linewidth=1.2, markersize=3, **style)
-        if panel.log_scale and positive:
-            ax.set_yscale("log")
+                drawn += [v for v in values if not math.isnan(v)]
+                # one legend entry per key: the eval twin shares the colour (and says so in the title)
+                label = None if labelled else key
+                labelled = True
+                ax.plot(steps, values, color=color, label=label, linewidth=1.2, markersize=3, **style)
+        if panel.log_scale:
+            _scale_axis(ax, drawn)
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2 if len(panel.keys) > 4 else 1, loc="best")
+        ax.legend(fontsize=6, ncol=2 if len(panel.keys) > 6 else 1, loc="best")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.savefig(path)
