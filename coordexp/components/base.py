@@ -35,8 +35,6 @@ class Component(Protocol):
     """One Stage-1 behaviour. The pipeline calls the phases in a fixed order; see ``pipeline``."""
 
     name: ClassVar[str]
-    objective: ClassVar[bool]
-    """True when the component changes the training objective (fail fast, never best-effort)."""
 
     def pass_request(self, ctx: StepContext) -> PassRequest | None: ...
 

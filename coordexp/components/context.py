@@ -18,7 +18,7 @@ class StepContext:
 
     ``labels`` are the ORIGINAL labels aligned with the logits (after ms-swift's ``logits_to_keep``
     cut); the model may be fed masked labels (coord loss), but every metric reads these.
-    ``device`` holds 0-d device tensors to move to the host in the step's single transfer;
+    ``device_values`` holds 0-d device tensors to move to the host in the step's single transfer;
     ``host`` holds them as floats afterwards; ``metrics`` the key -> value writes of the step.
     """
 
@@ -33,10 +33,16 @@ class StepContext:
     outputs: Any = None
     loss: Tensor | None = None
     stats: dict[str, Tensor] = field(default_factory=dict)
-    device: dict[str, Tensor] = field(default_factory=dict)
+    device_values: dict[str, Tensor] = field(default_factory=dict)
     host: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def dataset_labels(self) -> list[str]:
-        return list(self.extras.dataset_labels or [])
+        """The batch's row labels as strings; [] when the extra is absent or not a list."""
+        labels: object = self.extras.dataset_labels
+        if isinstance(labels, str):
+            return [labels]
+        if isinstance(labels, list | tuple):
+            return [str(label) for label in labels]
+        return []

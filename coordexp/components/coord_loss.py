@@ -8,6 +8,7 @@ best-effort like every diagnostic.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -65,7 +66,6 @@ def _global(count: Tensor, trainer: Any) -> Tensor:
 
 class CoordLossComponent:
     name: ClassVar[str] = "coord_soft_ce_w1"
-    objective: ClassVar[bool] = False  # per instance: see ``enabled``
 
     def __init__(self, cfg: CoordSoftCEW1Config) -> None:
         self.cfg = cfg
@@ -89,7 +89,7 @@ class CoordLossComponent:
         ctx.inputs["labels"] = masked
         count = (masked[..., 1:] != IGNORE_INDEX).sum()
         ctx.forward_num_items = _global(count, ctx.trainer)
-        ctx.device["base_den"] = ctx.forward_num_items.to(torch.float32)
+        ctx.device_values["base_den"] = ctx.forward_num_items.to(torch.float32)
 
     def add_coord_loss(
         self,
@@ -151,8 +151,8 @@ class CoordLossComponent:
     def report(self, ctx: StepContext) -> None:
         s = ctx.host
         samples = s.get("pack_samples", 0.0)
-        if samples <= 0:
-            samples = float(len(ctx.extras.dataset_labels or [])) or 1.0
+        if not (math.isfinite(samples) and samples > 0):
+            samples = float(len(ctx.dataset_labels)) or 1.0
         out: dict[str, float] = {}
         n = s["n_coord"]
         coord_loss_per_sample = 0.0
@@ -193,10 +193,14 @@ class CoordLossComponent:
             if n_base > 0:
                 world = dist.get_world_size() if averages_tokens_across_devices(ctx.trainer) else 1
                 base = s["base_loss"] * s.get("base_den", n_base) / (n_base * world)
-                base_per_sample = base * n_base / samples
-                out[K.BASE_CE_LOSS] = base
                 out[K.BASE_CE_NONCOORD_TOKENS] = n_base
                 out[K.BASE_CE_NONCOORD_TOKENS_PER_SAMPLE] = n_base / samples
+                if not math.isfinite(base):
+                    # The model's own loss is NaN/inf (the monitor records it): skip, never write it.
+                    ctx.metrics.update(out)
+                    return
+                base_per_sample = base * n_base / samples
+                out[K.BASE_CE_LOSS] = base
                 out[K.BASE_CE_LOSS_PER_SAMPLE] = base_per_sample
             if s["n_sup"] > 0:
                 out[K.STAGE1_TOTAL_LOSS_PER_SAMPLE_EST] = base_per_sample + coord_loss_per_sample

@@ -38,7 +38,6 @@ def differentiable_zero(model: Any, like: Tensor) -> Tensor:
 
 class InstabilityMonitorComponent:
     name: ClassVar[str] = "instability_monitor"
-    objective: ClassVar[bool] = False
 
     def __init__(self, cfg: InstabilityMonitorConfig, trainer: Any) -> None:
         self.cfg = cfg

@@ -65,6 +65,18 @@ def _section(trainer: Any, attr: str, cls: Any) -> Any:
     return None if raw is None else cls.from_mapping(raw)
 
 
+def _usable_token_types(token_types: Any, labels: Tensor) -> bool:
+    """Token types the pass can use: an integer tensor shaped like the labels. Anything else (a
+    collator without the contract guard, a misaligned cut) means "no types" for the step."""
+    return (
+        isinstance(token_types, Tensor)
+        and token_types.shape == labels.shape
+        and not token_types.is_floating_point()
+        and not token_types.is_complex()
+        and token_types.dtype != torch.bool
+    )
+
+
 def find_tokenizer(trainer: Any) -> Any:
     template = getattr(trainer, "template", None)
     for owner, name in ((template, "tokenizer"), (trainer, "processing_class"), (trainer, "tokenizer")):
@@ -85,6 +97,7 @@ class Stage1Pipeline:
             raise ValueError(f"unknown Stage-1 components {sorted(unknown)}")
         self.chunk_size = chunk_size
         self.best_effort = BestEffort()
+        self._warned: set[str] = set()
         self.reporter = MetricReporter()
         self.runtime = RuntimeComponent() if RUNTIME in component_names else None
         coord_cfg = (
@@ -122,6 +135,12 @@ class Stage1Pipeline:
     @property
     def coord_loss_enabled(self) -> bool:
         return self.coord is not None and self.coord.enabled
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # -- coord vocabulary ----------------------------------------------------------------------
     def _resolve_coord_vocab(self, trainer: Any) -> None:
@@ -203,21 +222,21 @@ class Stage1Pipeline:
             num_items_in_batch=num_items_in_batch,
             forward_num_items=num_items_in_batch,
         )
-        coord = None
-        if self.coord_loss_enabled and ctx.labels is not None:
+        if self.coord_loss_enabled:
             # The vocab size is only known from the logits; ids are validated again after the forward.
-            coord = self.coord_slice(ctx.labels.device)
+            # prepare() raises when the batch has no labels (before the forward, with a clear message).
+            coord = self.coord_slice(ctx.labels.device) if ctx.labels is not None else None
             assert self.coord is not None
             self.coord.prepare(ctx, coord)
 
         loss, outputs = forward(ctx.inputs, ctx.forward_num_items)
         ctx.loss, ctx.outputs = loss, outputs
         if self.coord_loss_enabled:
-            ctx.device["base_loss"] = loss.detach().to(torch.float32)
+            ctx.device_values["base_loss"] = loss.detach().to(torch.float32)
 
         self._statistics(ctx)
         if ctx.loss is not None and self.monitor is not None:
-            ctx.device["loss"] = ctx.loss.detach().to(torch.float32)
+            ctx.device_values["loss"] = ctx.loss.detach().to(torch.float32)
         if self.coord is not None:
             self.coord.scale_for_accumulation(ctx)
         self._to_host(ctx)
@@ -230,9 +249,8 @@ class Stage1Pipeline:
         logits = getattr(ctx.outputs, "logits", None)
         if ctx.labels is None or not isinstance(logits, Tensor):
             if self.coord_loss_enabled:
-                raise CoordObjectiveError(
-                    "custom.coord_soft_ce_w1.enabled is true but the model returned no logits"
-                )
+                missing = "the batch has no labels" if ctx.labels is None else "the model returned no logits"
+                raise CoordObjectiveError(f"custom.coord_soft_ce_w1.enabled is true but {missing}")
             return
         if request is None and not self.coord_loss_enabled:
             return
@@ -244,17 +262,19 @@ class Stage1Pipeline:
             message = f"logits {tuple(logits.shape)} do not line up with labels {tuple(ctx.labels.shape)}"
             if self.coord_loss_enabled:
                 raise CoordObjectiveError(message)
-            warnings.warn(
-                f"coordexp: {message}; the step's diagnostics are skipped", RuntimeWarning, stacklevel=3
+            self._warn_once(
+                "misaligned_logits", f"coordexp: {message}; the step's diagnostics are skipped (warned once)"
             )
             return
         types = None
         token_types = ctx.extras.token_types
-        if request.types and isinstance(token_types, Tensor) and token_types.shape == ctx.labels.shape:
-            types = next_token_types(token_types.to(ctx.labels.device))
+        if request.types and _usable_token_types(token_types, ctx.labels):
+            assert isinstance(token_types, Tensor)
+            types = next_token_types(token_types.to(device=ctx.labels.device, dtype=torch.long))
         coord = self.coord_slice(flat.device, vocab)
-        if ctx.extras.pack_num_samples is not None:
-            ctx.device["pack_samples"] = ctx.extras.pack_num_samples.sum().to(torch.float32)
+        pack = ctx.extras.pack_num_samples
+        if isinstance(pack, Tensor) and pack.numel() > 0 and not pack.is_complex():
+            ctx.device_values["pack_samples"] = pack.sum().to(torch.float32)
 
         if self.coord_loss_enabled:
             assert self.coord is not None
@@ -296,10 +316,10 @@ class Stage1Pipeline:
 
     def _to_host(self, ctx: StepContext) -> None:
         """The step's single device->host transfer."""
-        names = list(ctx.device) + [k for k in STAT_KEYS if k in ctx.stats]
+        names = list(ctx.device_values) + [k for k in STAT_KEYS if k in ctx.stats]
         if not names:
             return
-        values = [ctx.device[n] if n in ctx.device else ctx.stats[n] for n in names]
+        values = [ctx.device_values[n] if n in ctx.device_values else ctx.stats[n] for n in names]
         device = values[0].device
         stacked = torch.stack([v.reshape(()).to(device=device, dtype=torch.float32) for v in values])
         ctx.host = dict(zip(names, stacked.to("cpu", copy=True).tolist(), strict=True))

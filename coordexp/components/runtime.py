@@ -32,7 +32,6 @@ def accumulation_steps(trainer: Any) -> tuple[int, int]:
 
 class RuntimeComponent:
     name: ClassVar[str] = "runtime"
-    objective: ClassVar[bool] = False
 
     def pass_request(self, ctx: StepContext) -> PassRequest | None:
         return None

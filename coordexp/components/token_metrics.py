@@ -41,7 +41,6 @@ def _ratio(out: dict[str, float], key: str, num: float, den: float) -> None:
 
 class TokenMetricsComponent:
     name: ClassVar[str] = "token_metrics"
-    objective: ClassVar[bool] = False
 
     def __init__(self, cfg: TokenTypeMetricsConfig) -> None:
         self.cfg = cfg
