@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from coordexp.components.base import PassRequest
@@ -21,8 +22,6 @@ def is_main_process(trainer: Any) -> bool:
             return bool(check())
         except Exception:
             pass
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -49,6 +48,9 @@ class InstabilityMonitorComponent:
             source_files=getattr(trainer, "instability_source_files", None),
         )
         self.last_decision: MonitorDecision | None = None
+        settings = self.monitor.settings
+        self.can_stop = settings.early_stop.enabled or settings.early_stop_on_zero_acc
+        self.stop_requested = False
 
     def pass_request(self, ctx: StepContext) -> PassRequest | None:
         return PassRequest()
@@ -74,7 +76,30 @@ class InstabilityMonitorComponent:
         if decision.guard and ctx.loss is not None:
             ctx.loss = differentiable_zero(ctx.model, ctx.loss)
         if decision.stop:
-            control = getattr(ctx.trainer, "control", None)
-            if control is not None:
-                control.should_training_stop = True
-                control.should_epoch_stop = True
+            self.stop_requested = True
+            _set_stop_flags(ctx.trainer)
+
+    def agree_on_stop(self, ctx: StepContext) -> None:
+        """Make the ranks stop together: a stop seen by one rank only (its own bad batch) would
+        leave the others waiting in their next collective for ever.
+
+        Called by the pipeline once per ``compute_loss`` on EVERY rank, whatever the step's
+        diagnostics did (never from ``report``, which may be skipped), and only when early stop is
+        configured and the run is distributed: one MAX all-reduce of a one-element flag.
+        """
+        requested, self.stop_requested = self.stop_requested, False
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not (self.can_stop and distributed):
+            return
+        device = ctx.loss.device if ctx.loss is not None else torch.device("cpu")
+        flag = torch.tensor([1.0 if requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if float(flag[0]) > 0.0:
+            _set_stop_flags(ctx.trainer)
+
+
+def _set_stop_flags(trainer: Any) -> None:
+    control = getattr(trainer, "control", None)
+    if control is not None:
+        control.should_training_stop = True
+        control.should_epoch_stop = True

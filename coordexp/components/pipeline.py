@@ -241,6 +241,8 @@ class Stage1Pipeline:
             self.coord.scale_for_accumulation(ctx)
         self._to_host(ctx)
         self._host_phase(ctx)
+        if self.monitor is not None:
+            self.monitor.agree_on_stop(ctx)  # every rank, every call: a collective when distributed
         assert ctx.loss is not None
         return ctx.loss, outputs
 

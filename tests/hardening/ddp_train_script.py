@@ -1,0 +1,133 @@
+"""One rank of a real 2-process ms-swift run (torchrun, gloo, CPU), instrumented for test_distributed.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_train_script.py CONFIG.yaml OUT
+
+Builds the trainer exactly like ``python -m coordexp train`` (``coordexp.training.build_trainer``),
+then makes the ranks see batches that enable different feature-conditional keys:
+
+- rank 0 drops ``token_types`` from every batch: no typed keys (``desc_token_frac`` ...);
+- rank 1 masks every coord target to -100: no coord targets, so no ``coord_diag/*``.
+
+It records, per rank, into ``OUT/rank<r>.json``: the keys the pipeline wrote each step, every call
+of the coord component's cross-rank count reduction (local value in, global value out), the coord
+loss pieces of each step (local weighted term sums, the denominator used, the contribution added to
+the loss) and the monitor's decisions. Not a test module: test_distributed.py runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+torch.set_num_threads(1)
+
+POISONED_BATCH = 3
+"""Rank 1's third batch has no supervised token: its loss is NaN there, and only there."""
+
+
+def main(config: str, out: str) -> None:
+    import coordexp.components.coord_loss as coord_module
+    from coordexp.coord_tokens.codec import get_coord_token_ids
+    from coordexp.training.config import load_config
+    from coordexp.training.run import build_trainer
+
+    rank = int(os.environ["RANK"])
+    trainer = build_trainer(load_config(config))
+    pipeline = trainer.stage1_pipeline()
+    record: dict[str, Any] = {"rank": rank, "keys": [], "reductions": [], "coord": [], "decisions": []}
+
+    # -- the ranks' batches differ in what they enable ------------------------------------------
+    base = trainer.data_collator
+    coord_ids = torch.tensor(get_coord_token_ids(trainer.template.tokenizer))
+
+    seen = {"batches": 0}
+
+    def collate(batch: list[Any]) -> dict[str, Any]:
+        out_batch = base(batch)
+        seen["batches"] += 1
+        labels = out_batch["labels"]
+        if rank == 0:
+            out_batch.pop("token_types", None)
+        elif seen["batches"] == POISONED_BATCH:
+            out_batch["labels"] = torch.full_like(labels, -100)  # NaN loss on rank 1 only
+        else:
+            out_batch["labels"] = labels.masked_fill(torch.isin(labels, coord_ids.to(labels.device)), -100)
+        return out_batch
+
+    trainer.data_collator = collate
+
+    # -- instrumentation ---------------------------------------------------------------------------
+    real_global = coord_module._global
+
+    def counted_global(count: torch.Tensor, tr: Any) -> torch.Tensor:
+        result = real_global(count, tr)
+        record["reductions"].append([float(count), float(result)])
+        return result
+
+    coord_module._global = counted_global  # type: ignore[assignment]
+
+    real_coord_loss = coord_module.coord_loss
+    weights = pipeline.coord.loss_cfg
+
+    def traced_coord_loss(*args: Any, **kwargs: Any) -> Any:
+        value, stats = real_coord_loss(*args, **kwargs)
+        local = (
+            weights.soft_ce_weight * float(stats["soft_ce_sum"])
+            + weights.w1_weight * float(stats["w1_sum"])
+            + weights.ce_weight * float(stats["ce_sum"])
+            + weights.gate_weight * float(stats["gate_sum"])
+        )
+        record["coord"].append(
+            {
+                "n_coord": float(stats["n_coord"]),
+                "local_sum": local,
+                "denominator": float(kwargs["coord_denominator"]),
+                "value": float(value.detach()),
+            }
+        )
+        return value, stats
+
+    coord_module.coord_loss = traced_coord_loss  # type: ignore[assignment]
+
+    real_add = pipeline.coord.add_coord_loss
+
+    def traced_add(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        before = float(ctx.loss.detach())
+        stats = real_add(ctx, *args, **kwargs)
+        record["coord"][-1].update(base=before, contribution=float(ctx.loss.detach()) - before)
+        return stats
+
+    pipeline.coord.add_coord_loss = traced_add  # type: ignore[method-assign]
+
+    real_write = pipeline.reporter.write
+
+    def traced_write(tr: Any, mode: str, values: Any, labels: Any) -> int:
+        record["keys"].append(sorted(values))
+        return real_write(tr, mode, values, labels)
+
+    pipeline.reporter.write = traced_write  # type: ignore[method-assign]
+
+    monitor = pipeline.monitor.monitor
+    real_observe = monitor.observe
+
+    def traced_observe(obs: Any) -> Any:
+        decision = real_observe(obs)
+        record["decisions"].append({"reasons": list(decision.reasons), "loss": obs.loss})
+        return decision
+
+    monitor.observe = traced_observe  # type: ignore[method-assign]
+    record["is_main_process"] = monitor.is_main_process
+    record["world_size"] = int(os.environ["WORLD_SIZE"])
+
+    trainer.train()
+    record["global_step"] = trainer.state.global_step
+    Path(out, f"rank{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,276 @@
+"""Two ranks on CPU (gloo): no hang, union of keys, global coord denominators, rank-0-only dumps.
+
+Two runs, both bounded by timeouts (a hang fails the test instead of blocking CI):
+
+1. ``test_real_swift_ddp_run``: the real ms-swift ``Seq2SeqTrainer`` built by
+   ``coordexp.training.build_trainer`` under ``torch.distributed.run`` (2 processes, gloo), up to 5
+   steps of the demo with ``average_tokens_across_devices: true`` (``ddp_train_script.py``). Rank 0
+   sees no token types; rank 1 no coord targets and, in its third batch, no supervised token at all
+   (a NaN loss on rank 1 only, with early stop on ``nonfinite_loss``). Checks: both ranks finish and
+   stop after the same step (a one-sided stop used to hang the other rank); the logged records hold
+   the union of the ranks' keys (``SwiftMixin.log`` gathers the key union before ``MeanMetric``
+   reduces); the coord count reduction runs on every rank every micro-step, including the rank with
+   no coord positions; the coord denominator is the global count, and each rank's coord loss is its
+   local term sum / global count * world size; only rank 0 writes ``events.jsonl``.
+2. ``test_components_ddp_gradient_is_the_global_token_mean``: the components alone under
+   ``torch.multiprocessing`` (gloo, ``file://`` rendezvous): the DDP-averaged gradient of the two
+   ranks equals the single-process gradient of the global token mean over both ranks' batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+
+from coordexp.generated import metric_keys as K
+from coordexp.monitor.events import read_jsonl
+from tests.hardening.support import TYPED_KEYS
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("ddp_train_script.py")
+WORLD = 2
+RUN_TIMEOUT_S = 240
+SPAWN_TIMEOUT_S = 120
+COORD_DIAG = {K.COORD_DIAG_LOSS, K.COORD_DIAG_W1, K.COORD_DIAG_COORD_TOKENS}
+TYPED = {K.DESC_TOKEN_FRAC, K.FORMAT_TOKEN_FRAC, K.FORMAT_TOKEN_ACC}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env
+
+
+def _write_config(tmp_path: Path) -> Path:
+    from coordexp.training import demo_config
+
+    raw = demo_config(tmp_path / "demo").model_dump(mode="json")
+    raw["data"].update(val=[], max_samples=16, layout="padded")
+    raw["training"].update(
+        output_dir=str(tmp_path / "run"),
+        max_steps=5,  # the one-sided early stop below ends the run after step 3 on both ranks
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        warmup_steps=0,
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        average_tokens_across_devices=True,
+        ddp_timeout=60,
+    )
+    monitor = raw["custom"]["instability_monitor"]
+    monitor["guard"] = {"max_abs_logit": 1e-3}  # an event every step on every rank
+    monitor["early_stop"] = {"enabled": True, "on_reasons": ["nonfinite_loss"]}  # rank 1's batch 3 only
+    raw["custom"]["contracts"] = {"mode": "strict"}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_real_swift_ddp_run(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc_per_node", str(WORLD), str(SCRIPT), str(config), str(tmp_path),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(
+            cmd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=tmp_path
+        )
+    except subprocess.TimeoutExpired as exc:  # torchrun's group is killed with it
+        pytest.fail(f"2-rank run did not finish in {RUN_TIMEOUT_S} s (hang?):\n{str(exc.stderr)[-4000:]}")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["world_size"] for r in ranks] == [WORLD, WORLD]
+    assert [r["is_main_process"] for r in ranks] == [True, False]
+    # Rank 1 alone saw a NaN loss (its batch 3) and asked to stop: both ranks stopped after step 3.
+    assert [r["global_step"] for r in ranks] == [3, 3]
+    assert "nonfinite_loss" in ranks[1]["decisions"][2]["reasons"]
+    assert not any("nonfinite_loss" in d["reasons"] for d in ranks[0]["decisions"])
+
+    # -- each rank wrote its own feature-conditional keys --------------------------------------
+    steps = len(ranks[0]["keys"])
+    assert steps == len(ranks[1]["keys"]) == 3
+    rank0 = set().union(*map(set, ranks[0]["keys"]))
+    rank1 = set().union(*map(set, ranks[1]["keys"]))
+    assert COORD_DIAG <= rank0 and not rank0 & TYPED_KEYS
+    assert TYPED <= rank1 and not rank1 & COORD_DIAG
+
+    # -- the log holds the union, every value finite ----------------------------------------------
+    records = [
+        json.loads(x) for x in (tmp_path / "run" / "logging.jsonl").read_text().splitlines() if x.strip()
+    ]
+    train = [r for r in records if "loss" in r and "train_runtime" not in r]
+    assert len(train) == 3
+    for record in train[:2]:  # steps 1-2: coord keys from rank 0, typed keys from rank 1
+        assert COORD_DIAG | TYPED <= record.keys(), sorted(record)
+    assert COORD_DIAG <= train[2].keys() and not TYPED & train[2].keys()  # rank 1 had no supervision
+    for record in records:
+        assert all(math.isfinite(v) for v in record.values() if isinstance(v, float)), record
+
+    # -- the count reduction runs on every rank, every micro-step ---------------------------------
+    # prepare() reduces the base-CE count, add_coord_loss() the coord count: 2 per step on each rank.
+    assert len(ranks[0]["reductions"]) == len(ranks[1]["reductions"]) == 2 * steps
+    for a, b in zip(ranks[0]["reductions"], ranks[1]["reductions"], strict=True):
+        assert a[1] == b[1] == a[0] + b[0], (a, b)  # every rank gets the global sum
+
+    # -- coord denominators are global; loss_r = local sum / global count * world ------------------
+    assert all(c["n_coord"] == 0 for c in ranks[1]["coord"])  # rank 1 has no coord positions...
+    for c0, c1 in zip(ranks[0]["coord"], ranks[1]["coord"], strict=True):
+        assert c0["n_coord"] > 0
+        assert c0["denominator"] == c1["denominator"] == c0["n_coord"] + c1["n_coord"]  # ...yet reduces
+        for c in (c0, c1):
+            assert c["value"] == pytest.approx(c["local_sum"] / c["denominator"], rel=1e-5, abs=1e-7)
+            if math.isfinite(c["base"]):  # (rank 1's NaN step: NaN + 0 is NaN, nothing to compare)
+                assert c["contribution"] == pytest.approx(c["value"] * WORLD, rel=1e-4, abs=1e-5)
+        assert c1["value"] == 0.0
+
+    # -- only rank 0 writes events -----------------------------------------------------------------
+    fired = [[d for d in r["decisions"] if d["reasons"]] for r in ranks]
+    assert fired[0] and fired[1], "both ranks must have had instability events"
+    events = read_jsonl(tmp_path / "run" / "instability_dumps" / "events.jsonl")
+    assert len(events) == len(fired[0])
+    assert [e["loss"] for e in events] == pytest.approx([d["loss"] for d in fired[0]])
+    assert [e["reasons"] for e in events] == [d["reasons"] for d in fired[0]]
+
+
+# ---------------------------------------------------------------- components under mp + gloo
+
+
+def _rank_batch(rank: int) -> dict[str, Any]:
+    from tests.components.stage1_fixtures import BatchSpec, make_batch
+    from tests.hardening.support import coord_ids
+
+    batch = make_batch(BatchSpec(packed=False, with_types=rank == 0))
+    if rank == 1:  # no coord targets and no token types on rank 1
+        batch["labels"] = batch["labels"].masked_fill(torch.isin(batch["labels"], coord_ids()), -100)
+    meta = [{"num_samples": 1, "total_length": 1, "samples": [{"dataset": f"rank{rank}"}]}] * 3
+    batch["instability_meta_json"] = json.dumps(meta)
+    return batch
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
+    try:
+        import coordexp.components.coord_loss as coord_module
+        from tests.components.stage1_fixtures import StandInTrainer, ToyLM, tokenizer
+        from tests.hardening.support import custom, stage1_trainer
+
+        class DDPStandIn(StandInTrainer):
+            """The stand-in trainer with ms-swift's world-size scaling under average_tokens."""
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.args.average_tokens_across_devices = True
+
+            def compute_loss(
+                self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+            ) -> Any:
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+                if num_items_in_batch is not None:
+                    loss = loss * dist.get_world_size()
+                return (loss, outputs) if return_outputs else loss
+
+        calls = {"n": 0}
+        real_global = coord_module._global
+
+        def counted(count: torch.Tensor, trainer: Any) -> torch.Tensor:
+            calls["n"] += 1
+            return real_global(count, trainer)
+
+        coord_module._global = counted  # type: ignore[assignment]
+        sections = {"instability_monitor": {"guard": {"max_abs_logit": 1e-3}}}
+        torch.manual_seed(0)
+        model = ToyLM(len(tokenizer()))
+        trainer, _ = stage1_trainer(custom(True, **sections), Path(out), model=model, base=DDPStandIn)
+        loss = trainer.compute_loss(model, _rank_batch(rank), num_items_in_batch=torch.tensor(1))
+        loss.backward()
+        grads = {}
+        for name, p in model.named_parameters():
+            assert p.grad is not None
+            g = p.grad.clone()
+            dist.all_reduce(g)
+            grads[name] = g / WORLD
+        torch.save(
+            {
+                "loss": loss.detach(),
+                "grads": grads,
+                "keys": sorted(trainer.logged()),
+                "reductions": calls["n"],
+            },
+            Path(out) / f"component_rank{rank}.pt",
+        )
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_components_ddp_gradient_is_the_global_token_mean(tmp_path: Path) -> None:
+    ctx = mp.start_processes(
+        _worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the 2-rank component step did not finish in {SPAWN_TIMEOUT_S} s (hang?)")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+    results = [torch.load(tmp_path / f"component_rank{r}.pt") for r in range(WORLD)]
+
+    # the count reduction ran on both ranks (base count + coord count), rank 1 has no coord targets
+    assert [r["reductions"] for r in results] == [2, 2]
+    assert COORD_DIAG <= set(results[0]["keys"]) and TYPED <= set(results[0]["keys"])
+    assert not (COORD_DIAG | TYPED) & set(results[1]["keys"])
+
+    # single process, both ranks' rows in one batch: the global token mean
+    from tests.components.stage1_fixtures import ToyLM, tokenizer
+    from tests.hardening.support import custom, stage1_trainer
+
+    torch.manual_seed(0)
+    model = ToyLM(len(tokenizer()))
+    trainer, _ = stage1_trainer(custom(True), tmp_path / "single", model=model)
+    parts = [_rank_batch(r) for r in range(WORLD)]
+    batch = {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "labels", "attention_mask")}
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(1))
+    loss.backward()
+    # DDP averages gradients: mean_r grad(loss_r) must equal grad(global mean objective)
+    for name, p in model.named_parameters():
+        assert p.grad is not None
+        torch.testing.assert_close(results[0]["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(
+        (results[0]["loss"] + results[1]["loss"]) / WORLD, loss.detach(), rtol=1e-5, atol=1e-6
+    )
+
+    # only rank 0 wrote events, and all of them are rank 0's
+    events = read_jsonl(tmp_path / "instability_dumps" / "events.jsonl")
+    assert len(events) == 1 and "rank0" in events[0]["instability_meta_json"]
