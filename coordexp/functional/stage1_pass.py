@@ -1,11 +1,16 @@
 """One fused, chunked, sync-free pass over the logits that yields every Stage-1 statistic.
 
-The pass walks the rows of ``logits`` ``[N, V]`` in fixed-size chunks (``chunk_size`` rows, sizes known
-on the host), upcasts each chunk to fp32 once and shares the work between the metrics:
+The pass walks the rows of ``logits`` ``[N, V]`` in fixed-size chunks (at most ``chunk_size`` rows; on
+CPU also at most :data:`CPU_CHUNK_ELEMENTS` logits, so the chunk's fp32 scratch stays in cache; sizes known
+on the host), reuses a few fp32 scratch buffers for every chunk and shares the work between the metrics:
 
-- one ``topk(5)`` per chunk gives the argmax (index 0) and the top-5 membership;
-- one full-vocab fp32 ``logsumexp`` per chunk serves the base CE, the coord-mass monitors and, when
-  ``temperature == 1``, the gate;
+- one ``topk(5)`` per chunk gives the argmax (index 0), the top-5 membership and the raw row max;
+- the instability statistics use float-only passes (``|x|``, ``|x| < inf`` as 1.0 / 0.0, ``amax``):
+  boolean reductions and masked broadcasts are several times slower on CPU;
+- ONE full-vocab fp32 softmax per chunk serves every ``logsumexp`` (``lse = max + log Σ exp(u - max)``
+  with ``Σ = 1 / max(softmax)``): the base CE, the coord-mass monitors, the gate (tempered rows divided
+  by ``T`` before it) and, with ``grad``, the full-vocab gradient, which is written chunk by chunk into
+  one preallocated tensor (see :mod:`coordexp.functional.coord_loss`);
 - every statistic is a masked per-row column; a chunk's columns are summed in ONE reduction into a
   device accumulator. No ``.item()``, boolean indexing, ``nonzero`` or host copy is used.
 
@@ -29,13 +34,23 @@ import torch
 from torch import Tensor
 
 from coordexp.functional.coord_config import CoordLossConfig
-from coordexp.functional.coord_math import SANITIZE_LIMIT, coord_terms, sanitize_logits
+from coordexp.functional.coord_math import (
+    SANITIZE_LIMIT,
+    CoordTerms,
+    coord_terms,
+    coord_terms_grad,
+    sanitize_logits,
+    sanitizer_passes_grad,
+)
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.reduce import padded_quantile
 from coordexp.functional.stat_keys import STAT_KEYS
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, TYPE_IGNORE
 
 DEFAULT_CHUNK_SIZE = 2048
+CPU_CHUNK_ELEMENTS = 1 << 21
+"""On CPU a chunk holds at most this many logits (8 MiB in fp32), so its scratch buffers stay in cache."""
+_FLOAT_MAX = torch.finfo(torch.float32).max
 _TYPE_NAMES = (("desc", TYPE_DESC), ("format", TYPE_FORMAT), ("coord", TYPE_COORD))
 
 
@@ -49,7 +64,8 @@ class PassSpec:
     mass: bool = False
     mass_max_tokens: int = 0
     base_ce: bool = False
-    save_lse: bool = False
+    grad: bool = False
+    """also write ``d loss / d logits`` of the coord loss (+ base CE) chunk by chunk (see ``GradSpec``)"""
     chunk_size: int = DEFAULT_CHUNK_SIZE
 
     @property
@@ -73,21 +89,36 @@ class PassSpec:
         return self.base_ce and self.coord is not None
 
     @property
-    def need_lse1(self) -> bool:
-        return self.do_mass or self.do_base or (self.gate and self.temperature == 1.0)
+    def need_full(self) -> bool:
+        """Whether the full-vocab softmax pass is needed (anything beyond token stats and the coord slice)."""
+        return self.do_mass or self.do_base or self.gate
 
     @property
-    def need_full(self) -> bool:
-        """Whether the full fp32 chunk is needed (anything beyond token stats and the coord slice)."""
-        return self.need_lse1 or self.gate
+    def tempered(self) -> bool:
+        """Whether coord rows get a ``1 / T`` tempered softmax (the gate at ``T != 1``)."""
+        return self.gate and self.temperature != 1.0
+
+    def chunk_rows(self, vocab: int, device: torch.device) -> int:
+        """Rows per chunk: ``chunk_size``, capped on CPU so a chunk stays cache-sized (see the docstring)."""
+        if device.type == "cpu":
+            return max(1, min(self.chunk_size, CPU_CHUNK_ELEMENTS // max(vocab, 1)))
+        return self.chunk_size
+
+
+@dataclass(frozen=True)
+class GradSpec:
+    """Where and how the pass writes the gradient: ``out`` shaped like the logits; coord-term rows are
+    scaled by ``coord_scale`` (``1 / coord_denominator``), base-CE rows by ``base_scale``."""
+
+    out: Tensor
+    coord_scale: Tensor
+    base_scale: Tensor
 
 
 @dataclass(frozen=True)
 class PassResult:
     stats: dict[str, Tensor]
     """every key of :data:`STAT_KEYS`, 0-d float32"""
-    lse_rows: Tensor | None
-    """per row ``logsumexp`` for the backward: T-tempered on coord rows (gate), T = 1 elsewhere"""
 
 
 def validate_inputs(logits: Tensor, targets: Tensor, types: Tensor | None, chunk_size: int) -> None:
@@ -106,13 +137,6 @@ def validate_inputs(logits: Tensor, targets: Tensor, types: Tensor | None, chunk
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
 
 
-def sanitize_rows_(values: Tensor, rows: Tensor) -> Tensor:
-    """In place on fp32 ``values`` ``[n, V]``: sanitise the rows where ``rows`` is True, keep the others."""
-    values.masked_fill_(rows.unsqueeze(-1) & values.isnan(), 0.0)
-    limit = torch.where(rows, SANITIZE_LIMIT, math.inf).unsqueeze(-1)
-    return values.clamp_(min=-limit, max=limit)
-
-
 def _mass_keep(targets: Tensor, max_tokens: int) -> Tensor:
     """Deterministic strided subsample of at most ``max_tokens`` supervised positions (all if <= 0).
 
@@ -126,19 +150,59 @@ def _mass_keep(targets: Tensor, max_tokens: int) -> Tensor:
     return sup & (torch.remainder(rank, stride) == 0)
 
 
-class _Chunk:
-    """Statistics of one chunk of rows; fills ``cols`` (per-row float columns keyed by stat name)."""
+class _Workspace:
+    """fp32 ``[rows, V]`` scratch buffers, allocated once per pass and reused by every chunk.
 
-    def __init__(self, spec: PassSpec, x: Tensor, tgt: Tensor, typ: Tensor | None, keep: Tensor | None):
+    ``a``: ``|x|`` (instability), later the softmax; ``c``: finite flags, later the gradient mask;
+    ``u``: the sanitised row values; ``xf``: the fp32 upcast of non-fp32 logits.
+    """
+
+    def __init__(self, spec: PassSpec, logits: Tensor, rows: int) -> None:
+        shape = (min(rows, logits.shape[0]), logits.shape[1])
+
+        def make(needed: bool) -> Tensor | None:
+            return torch.empty(shape, dtype=torch.float32, device=logits.device) if needed else None
+
+        self.xf = make(logits.dtype != torch.float32)
+        self.a = make(True)
+        self.c = make(True)
+        self.u = make(spec.need_full)
+
+    @staticmethod
+    def take(buf: Tensor | None, size: int) -> Tensor:
+        assert buf is not None
+        return buf.narrow(0, 0, size)
+
+
+class _Chunk:
+    """Statistics of one chunk of rows; fills ``cols`` (per-row float columns keyed by stat name) and,
+    with ``grad``, writes the chunk's rows of the gradient."""
+
+    def __init__(
+        self,
+        spec: PassSpec,
+        ws: _Workspace,
+        x: Tensor,
+        tgt: Tensor,
+        typ: Tensor | None,
+        keep: Tensor | None,
+        grad: GradSpec | None,
+        grad_rows: Tensor | None,
+    ):
         self.spec = spec
+        self.ws = ws
+        self.size = x.shape[0]
         self.cols: dict[str, Tensor] = {}
         self.err: Tensor | None = None
-        self.lse_rows: Tensor | None = None
+        self.grad = grad
+        self.grad_rows = grad_rows
+        self.tgt = tgt
         sup = tgt != IGNORE_INDEX
         self._token_stats(x, tgt, typ, sup)
-        self._instability(x, sup)
+        xf = x if x.dtype == torch.float32 else _Workspace.take(ws.xf, self.size).copy_(x)
+        self._instability(xf, sup)
         if spec.coord is not None:
-            self._coord_stats(spec.coord, x, tgt, sup, keep)
+            self._coord_stats(spec.coord, x, xf, tgt, sup, keep)
 
     def put(self, name: str, mask: Tensor, value: Tensor | None = None) -> None:
         self.cols[name] = mask if value is None else torch.where(mask, value, 0.0)
@@ -185,16 +249,50 @@ class _Chunk:
         self.put("n_noncoord", self.noncoord)
         self.put("n_noncoord_top1", self.noncoord & hit1)
 
-    def _instability(self, x: Tensor, sup: Tensor) -> None:
-        magnitude = x.abs()
-        finite = magnitude < math.inf  # False for NaN and ±inf, in one comparison
-        nonfinite = x.shape[-1] - finite.sum(-1)
-        self.put("n_nonfinite_logits", sup, nonfinite.to(torch.float32))
-        absmax = magnitude.masked_fill_(~finite, 0).amax(-1).to(torch.float32)
+    def _instability(self, xf: Tensor, sup: Tensor) -> None:
+        """Non-finite count and finite ``max |x|`` with float ops only (bool reductions are slow on CPU).
+
+        With the full-vocab gradient, also the sanitiser's gradient mask (``c``): 1 where the gradient
+        flows (coord rows: ``|x| <= 1e4``; other rows: not NaN), 0 elsewhere.
+        """
+        magnitude = torch.abs(xf, out=_Workspace.take(self.ws.a, self.size))
+        finite = torch.lt(magnitude, math.inf, out=_Workspace.take(self.ws.c, self.size))
+        nonfinite = xf.shape[-1] - finite.sum(-1)
+        self.put("n_nonfinite_logits", sup, nonfinite)
+        self.grad_mask: Tensor | None = None
+        if self.grad is not None and self.spec.need_full:
+            limit = torch.where(self.coord_row, SANITIZE_LIMIT, math.inf).unsqueeze(-1)
+            self.grad_mask = torch.le(magnitude, limit, out=finite)
+        absmax = magnitude.nan_to_num_(nan=0.0, posinf=0.0).amax(-1)
         self.absmax = torch.where(sup, absmax, 0.0).amax()
 
+    def _sanitised(self, xf: Tensor) -> Tensor:
+        """Coord rows sanitised (NaN -> 0, clamp to ±1e4), other rows NaN -> 0 and ±inf -> ±float max.
+
+        Every value is finite, so the softmax of any row is; the raw semantics of the non-coord rows
+        (``logsumexp`` NaN / ±inf, as ``torch.logsumexp`` of the raw row) are restored per row.
+        """
+        u = torch.nan_to_num(xf, nan=0.0, out=_Workspace.take(self.ws.u, self.size))
+        limit = torch.where(self.coord_row, SANITIZE_LIMIT, _FLOAT_MAX).unsqueeze(-1)
+        torch.minimum(u, limit, out=u)
+        return torch.maximum(u, -limit, out=u)
+
+    def _row_lse(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(softmax(u), logsumexp(u), fix)`` per row from ONE softmax kernel (no separate exp pass).
+
+        ``s = Σ exp(u - max) = 1 / max(softmax)``, ``lse = log(s) + max`` (the order ``torch.logsumexp``
+        uses); ``fix = exp(log(s) - (lse - max))`` turns ``softmax`` into ``exp(u - lse)``, i.e. the
+        softmax as autograd of ``logsumexp`` sees it, with the rounding of ``lse`` (which is up to ~1e-3
+        relative at ``|u| ~ 1e4``). The softmax goes into the ``a`` buffer (``|x|`` is no longer needed).
+        """
+        top = u.amax(-1)
+        probs = torch.softmax(u, dim=-1, out=_Workspace.take(self.ws.a, self.size))
+        log_s = probs.amax(-1).log().neg_()
+        lse = log_s + top
+        return probs, lse, torch.exp(log_s - (lse - top))
+
     def _coord_stats(
-        self, coord: CoordSlice, x: Tensor, tgt: Tensor, sup: Tensor, keep: Tensor | None
+        self, coord: CoordSlice, x: Tensor, xf: Tensor, tgt: Tensor, sup: Tensor, keep: Tensor | None
     ) -> None:
         spec = self.spec
         pred_coord = self.pred_coord
@@ -206,15 +304,39 @@ class _Chunk:
             self.put("n_flip_desc_to_coord", self.type_masks["desc"] & pred_coord)
         base_row = sup & ~self.tgt_coord
         self.put("n_base", base_row)
+        if not spec.need_full:
+            if spec.diag and spec.coord_cfg is not None:
+                raw = coord.take(x).to(torch.float32)
+                terms = coord_terms(sanitize_logits(raw), self.bins, spec.coord_cfg)
+                self._coord_diag(spec.coord_cfg, terms, None)
+                self._write_coord_only_grad(coord, spec.coord_cfg, x, terms)
+            return
 
-        u: Tensor | None = None
-        lse1: Tensor | None = None
-        if spec.need_full:
-            u = sanitize_rows_(x.to(torch.float32, copy=True), self.coord_row)
-            if spec.need_lse1:
-                lse1 = torch.logsumexp(u, dim=-1)
-        if spec.do_mass and u is not None and lse1 is not None and keep is not None:
-            mass = torch.exp((torch.logsumexp(coord.take(u), dim=-1) - lse1).clamp_(max=0.0))
+        u = self._sanitised(xf)
+        # the raw row max (NaN if the row has a NaN, as topk / argmax rank NaN first): no extra pass
+        raw_top = x.gather(-1, self.pred.unsqueeze(-1)).squeeze(-1).to(torch.float32)
+        full_terms: CoordTerms | None = None
+        if spec.diag and spec.coord_cfg is not None:
+            full_terms = coord_terms(sanitize_logits(coord.take(u)), self.bins, spec.coord_cfg)
+        lse_c: Tensor | None = None
+        if spec.do_mass:
+            lse_c = torch.logsumexp(coord.take(u), dim=-1)
+            # a raw row of -inf only has a -inf coord lse (its mass is then NaN -> 0), not ~-float max
+            lse_c = torch.where(~self.coord_row & (raw_top == -math.inf), -math.inf, lse_c)
+        lse1_coord: Tensor | None = None
+        if spec.tempered:
+            if spec.do_mass:
+                lse1_coord = torch.logsumexp(u, dim=-1)
+            u.div_(torch.where(self.coord_row, spec.temperature, 1.0).unsqueeze(-1))
+        probs, lse_v, lse_fix = self._row_lse(u)
+        # raw semantics of the non-coord rows, as torch.logsumexp of the raw row gives them
+        raw_lse = torch.where(raw_top.isinf(), raw_top, lse_v)
+        raw_lse = torch.where(raw_top.isnan(), math.nan, raw_lse)
+        lse1 = torch.where(self.coord_row, lse_v, raw_lse)
+        if lse1_coord is not None:
+            lse1 = torch.where(self.coord_row, lse1_coord, lse1)
+        if spec.do_mass and lse_c is not None and keep is not None:
+            mass = torch.exp((lse_c - lse1).clamp_(max=0.0))
             mass = mass.nan_to_num_(nan=0.0)
             buckets = {"coord": self.gt_coord, "text": self.noncoord}
             if self.type_masks:
@@ -222,38 +344,29 @@ class _Chunk:
             for name, mask in buckets.items():
                 self.put(f"mass_n_{name}", keep & mask)
                 self.put(f"mass_sum_{name}", keep & mask, mass)
-        if spec.do_base and u is not None and lse1 is not None:
-            gt_logit = u.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        gt_logit = xf.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        if spec.do_base:
             self.put("base_ce_sum", base_row, lse1 - gt_logit)
-        if spec.diag and spec.coord_cfg is not None:
-            self._coord_diag(coord, spec.coord_cfg, x, u, lse1)
-        elif spec.save_lse and lse1 is not None:
-            self.lse_rows = lse1
+        gate_raw: Tensor | None = None
+        if full_terms is not None and spec.coord_cfg is not None:
+            gate_raw = self._coord_diag(spec.coord_cfg, full_terms, lse_v if spec.gate else None)
+        if self.grad is not None and spec.coord_cfg is not None:
+            self._write_full_grad(
+                coord, spec.coord_cfg, x, probs, lse_fix, full_terms, gate_raw, base_row, raw_top
+            )
 
-    def _coord_diag(
-        self, coord: CoordSlice, cfg: CoordLossConfig, x: Tensor, u: Tensor | None, lse1: Tensor | None
-    ) -> None:
+    def _coord_diag(self, cfg: CoordLossConfig, terms: CoordTerms, lse_t: Tensor | None) -> Tensor | None:
+        """Coord-term statistics of the coord rows; returns the gate's ``lse_t - lse_z`` (with ``lse_t``)."""
         rows, bins = self.coord_row, self.bins
-        raw = coord.take(u) if u is not None else coord.take(x).to(torch.float32)
-        terms = coord_terms(sanitize_logits(raw), bins, cfg)
         self.put("n_coord", rows)
         self.put("soft_ce_sum", rows, terms.soft_ce)
         self.put("w1_sum", rows, terms.w1)
         self.put("ce_sum", rows, terms.ce)
-        lse_t: Tensor | None = None
-        if self.spec.gate and u is not None:
-            if cfg.temperature == 1.0 and lse1 is not None:
-                lse_t = lse1
-            else:
-                lse_t = torch.logsumexp(u / cfg.temperature, dim=-1)
+        gate_raw: Tensor | None = None
+        if lse_t is not None:
             gate_raw = lse_t - terms.lse_z
             self.put("gate_sum", rows, gate_raw.clamp(min=0.0))
             self.put("coord_vocab_mass_sum", rows, torch.exp(-gate_raw))
-        if self.spec.save_lse:
-            if lse_t is not None and lse1 is not None:
-                self.lse_rows = torch.where(rows, lse_t, lse1)
-            else:
-                self.lse_rows = lse_t if lse_t is not None else lse1
         k = terms.z.shape[-1]
         gt = bins.unsqueeze(-1)
         top = terms.z.topk(min(5, k), dim=-1).indices
@@ -267,36 +380,137 @@ class _Chunk:
         self.put("bin_abs_err_sum", rows, err)
         self.put("w1_to_delta_sum", rows, (terms.p * (grid - bin_f.unsqueeze(-1)).abs()).sum(-1))
         self.err = torch.where(rows, err, math.inf)
+        return gate_raw
+
+    def _coord_grad(
+        self, cfg: CoordLossConfig, terms: CoordTerms, gate_raw: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(d loss / d coord logits [n, K], per-row gate scale)`` of the coord terms, scaled."""
+        assert self.grad is not None
+        rows = self.coord_row
+        zero = torch.zeros((), device=rows.device)
+        row_scale = torch.where(rows, self.grad.coord_scale, zero)
+        gate_scale = zero.expand(self.size)
+        if cfg.gate_enabled and gate_raw is not None:
+            gate_scale = torch.where(rows & (gate_raw >= 0), self.grad.coord_scale * cfg.gate_weight, zero)
+        return coord_terms_grad(terms, self.bins, cfg, row_scale, gate_scale), gate_scale
+
+    def _write_coord_only_grad(
+        self, coord: CoordSlice, cfg: CoordLossConfig, x: Tensor, terms: CoordTerms
+    ) -> None:
+        """No full-vocab term: the gradient is zero outside the coord columns."""
+        if self.grad is None or self.grad_rows is None:
+            return
+        coord_grad, _ = self._coord_grad(cfg, terms, None)
+        coord_grad.masked_fill_(~sanitizer_passes_grad(coord.take(x)), 0.0)
+        out = self.grad_rows.zero_()
+        if coord.start is not None:
+            coord.take(out).copy_(coord_grad)
+        else:
+            out.index_copy_(-1, coord.ids, coord_grad.to(out.dtype))
+
+    def _write_full_grad(
+        self,
+        coord: CoordSlice,
+        cfg: CoordLossConfig,
+        x: Tensor,
+        probs: Tensor,
+        lse_fix: Tensor,
+        terms: CoordTerms | None,
+        gate_raw: Tensor | None,
+        base_row: Tensor,
+        raw_top: Tensor,
+    ) -> None:
+        """``softmax * row coefficient`` (gate rows: ``gate_scale * fix / T``; base rows: ``base_scale``, NaN
+        when the raw row has a NaN or a ±inf max, as cross-entropy gives), ``- base_scale`` at the target
+        of base rows, plus the coord-slice gradient; zero where the coord-term sanitiser changed a logit."""
+        assert self.grad is not None and self.grad_rows is not None and self.grad_mask is not None
+        spec, out = self.spec, self.grad_rows
+        zero = torch.zeros((), device=x.device)
+        coord_grad, gate_scale = (
+            self._coord_grad(cfg, terms, gate_raw) if terms is not None else (None, zero.expand(self.size))
+        )
+        base_on = base_row if spec.base_ce else torch.zeros_like(base_row)
+        base_coef = torch.where(base_on, self.grad.base_scale, zero)
+        row_coef = gate_scale * lse_fix / spec.temperature + base_coef
+        row_coef = torch.where(base_on & ~raw_top.isfinite(), math.nan, row_coef)
+        mask = self.grad_mask.mul_(row_coef.unsqueeze(-1))
+        work = out if out.dtype == torch.float32 else probs
+        torch.mul(probs, mask, out=work)
+        if spec.base_ce:
+            work.scatter_add_(-1, self.tgt.clamp(min=0).unsqueeze(-1), -base_coef.unsqueeze(-1))
+        if coord_grad is not None:
+            coord_grad.masked_fill_(~sanitizer_passes_grad(coord.take(x)), 0.0)
+            if coord.start is not None:
+                coord.take(work).add_(coord_grad)
+            else:
+                work.index_add_(-1, coord.ids, coord_grad)
+        if work is not out:
+            out.copy_(work)
 
 
-def run_stage1_pass(logits: Tensor, targets: Tensor, types: Tensor | None, spec: PassSpec) -> PassResult:
-    """Run the chunked pass (call under ``torch.no_grad()``); see the module docstring."""
-    n_rows = logits.shape[0]
+def process_chunk(
+    spec: PassSpec,
+    ws: _Workspace,
+    x: Tensor,
+    tgt: Tensor,
+    typ: Tensor | None,
+    keep: Tensor | None,
+    grad: GradSpec | None,
+    grad_rows: Tensor | None,
+) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+    """One chunk: ``(per-row stat columns, max finite |logit| of its supervised rows, bin errors)``.
+
+    A module-level function so that it can be swapped for a compiled version (the benchmark's
+    ``--compile``); the pass looks it up at every chunk.
+    """
+    chunk = _Chunk(spec, ws, x, tgt, typ, keep, grad, grad_rows)
+    return chunk.cols, chunk.absmax, chunk.err
+
+
+def run_stage1_pass(
+    logits: Tensor, targets: Tensor, types: Tensor | None, spec: PassSpec, grad: GradSpec | None = None
+) -> PassResult:
+    """Run the chunked pass (call under ``torch.no_grad()``); see the module docstring.
+
+    With ``grad`` (and ``spec.grad``), also write every row of ``grad.out``.
+    """
+    n_rows, vocab = logits.shape
     device = logits.device
+    rows = spec.chunk_rows(vocab, device)
+    ws = _Workspace(spec, logits, rows)
     keep = _mass_keep(targets, spec.mass_max_tokens) if spec.do_mass else None
     err_buf = torch.full((n_rows,), math.inf, device=device) if spec.diag else None
-    lse_buf = torch.zeros((n_rows,), device=device) if spec.save_lse else None
     absmax = torch.zeros((), device=device)
     acc: Tensor | None = None
     acc_keys: list[str] = []
-    for start in range(0, n_rows, spec.chunk_size):
-        size = min(spec.chunk_size, n_rows - start)
-        chunk = _Chunk(
+    n_counts = 0
+    for start in range(0, n_rows, rows):
+        size = min(rows, n_rows - start)
+        cols, chunk_absmax, err = process_chunk(
             spec,
+            ws,
             logits.narrow(0, start, size),
             targets.narrow(0, start, size),
             None if types is None else types.narrow(0, start, size),
             None if keep is None else keep.narrow(0, start, size),
+            grad,
+            None if grad is None else grad.out.narrow(0, start, size),
         )
-        if acc is None:
-            acc_keys = list(chunk.cols)
-        sums = torch.stack([chunk.cols[key].to(torch.float32) for key in acc_keys]).sum(-1)
+        if acc is None:  # counts (bool columns) first, then sums; the same keys for every chunk
+            count_keys = [key for key, col in cols.items() if col.dtype == torch.bool]
+            acc_keys = count_keys + [key for key in cols if key not in set(count_keys)]
+            n_counts = len(count_keys)
+        parts = []
+        if n_counts:
+            parts.append(torch.stack([cols[key] for key in acc_keys[:n_counts]]).sum(-1).to(torch.float32))
+        if n_counts < len(acc_keys):
+            parts.append(torch.stack([cols[key].to(torch.float32) for key in acc_keys[n_counts:]]).sum(-1))
+        sums = torch.cat(parts)
         acc = sums if acc is None else acc + sums
-        absmax = torch.maximum(absmax, chunk.absmax)
-        if err_buf is not None and chunk.err is not None:
-            err_buf.narrow(0, start, size).copy_(chunk.err)
-        if lse_buf is not None and chunk.lse_rows is not None:
-            lse_buf.narrow(0, start, size).copy_(chunk.lse_rows)
+        absmax = torch.maximum(absmax, chunk_absmax)
+        if err_buf is not None and err is not None:
+            err_buf.narrow(0, start, size).copy_(err)
     zero = torch.zeros((), device=device)
     found = dict(zip(acc_keys, acc.unbind(0), strict=True)) if acc is not None else {}
     found["max_abs_logit"] = absmax
@@ -304,7 +518,7 @@ def run_stage1_pass(logits: Tensor, targets: Tensor, types: Tensor | None, spec:
         found["bin_abs_err_p90"] = padded_quantile(err_buf, found.get("n_coord", zero), 0.9)
     packed = torch.stack([found.get(key, zero) for key in STAT_KEYS])
     stats = dict(zip(STAT_KEYS, packed.unbind(0), strict=True))
-    return PassResult(stats, lse_buf)
+    return PassResult(stats)
 
 
 @torch.no_grad()
