@@ -214,34 +214,26 @@ def make_steps(batch: Batch, cfg: CoordLossConfig, chunk_size: int) -> dict[str,
         loss.backward()
         return stats_to_host({**stats, "loss": loss.detach()})
 
+    def metric_stats() -> dict[str, Tensor]:
+        return stage1_stats(
+            logits,
+            targets,
+            coord=coord,
+            types=types,
+            top5=True,
+            mass=True,
+            coord_cfg=cfg,
+            chunk_size=chunk_size,
+        )
+
     def stack_off() -> dict[str, float]:
         x = leaf()
         loss = F.cross_entropy(x, targets, ignore_index=IGNORE_INDEX)
         loss.backward()
-        stats = stage1_stats(
-            logits,
-            targets,
-            coord=coord,
-            types=types,
-            top5=True,
-            mass=True,
-            coord_cfg=cfg,
-            chunk_size=chunk_size,
-        )
-        return stats_to_host({**stats, "loss": loss.detach()})
+        return stats_to_host({**metric_stats(), "loss": loss.detach()})
 
     def metrics() -> dict[str, float]:
-        stats = stage1_stats(
-            logits,
-            targets,
-            coord=coord,
-            types=types,
-            top5=True,
-            mass=True,
-            coord_cfg=cfg,
-            chunk_size=chunk_size,
-        )
-        return stats_to_host(stats)
+        return stats_to_host(metric_stats())
 
     return {"base": base, "stack_on": stack_on, "stack_off": stack_off, "metrics": metrics}
 

@@ -12,6 +12,7 @@ Trainer attributes read: ``coord_soft_ce_w1_cfg``, ``token_type_metrics_cfg``,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -30,6 +31,16 @@ from coordexp.generated.batch_extras import (
 
 _PIPELINE_ATTR = "_coordexp_stage1_pipeline"
 _EXTRAS_PREPARED_ATTR = "_coordexp_extras_prepared"
+
+
+def _align_token_types(
+    extras: BatchExtras, original_labels: Tensor | None, labels: Any, logits_to_keep: Any
+) -> BatchExtras:
+    """``extras`` with ``token_types`` cut the way the framework cut the labels (or unchanged)."""
+    if not (isinstance(extras.token_types, Tensor) and isinstance(labels, Tensor)):
+        return extras
+    cut = cut_like_labels(extras.token_types, original_labels, labels, logits_to_keep)
+    return dataclasses.replace(extras, token_types=cut)
 
 
 def _move(extras: BatchExtras, device: Any) -> BatchExtras:
@@ -69,20 +80,15 @@ class Stage1TrainerHook:
         # Pop the extras before the framework sees them, remember the uncut labels, then align the
         # per-token extras with whatever the framework did to the labels (logits_to_keep).
         if not isinstance(inputs, dict) or not any(k in inputs for k in BATCH_EXTRAS_KEYS):
-            parent = super()._prepare_inputs  # type: ignore[misc]
-            return parent(inputs)
+            return super()._prepare_inputs(inputs)  # type: ignore[misc]
         extras = pop_batch_extras(inputs)
         original = inputs.get("labels")
         prepared = super()._prepare_inputs(inputs)  # type: ignore[misc]
         labels = prepared.get("labels")
         if isinstance(labels, Tensor):
             extras = _move(extras, labels.device)
-            if isinstance(extras.token_types, Tensor):
-                original_on_device = original.to(labels.device) if isinstance(original, Tensor) else None
-                cut = cut_like_labels(
-                    extras.token_types, original_on_device, labels, prepared.get("logits_to_keep")
-                )
-                extras = BatchExtras(**{**extras.as_dict(), "token_types": cut})
+            original_on_device = original.to(labels.device) if isinstance(original, Tensor) else None
+            extras = _align_token_types(extras, original_on_device, labels, prepared.get("logits_to_keep"))
         stash_batch_extras(self, extras)
         self.__dict__[_EXTRAS_PREPARED_ATTR] = True
         return prepared
@@ -93,10 +99,7 @@ class Stage1TrainerHook:
         if any(k in inputs for k in BATCH_EXTRAS_KEYS):
             # Called without our _prepare_inputs (stand-in trainers, direct calls): pop here.
             extras = pop_batch_extras(inputs)
-            labels = inputs.get("labels")
-            if isinstance(extras.token_types, Tensor) and isinstance(labels, Tensor):
-                cut = cut_like_labels(extras.token_types, None, labels, inputs.get("logits_to_keep"))
-                extras = BatchExtras(**{**extras.as_dict(), "token_types": cut})
+            extras = _align_token_types(extras, None, inputs.get("labels"), inputs.get("logits_to_keep"))
             stash_batch_extras(self, extras)
         elif not self.__dict__.get(_EXTRAS_PREPARED_ATTR, False):
             # A batch without extras: this step has none (never reuse the previous step's).
