@@ -297,6 +297,8 @@ class TensorBytesTracker(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._alive: dict[int, int] = {}
+        self.allocations: list[tuple[str, torch.dtype, int]] = []
+        """``(op, dtype, bytes)`` of every new storage, in order (to count the logits-sized ones)"""
 
     def _release(self, key: int) -> None:
         self.live -= self._alive.pop(key, 0)
@@ -319,6 +321,7 @@ class TensorBytesTracker(TorchDispatchMode):
             if nbytes == 0 or key in self._alive or key in inputs:  # a view / in-place / out= result
                 continue
             self._alive[key] = nbytes
+            self.allocations.append((func.overloadpacket.__name__, value.dtype, nbytes))
             self.live += nbytes
             self.peak = max(self.peak, self.live)
             weakref.finalize(storage, self._release, key)

@@ -36,6 +36,10 @@ class StepContext:
     device_values: dict[str, Tensor] = field(default_factory=dict)
     host: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    fused: bool = False
+    """the objective and the statistics came from the one-pass ``compute_loss_func`` seam"""
+    loss_divisor: float = 1.0
+    """what the seam divided the loss by (accumulation steps); the monitor sees the undivided loss"""
 
     @property
     def dataset_labels(self) -> list[str]:

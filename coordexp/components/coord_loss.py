@@ -1,8 +1,10 @@
 """The coord component: ``coord_soft_ce_w1`` as loss (enabled) or as diagnostics of a pure-CE run.
 
-Objective path (fail fast): mask coord targets in the labels the model sees, so the model's own CE is
-the base CE over non-coord targets; add the coord terms from the same logits through ONE autograd
-function; keep the train loss comparable across gradient-accumulation settings. Reporting is
+Objective path (fail fast). On an ms-swift trainer (the one-pass ``compute_loss_func`` seam,
+:meth:`CoordLossComponent.fused_loss`): the base CE over the non-coord targets and the coord terms from
+ONE autograd function over the logits. Elsewhere (two-pass): mask coord targets in the labels the model
+sees, so the model's own CE is the base CE, then add the coord terms through that autograd function.
+Either way the train loss stays comparable across gradient-accumulation settings. Reporting is
 best-effort like every diagnostic.
 """
 
@@ -57,6 +59,12 @@ def averages_tokens_across_devices(trainer: Any) -> bool:
     )
 
 
+def accumulation_steps(trainer: Any) -> int:
+    """The micro-batches of the current optimizer step (the last window of an epoch may be shorter)."""
+    configured = int(getattr(getattr(trainer, "args", None), "gradient_accumulation_steps", 1) or 1)
+    return int(getattr(trainer, "current_gradient_accumulation_steps", configured) or configured)
+
+
 def _global(count: Tensor, trainer: Any) -> Tensor:
     if averages_tokens_across_devices(trainer):
         count = count.clone()
@@ -74,16 +82,22 @@ class CoordLossComponent:
         self.gate_on = self.loss_cfg.gate_weight != 0.0
 
     # -- objective path ----------------------------------------------------------------------
-    def prepare(self, ctx: StepContext, coord: CoordSlice | None) -> None:
-        """Before the forward: mask coord targets for the base CE and set its token count."""
-        if not self.enabled:
-            return
+    def require(self, ctx: StepContext, coord: CoordSlice | None) -> CoordSlice:
+        """Before the forward: the enabled loss needs labels and the coord vocabulary."""
         if ctx.labels is None:
             raise CoordObjectiveError("custom.coord_soft_ce_w1.enabled is true but the batch has no labels")
         if coord is None:
             raise CoordObjectiveError(
                 "custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unknown"
             )
+        return coord
+
+    def prepare(self, ctx: StepContext, coord: CoordSlice | None) -> None:
+        """Two-pass path, before the forward: mask coord targets for the model's CE and set its count."""
+        if not self.enabled:
+            return
+        coord = self.require(ctx, coord)
+        assert ctx.labels is not None
         is_coord, _ = coord.lookup(ctx.labels.reshape(-1))
         masked = ctx.labels.masked_fill(is_coord.view_as(ctx.labels), IGNORE_INDEX)
         ctx.inputs["labels"] = masked
@@ -124,6 +138,44 @@ class CoordLossComponent:
         ctx.loss = ctx.loss + value.to(ctx.loss.dtype)
         return stats
 
+    def fused_loss(
+        self,
+        ctx: StepContext,
+        coord: CoordSlice,
+        logits: Tensor,
+        targets: Tensor,
+        types: Tensor | None,
+        request: PassRequest,
+        chunk_size: int,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The seam's objective: base CE over the non-coord targets + coord terms, one autograd function.
+
+        Each part is a mean over this batch's own rows (counted across ranks under
+        ``average_tokens_across_devices``), as in the two-pass path. ms-swift multiplies the returned loss
+        by the process count itself when it got a ``num_items_in_batch``.
+        """
+        is_coord, _ = coord.lookup(targets)
+        sup = targets != IGNORE_INDEX
+        counts = torch.stack([(is_coord & sup).sum(), (sup & ~is_coord).sum()]).to(torch.float32)
+        coord_den, base_den = _global(counts, ctx.trainer).clamp(min=1.0).unbind(0)  # one collective
+        value, stats = coord_loss(
+            logits,
+            targets,
+            coord,
+            self.loss_cfg,
+            coord_denominator=coord_den,
+            base_ce=True,
+            base_denominator=base_den,
+            types=types,
+            top5=request.top5,
+            mass=request.mass,
+            mass_max_tokens=request.mass_max_tokens,
+            chunk_size=chunk_size,
+        )
+        if averages_tokens_across_devices(ctx.trainer) and ctx.num_items_in_batch is None:
+            value = value * dist.get_world_size()  # ms-swift scales only when it had a count
+        return value, stats
+
     def scale_for_accumulation(self, ctx: StepContext) -> None:
         """Divide the train loss by the current accumulation steps when the Trainer no longer will.
 
@@ -139,8 +191,7 @@ class CoordLossComponent:
             return
         if getattr(trainer, "compute_loss_func", None) is not None:
             return
-        configured = int(getattr(getattr(trainer, "args", None), "gradient_accumulation_steps", 1) or 1)
-        steps = int(getattr(trainer, "current_gradient_accumulation_steps", configured) or configured)
+        steps = accumulation_steps(trainer)
         if steps > 1:
             ctx.loss = ctx.loss / steps
 
@@ -191,8 +242,11 @@ class CoordLossComponent:
             base_per_sample = 0.0
             n_base = s["n_base"]
             if n_base > 0:
-                world = dist.get_world_size() if averages_tokens_across_devices(ctx.trainer) else 1
-                base = s["base_loss"] * s.get("base_den", n_base) / (n_base * world)
+                if "base_loss" in s:  # two-pass path: the model's CE, rescaled by ms-swift
+                    world = dist.get_world_size() if averages_tokens_across_devices(ctx.trainer) else 1
+                    base = s["base_loss"] * s.get("base_den", n_base) / (n_base * world)
+                else:  # one-pass path: the pass's own sum over this batch's non-coord targets
+                    base = s["base_ce_sum"] / n_base
                 out[K.BASE_CE_NONCOORD_TOKENS] = n_base
                 out[K.BASE_CE_NONCOORD_TOKENS_PER_SAMPLE] = n_base / samples
                 if not math.isfinite(base):

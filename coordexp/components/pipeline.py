@@ -1,7 +1,12 @@
 """One explicit, ordered pipeline of Stage-1 components behind a single ``compute_loss``.
 
 Order is fixed here, not by class order: runtime -> coord -> token metrics -> instability monitor.
-Per step:
+
+One-pass path (an ms-swift trainer: the Stage-1 hook installs :class:`~coordexp.components.loss_seam.
+Stage1LossFunc` as its ``compute_loss_func``): ms-swift pops the labels, the model returns logits only,
+and :meth:`Stage1Pipeline.fused_loss` computes the base CE, the coord terms and every statistic in ONE
+autograd function over the logits (steps 2-5 below become that call). Two-pass path (a trainer without
+that seam, e.g. a stand-in): per step,
 
 1. take the batch extras (popped before the model sees them) and the ORIGINAL labels;
 2. coord (objective): mask coord targets in the labels the model sees, set the base-CE count;
@@ -27,8 +32,9 @@ from torch import Tensor
 
 from coordexp.components.base import Component, PassRequest
 from coordexp.components.context import StepContext
-from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
+from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError, accumulation_steps
 from coordexp.components.instability import InstabilityMonitorComponent
+from coordexp.components.loss_seam import Stage1LossFunc
 from coordexp.components.runtime import RuntimeComponent
 from coordexp.components.token_metrics import TokenMetricsComponent
 from coordexp.config import (
@@ -42,6 +48,7 @@ from coordexp.functional import (
     STAT_KEYS,
     CoordLossConfig,
     CoordSlice,
+    ce_loss,
     next_token_targets,
     next_token_types,
     stage1_stats,
@@ -75,6 +82,22 @@ def _usable_token_types(token_types: Any, labels: Tensor) -> bool:
         and not token_types.is_complex()
         and token_types.dtype != torch.bool
     )
+
+
+def reads_logits(trainer: Any, component_names: frozenset[str]) -> bool:
+    """Whether a trainer with these components computes anything from the logits (then the whole
+    objective goes through the one-pass seam); from the config sections alone, before any step."""
+    if COORD in component_names and getattr(trainer, "coord_soft_ce_w1_cfg", None) is not None:
+        return True
+    for name, attr, cls in (
+        (TOKEN_METRICS, "token_type_metrics_cfg", TokenTypeMetricsConfig),
+        (MONITOR, "instability_monitor_cfg", InstabilityMonitorConfig),
+    ):
+        if name in component_names:
+            cfg = _section(trainer, attr, cls)
+            if cfg is not None and cfg.enabled:
+                return True
+    return False
 
 
 def find_tokenizer(trainer: Any) -> Any:
@@ -126,6 +149,7 @@ class Stage1Pipeline:
         )
         self._coord_ids: list[int] | None = None
         self._coord_slice: CoordSlice | None = None
+        self._active: StepContext | None = None  # the step whose forward is running (one-pass seam)
         self._resolve_coord_vocab(trainer)
 
     @property
@@ -222,21 +246,30 @@ class Stage1Pipeline:
             num_items_in_batch=num_items_in_batch,
             forward_num_items=num_items_in_batch,
         )
+        one_pass = isinstance(getattr(trainer, "compute_loss_func", None), Stage1LossFunc)
         if self.coord_loss_enabled:
             # The vocab size is only known from the logits; ids are validated again after the forward.
-            # prepare() raises when the batch has no labels (before the forward, with a clear message).
+            # Both raise when the batch has no labels (before the forward, with a clear message).
             coord = self.coord_slice(ctx.labels.device) if ctx.labels is not None else None
             assert self.coord is not None
-            self.coord.prepare(ctx, coord)
+            if one_pass:
+                self.coord.require(ctx, coord)
+            else:
+                self.coord.prepare(ctx, coord)
 
-        loss, outputs = forward(ctx.inputs, ctx.forward_num_items)
+        self._active = ctx
+        try:
+            loss, outputs = forward(ctx.inputs, ctx.forward_num_items)
+        finally:
+            self._active = None
         ctx.loss, ctx.outputs = loss, outputs
-        if self.coord_loss_enabled:
-            ctx.device_values["base_loss"] = loss.detach().to(torch.float32)
-
-        self._statistics(ctx)
+        if not ctx.fused:
+            if self.coord_loss_enabled:
+                ctx.device_values["base_loss"] = loss.detach().to(torch.float32)
+            self._statistics(ctx)
         if ctx.loss is not None and self.monitor is not None:
-            ctx.device_values["loss"] = ctx.loss.detach().to(torch.float32)
+            # the monitor compares per-batch losses: undo the seam's accumulation division
+            ctx.device_values["loss"] = ctx.loss.detach().to(torch.float32) * ctx.loss_divisor
         if self.coord is not None:
             self.coord.scale_for_accumulation(ctx)
         self._to_host(ctx)
@@ -245,6 +278,95 @@ class Stage1Pipeline:
             self.monitor.agree_on_stop(ctx)  # every rank, every call: a collective when distributed
         assert ctx.loss is not None
         return ctx.loss, outputs
+
+    def fused_loss(self, trainer: Any, outputs: Any, labels: Any, num_items_in_batch: Any) -> Tensor:
+        """The one-pass seam (``compute_loss_func``): the step's whole objective and every statistic.
+
+        Coord loss on: base CE over the non-coord targets + coord terms, each a mean over this batch's
+        rows (see :meth:`CoordLossComponent.fused_loss`). Off: the CE over every supervised target
+        exactly as ms-swift + transformers compute it: ``Σ CE / num_items_in_batch`` (the accumulation
+        window's count in training, the batch's in eval) when the model accepts loss kwargs, else the
+        batch mean. transformers no longer divides by the accumulation steps once a
+        ``compute_loss_func`` is set, so a train-mode per-batch mean is divided here, once.
+        """
+        ctx = self._active
+        if ctx is None:
+            raise RuntimeError(
+                "coordexp: the Stage-1 compute_loss_func was called outside the Stage-1 compute_loss"
+            )
+        logits = getattr(outputs, "logits", None)
+        if not isinstance(labels, Tensor) or not isinstance(logits, Tensor):
+            missing = (
+                "the batch has no labels"
+                if not isinstance(labels, Tensor)
+                else "the model returned no logits"
+            )
+            raise CoordObjectiveError(f"coordexp: the Stage-1 loss cannot be computed: {missing}")
+        ctx.labels = labels
+        request = self._request(ctx) or PassRequest()
+        prepared = self._pass_inputs(ctx, logits, request, strict=True)
+        assert prepared is not None
+        flat, targets, types, coord = prepared
+        if self.coord_loss_enabled:
+            assert self.coord is not None
+            value, stats = self.coord.fused_loss(
+                ctx, self.coord.require(ctx, coord), flat, targets, types, request, self.chunk_size
+            )
+            per_batch = True
+        else:
+            accepts = bool(getattr(trainer, "model_accepts_loss_kwargs", False))
+            count = num_items_in_batch if accepts else None
+            value, stats = ce_loss(
+                flat,
+                targets,
+                denominator=count,
+                coord=coord,
+                coord_cfg=request.coord_cfg if self.best_effort.enabled(COORD) else None,
+                types=types,
+                top5=request.top5,
+                mass=request.mass,
+                mass_max_tokens=request.mass_max_tokens,
+                chunk_size=self.chunk_size,
+            )
+            per_batch = count is None
+        if per_batch and ctx.mode == "train":
+            steps = accumulation_steps(trainer)
+            if steps > 1:
+                value = value / steps
+                ctx.loss_divisor = float(steps)
+        ctx.stats, ctx.fused = stats, True
+        return value
+
+    def _pass_inputs(
+        self, ctx: StepContext, logits: Tensor, request: PassRequest, *, strict: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None, CoordSlice | None] | None:
+        """``(logits [N, V], targets [N], types, coord slice)`` of the step; records the pack size.
+
+        Logits that do not line up with the labels raise when ``strict`` (the objective depends on
+        them), else skip the step's diagnostics (warned once).
+        """
+        assert ctx.labels is not None
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        targets = next_token_targets(ctx.labels)
+        if flat.shape[0] != targets.shape[0]:
+            message = f"logits {tuple(logits.shape)} do not line up with labels {tuple(ctx.labels.shape)}"
+            if strict:
+                raise CoordObjectiveError(message)
+            self._warn_once(
+                "misaligned_logits", f"coordexp: {message}; the step's diagnostics are skipped (warned once)"
+            )
+            return None
+        types = None
+        token_types = ctx.extras.token_types
+        if request.types and _usable_token_types(token_types, ctx.labels):
+            assert isinstance(token_types, Tensor)
+            types = next_token_types(token_types.to(device=ctx.labels.device, dtype=torch.long))
+        coord = self.coord_slice(flat.device, vocab)
+        pack = ctx.extras.pack_num_samples
+        if isinstance(pack, Tensor) and pack.numel() > 0 and not pack.is_complex():
+            ctx.device_values["pack_samples"] = pack.sum().to(torch.float32)
+        return flat, targets, types, coord
 
     def _statistics(self, ctx: StepContext) -> None:
         request = self._request(ctx)
@@ -257,26 +379,10 @@ class Stage1Pipeline:
         if request is None and not self.coord_loss_enabled:
             return
         request = request or PassRequest()
-        vocab = logits.shape[-1]
-        flat = logits.reshape(-1, vocab)
-        targets = next_token_targets(ctx.labels)
-        if flat.shape[0] != targets.shape[0]:
-            message = f"logits {tuple(logits.shape)} do not line up with labels {tuple(ctx.labels.shape)}"
-            if self.coord_loss_enabled:
-                raise CoordObjectiveError(message)
-            self._warn_once(
-                "misaligned_logits", f"coordexp: {message}; the step's diagnostics are skipped (warned once)"
-            )
+        prepared = self._pass_inputs(ctx, logits, request, strict=self.coord_loss_enabled)
+        if prepared is None:
             return
-        types = None
-        token_types = ctx.extras.token_types
-        if request.types and _usable_token_types(token_types, ctx.labels):
-            assert isinstance(token_types, Tensor)
-            types = next_token_types(token_types.to(device=ctx.labels.device, dtype=torch.long))
-        coord = self.coord_slice(flat.device, vocab)
-        pack = ctx.extras.pack_num_samples
-        if isinstance(pack, Tensor) and pack.numel() > 0 and not pack.is_complex():
-            ctx.device_values["pack_samples"] = pack.sum().to(torch.float32)
+        flat, targets, types, coord = prepared
 
         if self.coord_loss_enabled:
             assert self.coord is not None

@@ -24,14 +24,20 @@ def build_demo_config(
     num_kv_heads: int = 2,
     intermediate_size: int | None = None,
     max_position_embeddings: int = 2048,
+    vocab_size: int | None = None,
 ) -> Qwen3Config:
-    """Config of the demo model; the vocabulary is exactly the tokenizer's (coord tokens included)."""
+    """Config of the demo model; the vocabulary is the tokenizer's (coord tokens included), or
+    ``vocab_size`` rows when given: a larger embedding, as real checkpoints pad theirs (the extra ids are
+    never produced by the tokenizer; benchmarks use it for a realistic logits width)."""
+    vocab = len(tokenizer) if vocab_size is None else vocab_size
+    if vocab < len(tokenizer):
+        raise ValueError(f"vocab_size={vocab} is below the tokenizer's {len(tokenizer)} tokens")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}")
     return Qwen3Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
@@ -62,6 +68,7 @@ def build_demo_model(
     num_kv_heads: int = 2,
     intermediate_size: int | None = None,
     max_position_embeddings: int = 2048,
+    vocab_size: int | None = None,
 ) -> Qwen3ForCausalLM:
     """Build a seeded random-init ``Qwen3ForCausalLM`` and save it into ``save_dir``.
 
@@ -77,6 +84,7 @@ def build_demo_model(
         num_kv_heads=num_kv_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
+        vocab_size=vocab_size,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -6,7 +6,7 @@ tensors); host code moves them in one transfer (:func:`stats_to_host`) and divid
 """
 
 from coordexp.functional.coord_config import CoordLossConfig
-from coordexp.functional.coord_loss import coord_loss
+from coordexp.functional.coord_loss import ce_loss, coord_loss
 from coordexp.functional.coord_math import (
     SANITIZE_LIMIT,
     coord_terms,
@@ -55,6 +55,7 @@ __all__ = [
     "CoordLossConfig",
     "CoordSlice",
     "SyncCounter",
+    "ce_loss",
     "coord_loss",
     "coord_terms",
     "gaussian_soft_targets",

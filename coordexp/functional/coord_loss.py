@@ -42,9 +42,11 @@ from coordexp.functional.targets import IGNORE_INDEX
 
 @dataclass
 class _Plan:
+    """What the autograd function computes: ``cfg`` is None when the coord terms are not in the loss."""
+
     spec: PassSpec
-    coord: CoordSlice
-    cfg: CoordLossConfig
+    coord: CoordSlice | None
+    cfg: CoordLossConfig | None
     base_ce: bool
     want_grad: bool
     stats: dict[str, Tensor] = field(default_factory=dict)
@@ -54,7 +56,9 @@ def _as_denominator(value: Tensor | float | None, default: Tensor) -> Tensor:
     if value is None:
         return default.clamp(min=1.0)
     if isinstance(value, Tensor):
-        return value.detach().to(device=default.device, dtype=torch.float32).reshape(())
+        value = value.detach().to(dtype=torch.float32).reshape(())
+        # only a real move names the device (a same-device ``.to(device=...)`` reads as a host copy on CPU)
+        return value if value.device == default.device else value.to(default.device)
     return torch.full((), float(value), device=default.device)
 
 
@@ -71,11 +75,17 @@ def _weighted_coord_sum(stats: dict[str, Tensor], cfg: CoordLossConfig) -> Tenso
     return total
 
 
-def _row_counts(targets: Tensor, coord: CoordSlice) -> tuple[Tensor, Tensor]:
-    """``(n_coord, n_base)`` from the targets alone (the pass counts the same rows), float32, sync-free."""
+def _row_counts(targets: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
+    """``(n_coord, n_base)`` from the targets alone (the pass counts the same rows), float32, sync-free.
+
+    ``n_base`` counts the base-CE rows: every supervised target with ``base_all``, else the non-coord ones.
+    """
     sup = targets != IGNORE_INDEX
-    is_coord = coord.lookup(targets)[0]
-    return (sup & is_coord).sum().to(torch.float32), (sup & ~is_coord).sum().to(torch.float32)
+    if plan.coord is None:
+        return torch.zeros((), device=targets.device), sup.sum().to(torch.float32)
+    is_coord = plan.coord.lookup(targets)[0]
+    base = sup if plan.spec.base_all else sup & ~is_coord
+    return (sup & is_coord).sum().to(torch.float32), base.sum().to(torch.float32)
 
 
 def _unit_gradient(
@@ -103,7 +113,7 @@ class _CoordLossFunction(torch.autograd.Function):
         base_denominator: Tensor | float | None,
         plan: _Plan,
     ) -> Tensor:
-        n_coord, n_base = _row_counts(targets, plan.coord)
+        n_coord, n_base = _row_counts(targets, plan)
         coord_den = _as_denominator(coord_denominator, n_coord)
         base_den = _as_denominator(base_denominator, n_base)
         grad: Tensor | None = None
@@ -111,7 +121,9 @@ class _CoordLossFunction(torch.autograd.Function):
             grad, stats = _unit_gradient(logits, targets, types, coord_den, base_den, plan)
         else:
             stats = run_stage1_pass(logits, targets, types, plan.spec).stats
-        loss = _weighted_coord_sum(stats, plan.cfg) / coord_den
+        loss = torch.zeros((), device=logits.device)
+        if plan.cfg is not None:
+            loss = _weighted_coord_sum(stats, plan.cfg) / coord_den
         if plan.base_ce:
             loss = loss + stats["base_ce_sum"] / base_den
         plan.stats = stats
@@ -169,4 +181,39 @@ def coord_loss(
     want_grad = torch.is_grad_enabled() and logits.requires_grad
     plan = _Plan(spec, coord, cfg, base_ce, want_grad)
     loss = _CoordLossFunction.apply(logits, targets, types, coord_denominator, base_denominator, plan)
+    return loss, plan.stats
+
+
+def ce_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    denominator: Tensor | float | None = None,
+    coord: CoordSlice | None = None,
+    coord_cfg: CoordLossConfig | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    types: Tensor | None = None,
+    top5: bool = True,
+    mass: bool = False,
+    mass_max_tokens: int = 0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Full-vocab cross-entropy over EVERY supervised target and every Stage-1 statistic, ONE pass.
+
+    The coord-loss-off counterpart of :func:`coord_loss` with ``base_ce=True``: ``loss = Σ_{supervised}
+    (lse(x) - x[gt]) / denominator`` (default: the supervised count clamped to >= 1) on the raw logits,
+    as ``F.cross_entropy(..., reduction="sum")`` gives it; the gradient is one tensor like ``logits``.
+    ``stats`` as :func:`~coordexp.functional.stage1_pass.stage1_stats` with the same arguments, except that
+    ``base_ce_sum`` is the CE sum over every supervised target. ``coord_cfg`` (needs ``coord``) adds the
+    coord diagnostics; they never enter the loss. On rows whose logits are non-finite or beyond ±1e4, the
+    coord rows' full-vocab ``logsumexp`` (gate and mass diagnostics) uses the raw row, as the CE does.
+    """
+    validate_inputs(logits, targets, types, chunk_size)
+    if coord is not None:
+        coord = coord.to(logits.device)
+        coord.check_vocab(logits.shape[-1])
+    diag_cfg = coord_cfg if coord is not None else None
+    spec = PassSpec(coord, diag_cfg, top5, mass, mass_max_tokens, False, False, chunk_size, base_all=True)
+    want_grad = torch.is_grad_enabled() and logits.requires_grad
+    plan = _Plan(spec, coord, None, True, want_grad)
+    loss = _CoordLossFunction.apply(logits, targets, types, None, denominator, plan)
     return loss, plan.stats

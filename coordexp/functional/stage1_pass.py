@@ -67,6 +67,10 @@ class PassSpec:
     grad: bool = False
     """also write ``d loss / d logits`` of the coord loss (+ base CE) chunk by chunk (see ``GradSpec``)"""
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    base_all: bool = False
+    """the base CE over EVERY supervised target on raw rows (the coord loss is off): no row is sanitised
+    in the full-vocab softmax, the coord terms are diagnostics only (never in the gradient); needs no
+    coord slice"""
 
     @property
     def diag(self) -> bool:
@@ -86,7 +90,7 @@ class PassSpec:
 
     @property
     def do_base(self) -> bool:
-        return self.base_ce and self.coord is not None
+        return (self.base_ce and self.coord is not None) or self.base_all
 
     @property
     def need_full(self) -> bool:
@@ -95,7 +99,7 @@ class PassSpec:
 
     @property
     def tempered(self) -> bool:
-        """Whether coord rows get a ``1 / T`` tempered softmax (the gate at ``T != 1``)."""
+        """Whether the gate needs a ``1 / T`` tempered full-vocab ``logsumexp`` of the coord rows."""
         return self.gate and self.temperature != 1.0
 
     def chunk_rows(self, vocab: int, device: torch.device) -> int:
@@ -167,6 +171,8 @@ class _Workspace:
         self.a = make(True)
         self.c = make(True)
         self.u = make(spec.need_full)
+        # base_all keeps the shared softmax untempered (the CE needs it): the gate's tempered rows go here
+        self.t = make(spec.base_all and spec.tempered)
 
     @staticmethod
     def take(buf: Tensor | None, size: int) -> Tensor:
@@ -203,6 +209,8 @@ class _Chunk:
         self._instability(xf, sup)
         if spec.coord is not None:
             self._coord_stats(spec.coord, x, xf, tgt, sup, keep)
+        elif spec.base_all:
+            self._full_vocab(None, x, xf, tgt, sup, None, sup)
 
     def put(self, name: str, mask: Tensor, value: Tensor | None = None) -> None:
         self.cols[name] = mask if value is None else torch.where(mask, value, 0.0)
@@ -230,6 +238,8 @@ class _Chunk:
             self.bins = torch.zeros_like(tgt)
             self.pred_coord = torch.zeros_like(sup)
         self.coord_row = sup & self.tgt_coord
+        # rows whose full-vocab softmax sees the coord-term sanitiser (none when the CE covers them raw)
+        self.sanitised_row = torch.zeros_like(sup) if spec.base_all else self.coord_row
         self.type_masks: dict[str, Tensor] = {}
         if typ is not None:
             typed = typ != TYPE_IGNORE
@@ -261,7 +271,7 @@ class _Chunk:
         self.put("n_nonfinite_logits", sup, nonfinite)
         self.grad_mask: Tensor | None = None
         if self.grad is not None and self.spec.need_full:
-            limit = torch.where(self.coord_row, SANITIZE_LIMIT, math.inf).unsqueeze(-1)
+            limit = torch.where(self.sanitised_row, SANITIZE_LIMIT, math.inf).unsqueeze(-1)
             self.grad_mask = torch.le(magnitude, limit, out=finite)
         absmax = magnitude.nan_to_num_(nan=0.0, posinf=0.0).amax(-1)
         self.absmax = torch.where(sup, absmax, 0.0).amax()
@@ -273,7 +283,7 @@ class _Chunk:
         (``logsumexp`` NaN / ±inf, as ``torch.logsumexp`` of the raw row) are restored per row.
         """
         u = torch.nan_to_num(xf, nan=0.0, out=_Workspace.take(self.ws.u, self.size))
-        limit = torch.where(self.coord_row, SANITIZE_LIMIT, _FLOAT_MAX).unsqueeze(-1)
+        limit = torch.where(self.sanitised_row, SANITIZE_LIMIT, _FLOAT_MAX).unsqueeze(-1)
         torch.minimum(u, limit, out=u)
         return torch.maximum(u, -limit, out=u)
 
@@ -302,8 +312,8 @@ class _Chunk:
         if self.type_masks:
             self.put("n_flip_format_to_coord", self.type_masks["format"] & pred_coord)
             self.put("n_flip_desc_to_coord", self.type_masks["desc"] & pred_coord)
-        base_row = sup & ~self.tgt_coord
-        self.put("n_base", base_row)
+        noncoord_row = sup & ~self.tgt_coord
+        self.put("n_base", noncoord_row)
         if not spec.need_full:
             if spec.diag and spec.coord_cfg is not None:
                 raw = coord.take(x).to(torch.float32)
@@ -311,20 +321,37 @@ class _Chunk:
                 self._coord_diag(spec.coord_cfg, terms, None)
                 self._write_coord_only_grad(coord, spec.coord_cfg, x, terms)
             return
+        self._full_vocab(coord, x, xf, tgt, sup, keep, sup if spec.base_all else noncoord_row)
 
+    def _full_vocab(
+        self,
+        coord: CoordSlice | None,
+        x: Tensor,
+        xf: Tensor,
+        tgt: Tensor,
+        sup: Tensor,
+        keep: Tensor | None,
+        base_row: Tensor,
+    ) -> None:
+        """The shared full-vocab softmax: base CE, coord-mass, gate and, with ``grad``, the gradient."""
+        spec = self.spec
         u = self._sanitised(xf)
         # the raw row max (NaN if the row has a NaN, as topk / argmax rank NaN first): no extra pass
         raw_top = x.gather(-1, self.pred.unsqueeze(-1)).squeeze(-1).to(torch.float32)
         full_terms: CoordTerms | None = None
-        if spec.diag and spec.coord_cfg is not None:
+        if coord is not None and spec.diag and spec.coord_cfg is not None:
             full_terms = coord_terms(sanitize_logits(coord.take(u)), self.bins, spec.coord_cfg)
         lse_c: Tensor | None = None
-        if spec.do_mass:
+        if coord is not None and spec.do_mass:
             lse_c = torch.logsumexp(coord.take(u), dim=-1)
             # a raw row of -inf only has a -inf coord lse (its mass is then NaN -> 0), not ~-float max
-            lse_c = torch.where(~self.coord_row & (raw_top == -math.inf), -math.inf, lse_c)
+            lse_c = torch.where(~self.sanitised_row & (raw_top == -math.inf), -math.inf, lse_c)
         lse1_coord: Tensor | None = None
-        if spec.tempered:
+        lse_gate: Tensor | None = None
+        if spec.tempered and spec.base_all:
+            tempered = torch.div(u, spec.temperature, out=_Workspace.take(self.ws.t, self.size))
+            lse_gate = torch.logsumexp(tempered, dim=-1)
+        elif spec.tempered:
             if spec.do_mass:
                 lse1_coord = torch.logsumexp(u, dim=-1)
             u.div_(torch.where(self.coord_row, spec.temperature, 1.0).unsqueeze(-1))
@@ -332,7 +359,7 @@ class _Chunk:
         # raw semantics of the non-coord rows, as torch.logsumexp of the raw row gives them
         raw_lse = torch.where(raw_top.isinf(), raw_top, lse_v)
         raw_lse = torch.where(raw_top.isnan(), math.nan, raw_lse)
-        lse1 = torch.where(self.coord_row, lse_v, raw_lse)
+        lse1 = torch.where(self.sanitised_row, lse_v, raw_lse)
         if lse1_coord is not None:
             lse1 = torch.where(self.coord_row, lse1_coord, lse1)
         if spec.do_mass and lse_c is not None and keep is not None:
@@ -346,13 +373,15 @@ class _Chunk:
                 self.put(f"mass_sum_{name}", keep & mask, mass)
         gt_logit = xf.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         if spec.do_base:
-            self.put("base_ce_sum", base_row, lse1 - gt_logit)
+            self.put("base_ce_sum", base_row, raw_lse - gt_logit)
         gate_raw: Tensor | None = None
         if full_terms is not None and spec.coord_cfg is not None:
-            gate_raw = self._coord_diag(spec.coord_cfg, full_terms, lse_v if spec.gate else None)
-        if self.grad is not None and spec.coord_cfg is not None:
+            lse_t = (lse_v if lse_gate is None else lse_gate) if spec.gate else None
+            gate_raw = self._coord_diag(spec.coord_cfg, full_terms, lse_t)
+        if self.grad is not None:
+            loss_terms = None if spec.base_all else full_terms  # base_all: coord terms are diagnostics
             self._write_full_grad(
-                coord, spec.coord_cfg, x, probs, lse_fix, full_terms, gate_raw, base_row, raw_top
+                coord, spec.coord_cfg, x, probs, lse_fix, loss_terms, gate_raw, base_row, raw_top
             )
 
     def _coord_diag(self, cfg: CoordLossConfig, terms: CoordTerms, lse_t: Tensor | None) -> Tensor | None:
@@ -411,8 +440,8 @@ class _Chunk:
 
     def _write_full_grad(
         self,
-        coord: CoordSlice,
-        cfg: CoordLossConfig,
+        coord: CoordSlice | None,
+        cfg: CoordLossConfig | None,
         x: Tensor,
         probs: Tensor,
         lse_fix: Tensor,
@@ -427,19 +456,20 @@ class _Chunk:
         assert self.grad is not None and self.grad_rows is not None and self.grad_mask is not None
         spec, out = self.spec, self.grad_rows
         zero = torch.zeros((), device=x.device)
-        coord_grad, gate_scale = (
-            self._coord_grad(cfg, terms, gate_raw) if terms is not None else (None, zero.expand(self.size))
-        )
-        base_on = base_row if spec.base_ce else torch.zeros_like(base_row)
+        coord_grad: Tensor | None = None
+        gate_scale = zero.expand(self.size)
+        if terms is not None and cfg is not None:
+            coord_grad, gate_scale = self._coord_grad(cfg, terms, gate_raw)
+        base_on = base_row if spec.do_base else torch.zeros_like(base_row)
         base_coef = torch.where(base_on, self.grad.base_scale, zero)
         row_coef = gate_scale * lse_fix / spec.temperature + base_coef
         row_coef = torch.where(base_on & ~raw_top.isfinite(), math.nan, row_coef)
         mask = self.grad_mask.mul_(row_coef.unsqueeze(-1))
         work = out if out.dtype == torch.float32 else probs
         torch.mul(probs, mask, out=work)
-        if spec.base_ce:
+        if spec.do_base:
             work.scatter_add_(-1, self.tgt.clamp(min=0).unsqueeze(-1), -base_coef.unsqueeze(-1))
-        if coord_grad is not None:
+        if coord_grad is not None and coord is not None:
             coord_grad.masked_fill_(~sanitizer_passes_grad(coord.take(x)), 0.0)
             if coord.start is not None:
                 coord.take(work).add_(coord_grad)

@@ -124,6 +124,39 @@ class StandInTrainer:
         return {k: m.values for k, m in self.custom_metrics[mode].items()}
 
 
+class SwiftLikeTrainer(StandInTrainer):
+    """The stand-in with ms-swift 4.6's ``compute_loss_func`` seam (``Seq2SeqTrainer``): the constructor
+    asks ``create_loss_and_eval_metric(args)`` for it (``SwiftMixin.__init__``); ``compute_loss`` pops
+    the labels when it is set, runs the model on the rest (logits only) and hands outputs and labels to
+    it, then scales by the process count under ``average_tokens_across_devices``."""
+
+    def __init__(self, model: nn.Module, *, args: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        for name, value in (args or {}).items():
+            setattr(self.args, name, value)
+        self.compute_loss_func = self.create_loss_and_eval_metric(self.args).get("compute_loss_func")
+
+    def create_loss_and_eval_metric(self, args: Any) -> dict[str, Any]:
+        return {}
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        func = self.compute_loss_func
+        if func is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = func(outputs, labels, num_items_in_batch=num_items_in_batch, loss_scale=None, trainer=self)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * 1  # one process
+        return (loss, outputs) if return_outputs else loss
+
+
 PAYLOADS = [
     {
         "objects": [

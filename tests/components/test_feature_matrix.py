@@ -20,6 +20,7 @@ from coordexp.metrics.dataset_metrics import (
 from tests.components.stage1_fixtures import (
     BatchSpec,
     StandInTrainer,
+    SwiftLikeTrainer,
     ToyLM,
     custom_with,
     make_batch,
@@ -92,14 +93,15 @@ def run_step(
     *,
     mixins: tuple[type, ...] | None = None,
     train: bool = True,
+    base: type[StandInTrainer] = StandInTrainer,
 ) -> tuple[StandInTrainer, torch.Tensor, ToyLM]:
     torch.manual_seed(0)
     model = ToyLM(len(tokenizer()))
     model.train(train)
     if mixins is None:
-        cls = build_trainer_cls(StandInTrainer, custom)
+        cls = build_trainer_cls(base, custom)
     else:
-        cls = type("Composed", (*mixins, StandInTrainer), {})
+        cls = type("Composed", (*mixins, base), {})
     trainer = cls(
         model,
         output_dir=str(tmp_path),
@@ -111,15 +113,24 @@ def run_step(
     return trainer, loss, model
 
 
+BASES = pytest.mark.parametrize(
+    "base", [StandInTrainer, SwiftLikeTrainer], ids=["two_pass", "one_pass_seam"]
+)
+
+
+@BASES
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
 @pytest.mark.parametrize("coord_on", [True, False], ids=["coord_on", "coord_off"])
 def test_cell_emits_exactly_the_reference_keys(
-    coord_on: bool, with_types: bool, packed: bool, tmp_path: Path
+    coord_on: bool, with_types: bool, packed: bool, base: type[StandInTrainer], tmp_path: Path
 ) -> None:
     trainer, loss, model = run_step(
-        custom_with(coord_on), BatchSpec(packed=packed, with_types=with_types), tmp_path
+        custom_with(coord_on), BatchSpec(packed=packed, with_types=with_types), tmp_path, base=base
     )
+    if base is SwiftLikeTrainer:  # the seam: logits only, the labels never reach the model
+        assert trainer.compute_loss_func is not None
+        assert all("labels" not in seen for seen in model.seen_kwargs)
     logged = trainer.logged("train")
     assert set(logged) == EXPECTED[(coord_on, with_types)]
     labels = ["lvis", "coco", "mixed"]
@@ -146,9 +157,30 @@ def test_cell_emits_exactly_the_reference_keys(
     )
 
 
-def test_eval_mode_writes_eval_metrics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
+@pytest.mark.parametrize("coord_on", [True, False], ids=["coord_on", "coord_off"])
+def test_one_pass_seam_equals_two_pass(
+    coord_on: bool, with_types: bool, packed: bool, tmp_path: Path
+) -> None:
+    spec = BatchSpec(packed=packed, with_types=with_types)
+    ref_trainer, ref_loss, ref_model = run_step(custom_with(coord_on), spec, tmp_path)
+    trainer, loss, model = run_step(custom_with(coord_on), spec, tmp_path, base=SwiftLikeTrainer)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), ref in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+    logged, ref_logged = trainer.logged(), ref_trainer.logged()
+    assert set(logged) == set(ref_logged)
+    for key, values in logged.items():
+        assert values == pytest.approx(ref_logged[key], rel=1e-5, abs=1e-6), key
+
+
+@BASES
+def test_eval_mode_writes_eval_metrics(base: type[StandInTrainer], tmp_path: Path) -> None:
     trainer, _, _ = run_step(
-        custom_with(True), BatchSpec(packed=False, with_types=True), tmp_path, train=False
+        custom_with(True), BatchSpec(packed=False, with_types=True), tmp_path, train=False, base=base
     )
     assert set(trainer.logged("eval")) == ALL_49
     assert trainer.logged("train") == {}
@@ -162,13 +194,16 @@ MIXINS = (
 )
 
 
+@BASES
 @pytest.mark.parametrize(
     "order", [MIXINS, tuple(reversed(MIXINS)), (MIXINS[2], MIXINS[0], MIXINS[3], MIXINS[1])]
 )
-def test_mixin_order_changes_neither_keys_nor_loss(order: tuple[type, ...], tmp_path: Path) -> None:
+def test_mixin_order_changes_neither_keys_nor_loss(
+    order: tuple[type, ...], base: type[StandInTrainer], tmp_path: Path
+) -> None:
     spec = BatchSpec(packed=True, with_types=True)
-    ref_trainer, ref_loss, _ = run_step(custom_with(True), spec, tmp_path, mixins=MIXINS)
-    trainer, loss, _ = run_step(custom_with(True), spec, tmp_path, mixins=order)
+    ref_trainer, ref_loss, _ = run_step(custom_with(True), spec, tmp_path, mixins=MIXINS, base=base)
+    trainer, loss, _ = run_step(custom_with(True), spec, tmp_path, mixins=order, base=base)
     assert set(trainer.logged()) == set(ref_trainer.logged()) == ALL_49
     assert torch.equal(loss, ref_loss)
     assert trainer.logged() == ref_trainer.logged()

@@ -6,12 +6,14 @@ Builds the trainer exactly like ``python -m coordexp train`` (``coordexp.trainin
 then makes the ranks see batches that enable different feature-conditional keys:
 
 - rank 0 drops ``token_types`` from every batch: no typed keys (``desc_token_frac`` ...);
-- rank 1 masks every coord target to -100: no coord targets, so no ``coord_diag/*``.
+- rank 1 masks every coord target to -100: no coord targets, so no ``coord_diag/*``; its
+  ``POISONED_STEP``-th training forward returns NaN logits (a NaN loss on rank 1 only).
 
 It records, per rank, into ``OUT/rank<r>.json``: the keys the pipeline wrote each step, every call
-of the coord component's cross-rank count reduction (local value in, global value out), the coord
-loss pieces of each step (local weighted term sums, the denominator used, the contribution added to
-the loss) and the monitor's decisions. Not a test module: test_distributed.py runs it.
+of the coord component's cross-rank count reduction (local ``[coord, base]`` counts in, global out),
+the coord loss pieces of each step (local weighted term sums, the denominator used, the coord part
+of the one-pass loss and the loss ms-swift's ``compute_loss`` returned) and the monitor's decisions.
+Not a test module: test_distributed.py runs it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import torch
 
 torch.set_num_threads(1)
 
-POISONED_BATCH = 3
-"""Rank 1's third batch has no supervised token: its loss is NaN there, and only there."""
+POISONED_STEP = 3
+"""Rank 1's third training forward returns NaN logits: its loss is NaN there, and only there."""
 
 
 def main(config: str, out: str) -> None:
@@ -53,20 +55,28 @@ def main(config: str, out: str) -> None:
         labels = out_batch["labels"]
         if rank == 0:
             out_batch.pop("token_types", None)
-        elif seen["batches"] == POISONED_BATCH:
-            out_batch["labels"] = torch.full_like(labels, -100)  # NaN loss on rank 1 only
         else:
             out_batch["labels"] = labels.masked_fill(torch.isin(labels, coord_ids.to(labels.device)), -100)
         return out_batch
 
     trainer.data_collator = collate
+    forwards = {"train": 0}
+
+    def poison(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+        if module.training:
+            forwards["train"] += 1
+            if rank == 1 and forwards["train"] == POISONED_STEP:
+                output.logits = output.logits * float("nan")
+        return output
+
+    trainer.model.register_forward_hook(poison, with_kwargs=True)
 
     # -- instrumentation ---------------------------------------------------------------------------
     real_global = coord_module._global
 
     def counted_global(count: torch.Tensor, tr: Any) -> torch.Tensor:
         result = real_global(count, tr)
-        record["reductions"].append([float(count), float(result)])
+        record["reductions"].append([count.tolist(), result.tolist()])
         return result
 
     coord_module._global = counted_global  # type: ignore[assignment]
@@ -82,27 +92,37 @@ def main(config: str, out: str) -> None:
             + weights.ce_weight * float(stats["ce_sum"])
             + weights.gate_weight * float(stats["gate_sum"])
         )
+        base = float(stats["base_ce_sum"]) / float(kwargs["base_denominator"])
         record["coord"].append(
             {
                 "n_coord": float(stats["n_coord"]),
                 "local_sum": local,
                 "denominator": float(kwargs["coord_denominator"]),
-                "value": float(value.detach()),
+                "value": float(value.detach()) - base,  # the coord part of the one-pass loss
+                "base": base,
             }
         )
         return value, stats
 
     coord_module.coord_loss = traced_coord_loss  # type: ignore[assignment]
 
-    real_add = pipeline.coord.add_coord_loss
+    real_fused = pipeline.fused_loss
 
-    def traced_add(ctx: Any, *args: Any, **kwargs: Any) -> Any:
-        before = float(ctx.loss.detach())
-        stats = real_add(ctx, *args, **kwargs)
-        record["coord"][-1].update(base=before, contribution=float(ctx.loss.detach()) - before)
-        return stats
+    def traced_fused(*args: Any) -> Any:
+        value = real_fused(*args)
+        record["coord"][-1]["fused"] = float(value.detach())
+        return value
 
-    pipeline.coord.add_coord_loss = traced_add  # type: ignore[method-assign]
+    pipeline.fused_loss = traced_fused  # type: ignore[method-assign]
+    real_compute_loss = trainer.compute_loss
+
+    def traced_compute_loss(*args: Any, **kwargs: Any) -> Any:
+        result = real_compute_loss(*args, **kwargs)
+        loss = result[0] if isinstance(result, tuple) else result
+        record["coord"][-1]["returned"] = float(loss.detach())
+        return result
+
+    trainer.compute_loss = traced_compute_loss  # type: ignore[method-assign]
 
     real_write = pipeline.reporter.write
 

@@ -1,0 +1,355 @@
+"""A real ms-swift training step: plain SFT against the Stage-1 stack (one pass through compute_loss_func).
+
+Run ``python -m benchmarks.bench_trainer_step`` (``--help`` for the options). It builds a tiny-hidden,
+large-vocab Qwen3 offline: the demo tokenizer (the 1,000 coord tokens included), and a
+``Qwen3ForCausalLM`` with hidden size 64, 2 layers and ``--vocab`` rows (default 32,000; the rows
+beyond the tokenizer are padding, as real checkpoints have). It loads the model through ms-swift
+(``get_model_processor``, ``get_template(..., padding_free=True)``). Then, for each length, it builds one
+packed row (several samples; ~79% of positions supervised, ~35% of those coord tokens; ``position_ids``
+restart per sample, as ms-swift's packing gives). It times ms-swift 4.6's ``Seq2SeqTrainer.training_step``
+(``_prepare_inputs`` with its ``logits_to_keep`` mask, forward, loss, backward) for three trainers that
+share the model:
+
+- ``plain``: ms-swift's ``Seq2SeqTrainer``. The model computes transformers' causal-LM loss.
+- ``metrics``: the Stage-1 trainer with every feature but the coord loss. That is token metrics (top-5,
+  per type, coord-mass monitors), the coord diagnostics and the instability monitor. The base CE and
+  every statistic come from ONE pass over the logits through ``compute_loss_func``.
+- ``coord_on``: the same with the coord loss on (base CE of the non-coord targets + softCE, W1, gate).
+
+The batch carries the Stage-1 extras (token types, pack sizes, labels) the collator would attach.
+``instability_monitor.min_supervised_tokens`` is set above the row length, so the random model's zero
+accuracy does not write an event file every step (events are rare in real runs).
+
+Reported per length and variant:
+
+- **Step time.** The median over ``--repeats`` interleaved repetitions (the order rotates every
+  repetition), as a ratio to ``plain`` in the same run.
+- **Peak memory.** On CPU, a traced peak of tensor bytes alive during one step (``TensorBytesTracker``
+  of ``bench_stage1``: every storage an aten op creates counts until it is freed). Parameter gradients
+  are freed before every step, so they count in every variant.
+- **Host syncs.** ``SyncCounter(count_host_copies=True)`` around one step. It sees ``.item()``,
+  ``nonzero``, boolean indexing and host copies, so it also counts ms-swift's own syncs
+  (``prepare_logits_to_keep``, ``token_acc``) and the model's bool-mask ``logits_to_keep`` indexing.
+  "added" is the variant's count minus ``plain``'s.
+
+Checks (exit code 1 when one fails): the ``metrics`` step's loss and ``lm_head`` gradient equal the
+``plain`` step's (relative 1e-5). There, the base CE is ms-swift's own CE, computed by the Stage-1 pass.
+
+Targets (CPU, 2,048 and 8,192 tokens): the stack's step at most 1.15x the plain step, peak memory no
+higher than plain, at most 2 host syncs per step (added by the stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.bench_stage1 import TensorBytesTracker, device_name
+from coordexp.functional import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, SyncCounter
+
+VARIANTS = ("plain", "metrics", "coord_on")
+LABELS = {"plain": "plain ms-swift", "metrics": "stack, metrics only", "coord_on": "stack, coord on"}
+HIDDEN, LAYERS = 64, 2
+DATASET = "lvis"
+
+
+def _custom(coord_on: bool, max_tokens: int) -> dict[str, Any]:
+    return {
+        "coord_soft_ce_w1": {"enabled": coord_on},
+        "token_type_metrics": {
+            "enabled": True,
+            "include": [DATASET],
+            "log_top5": True,
+            "coord_monitor_mass": True,
+        },
+        "instability_monitor": {"enabled": True, "min_supervised_tokens": max_tokens + 1},
+    }
+
+
+def build_checkpoint(root: Path, vocab: int, max_length: int) -> Path:
+    from coordexp.demo.model import build_demo_model
+    from coordexp.demo.tokenizer import build_demo_tokenizer
+
+    tokenizer = build_demo_tokenizer(root)
+    build_demo_model(
+        root,
+        tokenizer,
+        hidden_size=HIDDEN,
+        num_layers=LAYERS,
+        vocab_size=vocab,
+        max_position_embeddings=max_length,
+    )
+    return root
+
+
+def build_trainers(checkpoint: Path, out: Path, max_length: int) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
+
+    from coordexp.metrics.dataset_metrics import build_trainer_cls
+
+    model, processor = get_model_processor(
+        str(checkpoint), model_type="qwen3", device_map="cpu", attn_impl="sdpa"
+    )
+    template = get_template(
+        processor, template_type="qwen3_nothinking", max_length=max_length, padding_free=True
+    )
+    template.set_mode("train")
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        report_to=[],
+        check_model=False,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        save_strategy="no",
+    )
+    common = {"model": model, "args": args, "template": template, "train_dataset": [{}]}
+    trainers = {"plain": Seq2SeqTrainer(**common)}
+    for name, coord_on in (("metrics", False), ("coord_on", True)):
+        cls = build_trainer_cls(Seq2SeqTrainer, _custom(coord_on, max_length))
+        trainers[name] = cls(**common)
+    return trainers
+
+
+def packed_row(length: int, tokenizer: Any, seed: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """One packed row (prompt unsupervised, answer supervised, ~35% coord targets) with its extras."""
+    from coordexp.coord_tokens.codec import get_coord_token_ids
+    from coordexp.generated.batch_extras import (
+        DATASET_LABELS_KEY,
+        DATASET_SEGMENTS_KEY,
+        PACK_NUM_SAMPLES_KEY,
+        TOKEN_TYPES_KEY,
+    )
+
+    gen = torch.Generator().manual_seed(seed)
+    coord_ids = torch.tensor(get_coord_token_ids(tokenizer))
+    text_vocab = int(coord_ids.min())  # text ids below the coord block
+    ids: list[int] = []
+    labels: list[int] = []
+    types: list[int] = []
+    positions: list[int] = []
+    samples = 0
+    while len(ids) < length:
+        size = min(int(torch.randint(200, 600, (1,), generator=gen)), length - len(ids))
+        prompt = max(1, int(0.21 * size))
+        answer = size - prompt
+        is_coord = torch.rand(answer, generator=gen) < 0.35
+        text = torch.randint(10, text_vocab, (answer,), generator=gen)
+        coords = coord_ids[torch.randint(0, len(coord_ids), (answer,), generator=gen)]
+        ans = torch.where(is_coord, coords, text)
+        ids += torch.randint(10, text_vocab, (prompt,), generator=gen).tolist() + ans.tolist()
+        labels += [IGNORE_INDEX] * prompt + ans.tolist()
+        kinds = torch.where(torch.rand(answer, generator=gen) < 0.3, TYPE_DESC, TYPE_FORMAT)
+        types += [-1] * prompt + torch.where(is_coord, TYPE_COORD, kinds).tolist()
+        positions += list(range(size))
+        samples += 1
+    label_t = torch.tensor([labels])
+    supervised = label_t != IGNORE_INDEX
+    batch = {
+        "input_ids": torch.tensor([ids]),
+        "labels": label_t,
+        "position_ids": torch.tensor([positions]),
+        TOKEN_TYPES_KEY: torch.tensor([types]),
+        PACK_NUM_SAMPLES_KEY: torch.tensor([samples]),
+        DATASET_LABELS_KEY: [DATASET],
+        DATASET_SEGMENTS_KEY: [length],
+    }
+    coord_frac = float(torch.isin(label_t[supervised], coord_ids).float().mean())
+    return batch, {
+        "samples": samples,
+        "supervised_frac": float(supervised.float().mean()),
+        "coord_frac": coord_frac,
+    }
+
+
+def make_step(trainer: Any, batch: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
+
+    drop = BATCH_EXTRAS_KEYS if not hasattr(trainer, "stage1_pipeline") else ()
+    num_items = (batch["labels"][..., 1:] != IGNORE_INDEX).sum()
+
+    def step() -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k not in drop}
+        return trainer.training_step(trainer.model, inputs, num_items)
+
+    return step
+
+
+def _fresh(trainer: Any) -> None:
+    trainer.model.zero_grad(set_to_none=True)
+
+
+def time_steps(
+    trainers: dict[str, Any], steps: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, list[float]]:
+    for name, step in steps.items():  # warm-up
+        _fresh(trainers[name])
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for repeat in range(repeats):
+        # rotate the order, so that no variant always follows the same one (allocator and cache state)
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            _fresh(trainers[name])
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def check_metrics_equals_plain(
+    trainers: dict[str, Any], steps: dict[str, Callable[[], Any]]
+) -> dict[str, Any]:
+    results = {}
+    for name in ("plain", "metrics"):
+        _fresh(trainers[name])
+        loss = float(steps[name]())
+        grad = trainers[name].model.lm_head.weight.grad.detach().clone()
+        results[name] = (loss, grad)
+    (loss_p, grad_p), (loss_m, grad_m) = results["plain"], results["metrics"]
+    loss_err = abs(loss_m - loss_p) / abs(loss_p)
+    grad_err = float((grad_m - grad_p).abs().max() / grad_p.abs().max())
+    ok = loss_err <= 1e-5 and grad_err <= 1e-5
+    return {
+        "name": "metrics-only loss and lm_head gradient == plain ms-swift",
+        "ok": ok,
+        "loss_rel_err": loss_err,
+        "grad_rel_err": grad_err,
+    }
+
+
+def measure(trainers: dict[str, Any], batch: dict[str, Any], repeats: int) -> dict[str, Any]:
+    steps = {name: make_step(trainers[name], batch) for name in VARIANTS}
+    check = check_metrics_equals_plain(trainers, steps)
+    times = time_steps(trainers, steps, repeats)
+    median = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    syncs, peaks = {}, {}
+    for name, step in steps.items():
+        _fresh(trainers[name])
+        with SyncCounter(count_host_copies=True) as counter:
+            step()
+        syncs[name] = {"count": counter.count, "ops": dict(counter.ops)}
+        _fresh(trainers[name])
+        with TensorBytesTracker() as tracker:
+            step()
+        peaks[name] = tracker.peak
+    return {
+        "median_ms": median,
+        "ratio": {name: median[name] / median["plain"] for name in median},
+        "peak_bytes": peaks,
+        "peak_ratio": {name: peaks[name] / peaks["plain"] for name in peaks},
+        "syncs": syncs,
+        "added_syncs": {name: syncs[name]["count"] - syncs["plain"]["count"] for name in syncs},
+        "checks": [check],
+    }
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| tokens | plain ms-swift step | stack, metrics only | stack, coord on "
+        "| peak memory (plain / metrics / coord on) | host syncs per step (plain / metrics / coord on) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m, ratio, p, s = r["median_ms"], r["ratio"], r["peak_bytes"], r["syncs"]
+        lines.append(
+            f"| {r['length']:,} | {m['plain']:.0f} ms | {m['metrics']:.0f} ms ({ratio['metrics']:.2f}x) "
+            f"| {m['coord_on']:.0f} ms ({ratio['coord_on']:.2f}x) "
+            f"| {' / '.join(_mib(p[n]) for n in VARIANTS)} "
+            f"| {' / '.join(str(s[n]['count']) for n in VARIANTS)} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--lengths", default="2048,8192", help="comma-separated tokens per packed row")
+    parser.add_argument("--vocab", type=int, default=32_000, help="model vocabulary (>= the tokenizer's)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths = [int(v) for v in args.lengths.split(",")]
+    max_length = max(lengths)
+    results = []
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = build_checkpoint(Path(tmp) / "model", args.vocab, max_length)
+        trainers = build_trainers(checkpoint, Path(tmp) / "out", max_length)
+        tokenizer = trainers["plain"].template.tokenizer
+        for length in lengths:
+            batch, shape = packed_row(length, tokenizer, args.seed)
+            print(
+                f"[{length:,} tokens] {shape['samples']} samples, {shape['supervised_frac']:.0%} supervised, "
+                f"{shape['coord_frac']:.0%} of those coord; {args.repeats} interleaved repeats",
+                flush=True,
+            )
+            result = {"length": length, **shape, **measure(trainers, batch, args.repeats)}
+            ok &= all(c["ok"] for c in result["checks"])
+            for check in result["checks"]:
+                print(f"[{length:,} tokens] check {'ok' if check['ok'] else 'FAIL'}: {check}", flush=True)
+            print(
+                f"[{length:,} tokens] "
+                + ", ".join(
+                    f"{LABELS[n]} {result['median_ms'][n]:.0f} ms ({result['ratio'][n]:.2f}x), "
+                    f"peak {_mib(result['peak_bytes'][n])}, {result['syncs'][n]['count']} syncs"
+                    for n in VARIANTS
+                ),
+                flush=True,
+            )
+            results.append(result)
+    table = format_table(results)
+    print()
+    print(table)
+    if args.json:
+        meta = {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": device_name(torch.device("cpu")),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "vocab": args.vocab,
+            "hidden_size": HIDDEN,
+            "layers": LAYERS,
+            "dtype": "float32",
+            "repeats": args.repeats,
+            "lengths": lengths,
+            "checks_ok": ok,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if not ok:
+        print("CHECK FAILED: the metrics-only step does not reproduce plain ms-swift", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

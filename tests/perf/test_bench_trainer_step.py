@@ -1,0 +1,26 @@
+"""The trainer-step benchmark runs on a tiny size, its check passes, and the stack adds ONE host sync
+per step (the statistics transfer) to what plain ms-swift's step already does. Counts only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_trainer_step
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_runs_on_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--lengths", "300", "--vocab", "4096", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    assert bench_trainer_step.main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert payload["meta"]["checks_ok"] is True and payload["meta"]["lengths"] == [300]
+    (result,) = payload["results"]
+    assert set(result["median_ms"]) == set(bench_trainer_step.VARIANTS)
+    assert result["added_syncs"] == {"plain": 0, "metrics": 1, "coord_on": 1}
+    assert all(result["peak_bytes"][name] > 0 for name in bench_trainer_step.VARIANTS)
+    assert result["checks"][0]["loss_rel_err"] <= 1e-5
