@@ -5,4 +5,9 @@ Start with :mod:`coordexp.metrics.dataset_metrics` (trainer mixins, ``build_trai
 generated from ``schemas/``). ``python -m coordexp`` runs the training entry and the log tools.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("coordexp")  # the one source is pyproject.toml, through the install
+except _metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"

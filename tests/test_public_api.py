@@ -57,6 +57,6 @@ def test_config_wrappers_take_plain_mappings_and_name_bad_keys() -> None:
 
     cfg = CoordSoftCEW1Config.from_mapping({"enabled": True, "temperature": 2.0})
     assert cfg.enabled and cfg.temperature == 2.0
-    assert TokenTypeMetricsConfig.from_mapping({"enabled": True}).include == ["lvis"]
+    assert TokenTypeMetricsConfig.from_mapping({"enabled": True}).include == ("lvis",)
     with pytest.raises(ValueError, match=r"custom\.coord_soft_ce_w1\.temperature"):
         CoordSoftCEW1Config.from_mapping({"temperature": 0})

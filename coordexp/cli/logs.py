@@ -23,6 +23,7 @@ import yaml
 
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.contracts.catalog import EVAL_PREFIX
+from coordexp.data_collators.enrichers import sample_dataset_label
 from coordexp.generated import metric_keys as K
 
 __all__ = [
@@ -287,8 +288,8 @@ def eval_configured(raw: Mapping[str, Any]) -> bool | None:
 
 
 def dataset_labels_from_config(config: RunConfig) -> frozenset[str]:
-    """Dataset labels the run knows of: the token-metric include/exclude lists, and the ``dataset``
-    field of the first rows of the data files the YAML names (when they are still on disk)."""
+    """Dataset labels the run knows of: the token-metric include/exclude lists, and the label
+    (``sample_dataset_label``) of the first rows of the data files the YAML names (when still on disk)."""
     labels: set[str] = set()
     ttm = config.custom.token_type_metrics
     if ttm is not None:
@@ -308,8 +309,8 @@ def dataset_labels_from_config(config: RunConfig) -> frozenset[str]:
                         row = json.loads(line)
                     except json.JSONDecodeError:
                         continue
-                    if isinstance(row, dict) and isinstance(row.get("dataset"), str):
-                        labels.add(row["dataset"])
+                    if isinstance(row, dict):
+                        labels.add(sample_dataset_label(row))  # the label the collator gives the row
         except OSError:
             continue
     return frozenset(x.strip().lower() for x in labels if x.strip())
@@ -358,6 +359,13 @@ def read_run(run_dir: str | Path, *, config_path: str | Path | None = None) -> R
             f"no {LOGGING_FILE}, {TRAINER_STATE_FILE} or TensorBoard events ({TB_DIR}/) in {root}"
             + _nested_runs_hint(root)
         )
+    if not any(logs.sources.values()):  # e.g. a run killed before its first log step
+        unreadable = {p.source for p in logs.problems if p.fatal}
+        found = ", ".join(
+            f"{name} has no readable record" if name in unreadable else f"{name} is empty"
+            for name in logs.sources
+        )
+        raise RunDirError(f"no log records in {root}: {found} (did the run log a step?)")
     cfg = Path(config_path) if config_path is not None else root / CONFIG_FILE
     if config_path is not None and not cfg.is_file():
         raise RunDirError(f"config file {cfg} does not exist")

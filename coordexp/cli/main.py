@@ -6,8 +6,11 @@ Configuration is YAML-first: ``train`` takes only the path of its YAML (none: th
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Sequence
+
+import coordexp
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -18,6 +21,7 @@ def _train(argv: Sequence[str]) -> int:
     parser.add_argument("config", nargs="?", help="training YAML (model, data, training, custom)")
     args = parser.parse_args(list(argv))
     from coordexp.config import ConfigError
+    from coordexp.training.refused import DataError
 
     try:
         from coordexp.training import demo_config, load_config, train
@@ -26,24 +30,47 @@ def _train(argv: Sequence[str]) -> int:
         if not args.config:
             print("[coordexp] no config given: running the embedded demo (tiny Qwen3, synthetic data)")
         train(cfg)
-    except ConfigError as exc:
-        print(f"coordexp train: invalid config:\n{exc}", file=sys.stderr)
+    except ConfigError as exc:  # one line per error, each naming the file and key
+        for line in str(exc).splitlines():
+            print(f"coordexp train: error: {line}", file=sys.stderr)
+        return 2
+    except DataError as exc:  # refused rows over data.max_refused_fraction: one line, file:line first
+        print(f"coordexp train: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
+USAGE = (
+    "usage: coordexp {train,check-logs,report} ...\n\n"
+    "  train [CONFIG.yaml]   train (no config: the embedded demo)\n"
+    "  check-logs RUN_DIR    check a run's logged keys against the metric catalog\n"
+    "  report RUN_DIR        plot loss composition and diagnostics (PNG + CSV)\n"
+    "  --version             print the installed version"
+)
+COMMANDS = ("train", "check-logs", "report")
+
+
+def unknown_command(word: str) -> str:
+    """The one-line error for a word that is not a subcommand, with the closest one if any."""
+    close = difflib.get_close_matches(word, COMMANDS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "commands: " + ", ".join(COMMANDS)
+    return f"coordexp: unknown command {word!r} ({hint})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": _train, "check-logs": None, "report": None}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print(
-            "usage: coordexp {train,check-logs,report} ...\n\n"
-            "  train [CONFIG.yaml]   train (no config: the embedded demo)\n"
-            "  check-logs RUN_DIR    check a run's logged keys against the metric catalog\n"
-            "  report RUN_DIR        plot loss composition and diagnostics (PNG + CSV)",
-            file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout,
-        )
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"coordexp {coordexp.__version__}")
+        return 0
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        print(unknown_command(argv[0]), file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "train":
         return _train(rest)

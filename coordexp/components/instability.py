@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from coordexp.components.base import PassRequest
 from coordexp.components.context import StepContext
@@ -51,6 +55,11 @@ class InstabilityMonitorComponent:
         settings = self.monitor.settings
         self.can_stop = settings.early_stop.enabled or settings.early_stop_on_zero_acc
         self.stop_requested = False
+
+    def state_callback(self) -> TrainerCallback:
+        """The callback that keeps this monitor's state in the trainer's checkpoints."""
+        link: dict[str, Any] = {"component": self}
+        return type(MonitorStateCallback.__name__, (MonitorStateCallback,), link)()
 
     def pass_request(self, ctx: StepContext) -> PassRequest | None:
         return PassRequest()
@@ -103,3 +112,102 @@ def _set_stop_flags(trainer: Any) -> None:
     if control is not None:
         control.should_training_stop = True
         control.should_epoch_stop = True
+
+
+class MonitorStateCallback(TrainerCallback, ExportableState):
+    """Saves the monitor's state with every checkpoint and restores it when training resumes, so a
+    resumed run judges its steps against the same EMA as an uninterrupted one.
+
+    HF writes ``state()`` into each checkpoint's ``trainer_state.json`` (``stateful_callbacks``) and,
+    on resume, loads that file as the ``TrainerState`` before ``on_train_begin``; there the state is
+    read back. (HF's own restore, ``restore_callback_states_from_checkpoint``, is off by default and
+    rebuilds the callback from its class: each monitor gets its own subclass, made by
+    ``InstabilityMonitorComponent.state_callback``, so a rebuilt one still reaches its monitor and
+    the ``monitor_state`` setter restores it.)
+
+    Every rank has its own EMA (its own batches) but only the main process writes the checkpoint:
+    on a step that saves, the ranks' states are gathered first (a collective on save steps only).
+    """
+
+    component: ClassVar[InstabilityMonitorComponent | None] = None
+
+    def __init__(self) -> None:
+        self._gathered: tuple[int, list[Any]] | None = None  # (global step, per-rank states)
+        self._step = -1
+
+    def _monitor(self) -> InstabilityMonitor:
+        assert self.component is not None, "use InstabilityMonitorComponent.state_callback()"
+        return self.component.monitor
+
+    @property
+    def monitor_state(self) -> dict[str, Any]:
+        """``InstabilityMonitor.state_dict()`` of every rank, in rank order."""
+        if self._gathered is not None and self._gathered[0] == self._step:
+            return {"ranks": list(self._gathered[1])}
+        return {"ranks": [self._monitor().state_dict()]}
+
+    @monitor_state.setter
+    def monitor_state(self, saved: Mapping[str, Any]) -> None:
+        monitor = self._monitor()
+        ranks = saved.get("ranks") if isinstance(saved, Mapping) else None
+        if not isinstance(ranks, list) or not ranks:
+            warnings.warn(
+                f"coordexp: ignoring unreadable state of the instability monitor in the checkpoint "
+                f"({saved!r:.200}); the EMA baseline starts afresh",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            monitor.load_state_dict({"ema": None})
+            return
+        rank, world = _rank_and_world()
+        if len(ranks) != world:
+            warnings.warn(
+                f"coordexp: the checkpoint holds the instability monitor state of {len(ranks)} "
+                f"rank(s), this run has {world}; every rank resumes from rank 0's EMA",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            rank = 0
+        monitor.load_state_dict(ranks[rank])
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"monitor_state": self.monitor_state}}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._step = state.global_step
+        if state.global_step == 0:
+            return  # a fresh run: nothing to restore
+        saved = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+        if isinstance(saved, list):  # HF keeps a list when several callbacks share a name
+            saved = saved[0] if saved else None
+        if isinstance(saved, Mapping) and "monitor_state" in saved.get("attributes", {}):
+            self.monitor_state = saved["attributes"]["monitor_state"]
+        else:
+            warnings.warn(
+                f"coordexp: the checkpoint of step {state.global_step} holds no instability monitor "
+                "state (saved without the monitor, or by an older coordexp); the EMA baseline starts "
+                "afresh",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._gather_before_save(state, control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._gather_before_save(state, control)
+
+    def _gather_before_save(self, state: Any, control: Any) -> None:
+        # control.should_save is decided by the flow callback, which runs before this one.
+        self._step = state.global_step
+        if not control.should_save or _rank_and_world()[1] < 2:
+            return
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self._monitor().state_dict())
+        self._gathered = (state.global_step, gathered)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

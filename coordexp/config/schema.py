@@ -7,10 +7,18 @@ Each wrapper adds :meth:`from_mapping`, which turns pydantic's errors into one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from coordexp.generated.models import config as generated
 
@@ -93,6 +101,19 @@ class _Section(BaseModel):
 
 class TokenTypeMetricsConfig(_Section, generated.TokenTypeMetricsConfig):
     SECTION: ClassVar[str] = "custom.token_type_metrics"
+    # include/exclude are tuples, as in the dataclass config this replaced (callers compare them
+    # with tuples); the schema has no tuple type, so the generated model says list.
+    model_config = ConfigDict(validate_default=True)
+
+    @field_validator("include", "exclude", mode="after")
+    @classmethod
+    def _as_tuple(cls, labels: list[str]) -> tuple[str, ...]:
+        return tuple(labels)
+
+    @field_serializer("include", "exclude")
+    def _dump_labels(self, labels: Sequence[str], info: SerializationInfo) -> list[str] | tuple[str, ...]:
+        # Serialised by hand: the generated list[str] serializer would warn about the tuple.
+        return list(labels) if info.mode_is_json() else tuple(labels)
 
     def includes(self, dataset_label: str) -> bool:
         """Whether samples of ``dataset_label`` get token types (include, minus exclude)."""

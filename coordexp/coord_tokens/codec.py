@@ -8,7 +8,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 COORD_BINS: Final = 1000
-_COORD_RE: Final = re.compile(r"^<\|coord_(\d{1,3})\|>$")
+COORD_TOKEN_PREFIX: Final = "<|coord_"
+COORD_TOKEN_SUFFIX: Final = "|>"
+_COORD_RE: Final = re.compile(f"^{re.escape(COORD_TOKEN_PREFIX)}(\\d{{1,3}}){re.escape(COORD_TOKEN_SUFFIX)}$")
+# Anything spelled like a coord token inside a text, whatever stands between the delimiters: the ones
+# that are not one of the COORD_BINS tokens (``<|coord_1555|>``, ``<|coord_007|>``) are not in the
+# vocabulary, so the tokenizer would split them into ordinary text pieces.
+_COORD_LIKE_RE: Final = re.compile(
+    f"{re.escape(COORD_TOKEN_PREFIX)}[^|<>\\s]*{re.escape(COORD_TOKEN_SUFFIX)}"
+)
 
 
 class CoordVocabError(ValueError):
@@ -19,7 +27,7 @@ def coord_token(k: int) -> str:
     """The token text of bin ``k`` (0 <= k < 1000)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < COORD_BINS:
         raise ValueError(f"coord bin must be an int in [0, {COORD_BINS}), got {k!r}")
-    return f"<|coord_{k}|>"
+    return f"{COORD_TOKEN_PREFIX}{k}{COORD_TOKEN_SUFFIX}"
 
 
 def parse_coord_token(s: object) -> int | None:
@@ -34,6 +42,11 @@ def parse_coord_token(s: object) -> int | None:
     if len(digits) > 1 and digits.startswith("0"):
         return None
     return int(digits)
+
+
+def invalid_coord_tokens(text: str) -> list[str]:
+    """The coord-token lookalikes in ``text`` that are not one of the ``COORD_BINS`` tokens, in order."""
+    return [m.group(0) for m in _COORD_LIKE_RE.finditer(text) if parse_coord_token(m.group(0)) is None]
 
 
 # Aliases named after the int <-> token direction, for call sites that read better that way.
@@ -97,6 +110,7 @@ __all__ = [
     "coord_token",
     "get_coord_token_ids",
     "int_to_token",
+    "invalid_coord_tokens",
     "is_coord_token",
     "parse_coord_token",
     "token_to_int",

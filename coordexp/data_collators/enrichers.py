@@ -48,6 +48,11 @@ META_FIELDS: Final = frozenset(
     {PAYLOAD_FIELD, "metadata", "dataset", "dataset_name", "base_idx", "sample_id"}
 )
 
+# Where the row came from: its file and 1-based line, put on the encoded sample by the loader
+# (coordexp.training.data) as top-level keys no row field can shadow, for instability dumps.
+SOURCE_FILE_KEY: Final = "coordexp_source_file"
+SOURCE_LINE_KEY: Final = "coordexp_source_line"
+
 Sample = Mapping[str, Any]
 Rows = list[list[Sample]]
 
@@ -91,7 +96,11 @@ def _text(value: Any) -> str | None:
 
 
 def sample_dataset_label(sample: Sample) -> str:
-    """metadata._fusion_source, else metadata.dataset, else dataset, else dataset_name, else 'default'."""
+    """metadata._fusion_source, else metadata.dataset, else dataset, else dataset_name, else 'default'.
+
+    THE label of a row, as written (case kept), for an encoded sample or a source JSONL row alike:
+    every reader of a row's label (metrics, token types, dumps, ``check-logs``) calls this.
+    """
     fields = sample_fields(sample)
     meta = fields.get("metadata")
     meta = meta if isinstance(meta, Mapping) else {}
@@ -102,6 +111,10 @@ def sample_dataset_label(sample: Sample) -> str:
         if label is not None:
             return label
     return DEFAULT_LABEL
+
+
+def _is_line(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def row_label(labels: Sequence[str]) -> str:
@@ -224,12 +237,16 @@ class InstabilityMetaEnricher:
         meta = meta if isinstance(meta, Mapping) else {}
         base_idx = fields.get("base_idx", meta.get("base_idx"))
         sample_id = fields.get("sample_id", meta.get("sample_id"))
+        source_file, source_line = sample.get(SOURCE_FILE_KEY), sample.get(SOURCE_LINE_KEY)
         return {
             "dataset": sample_dataset_label(sample),
             # The schema allows int|None for base_idx and int|str|None for sample_id.
             "base_idx": base_idx if isinstance(base_idx, int) and not isinstance(base_idx, bool) else None,
             "sample_id": sample_id if isinstance(sample_id, int | str | None) else str(sample_id),
             "length": sample_length(sample),
+            # Where the dump reader finds the row (None: not loaded by coordexp's loader).
+            "source_file": source_file if isinstance(source_file, str) else None,
+            "source_line": source_line if _is_line(source_line) else None,
         }
 
     def row_meta(self, row: Sequence[Sample]) -> dict[str, Any]:
@@ -330,6 +347,8 @@ __all__ = [
     "META_FIELDS",
     "MIXED_LABEL",
     "PAYLOAD_FIELD",
+    "SOURCE_FILE_KEY",
+    "SOURCE_LINE_KEY",
     "DatasetMetaEnricher",
     "Enricher",
     "InstabilityMetaEnricher",

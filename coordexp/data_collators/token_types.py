@@ -35,6 +35,7 @@ __all__ = [
     "dataset_included",
     "ignore_types",
     "resolve_suffix_ids",
+    "suffix_token_ids",
     "tail_special_ids",
     "typed_token_ids",
 ]
@@ -83,25 +84,34 @@ def tail_special_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(ids - {int(i) for i in coord if i is not None})
 
 
-def resolve_suffix_ids(template: Any) -> list[int]:
-    """Token ids of the template's end-of-turn suffix (``template.template_meta.suffix``).
+# A template suffix as ms-swift writes one (``swift.template.utils.Prompt``), or plain token ids.
+SuffixTokens = Sequence[int | str | Sequence[int | str]]
 
-    ms-swift writes a suffix as a list whose items are text (tokenised without special tokens, the way
-    the template encodes it) or lists of token ids / tokenizer attribute names like 'eos_token_id'.
+
+def suffix_token_ids(tokenizer: Any, suffix: SuffixTokens | None) -> list[int]:
+    """Token ids of an end-of-turn suffix in the form ms-swift writes a template suffix.
+
+    Each item is text (tokenised without special tokens, as the template's ``_tokenize`` does), a
+    list of token ids or tokenizer attribute names like 'eos_token_id' (what
+    ``TemplateMeta._token_attr_to_id`` resolves), or a bare token id.
     """
-    tokenizer = template.tokenizer
-    meta = getattr(template, "template_meta", None)
     ids: list[int] = []
-    for part in getattr(meta, "suffix", None) or []:
+    for part in suffix or []:
         if isinstance(part, str):
             ids.extend(int(i) for i in tokenizer(part, add_special_tokens=False)["input_ids"])
             continue
-        for item in part:
-            value = getattr(tokenizer, item) if isinstance(item, str) else item
+        for item in part if isinstance(part, Sequence) else [part]:
+            value = getattr(tokenizer, item, None) if isinstance(item, str) else item
             if value is None:
                 raise ValueError(f"template suffix names {item!r}, which the tokenizer does not define")
             ids.extend(int(v) for v in (value if isinstance(value, list | tuple) else [value]))
     return ids
+
+
+def resolve_suffix_ids(template: Any) -> list[int]:
+    """Token ids of the template's end-of-turn suffix (``template.template_meta.suffix``)."""
+    meta = getattr(template, "template_meta", None)
+    return suffix_token_ids(template.tokenizer, getattr(meta, "suffix", None))
 
 
 def _as_payload(payload: Any) -> Mapping[str, Any] | None:
@@ -146,13 +156,15 @@ def compute_token_types(
     payload: Any,
     labels: torch.Tensor | Sequence[int],
     attention_mask: torch.Tensor | Sequence[int] | None = None,
-    suffix_tokens: Sequence[int] | None = None,
+    suffix_tokens: SuffixTokens | None = None,
     special_ids: Collection[int] | None = None,
 ) -> torch.Tensor | None:
     """Token types aligned to one sample's 1-D ``labels``, or None when the payload does not match.
 
     Unsupervised positions (``labels == -100`` or ``attention_mask == 0``) are IGNORE. ``special_ids``
     (the allowed tail tokens) defaults to ``tail_special_ids(tokenizer)``; pass it when calling often.
+    ``suffix_tokens`` is the template's end-of-turn suffix, as ids or as ms-swift writes a template
+    suffix (see :func:`suffix_token_ids`); pass ids (``resolve_suffix_ids``) when calling often.
     """
     labels_t = torch.as_tensor(labels).reshape(-1)
     supervised = labels_t != IGNORE_INDEX
@@ -162,7 +174,7 @@ def compute_token_types(
     if base is None or not bool(supervised.any()):
         return None
     sup_ids = [int(i) for i in labels_t[supervised].tolist()]
-    suffix = [int(i) for i in (suffix_tokens or [])]
+    suffix = suffix_token_ids(tokenizer, suffix_tokens)
     specials = tail_special_ids(tokenizer) if special_ids is None else special_ids
     aligned: list[int] | None = None
     stripped = _drop_none(base)

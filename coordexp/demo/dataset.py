@@ -1,13 +1,13 @@
 """Synthetic coord-token detection rows for the offline demo.
 
 Layout: one JSONL file per (split, dataset label), ``{split}_{label}.jsonl`` with ``split`` in
-``train``/``val`` and ``label`` in :data:`DATASET_LABELS`. One file per label keeps ``base_idx``
-(the row's index inside its own file) meaningful for tools that go back to the source row, and lets
-a run mix the labels in whatever proportion it wants.
+``train``/``val`` and ``label`` in :data:`DATASET_LABELS`. One file per label lets a run mix the
+labels in whatever proportion it wants.
 
 Each row carries what the Stage-1 diagnostics need besides the chat messages:
 ``assistant_payload`` (the object dict the answer text was serialised from, for token types),
-``dataset`` (the label), ``base_idx`` and ``sample_id`` (for instability dumps).
+``dataset`` (the label), ``base_idx`` (the row's index in its file) and ``sample_id``
+(informational ids, copied into instability dumps; dumps find a row by its file and line).
 
 The rows are text only: the user prompt names the objects of a fake scene, and each category has
 its own typical box location, so a tiny model can learn something within a few hundred steps.

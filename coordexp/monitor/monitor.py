@@ -36,8 +36,9 @@ class InstabilityMonitor:
 
     ``cfg`` is the ``custom.instability_monitor`` section (mapping, attribute object or
     ``InstabilityMonitorSettings``); wrong types or out-of-bounds values raise ``ValueError`` here.
-    Files go to ``cfg.dump_dir`` or ``<output_dir>/instability_dumps``. ``source_files`` maps a
-    dataset label to its source JSONL file, for sample dumps.
+    Files go to ``cfg.dump_dir`` or ``<output_dir>/instability_dumps``. Sample dumps read each row
+    at the source file and line its meta names; ``source_files`` (dataset label -> JSONL file) is the
+    fallback for samples whose meta has no source position (see ``coordexp.monitor.samples``).
     """
 
     def __init__(

@@ -1,19 +1,23 @@
-"""Sample dumps: the source JSONL rows of an offending batch, looked up by ``base_idx``.
+"""Sample dumps: the source JSONL rows of an offending batch, read back from where they were loaded.
 
 A loss spike is only actionable if one can see the data that caused it. The batch's
-``instability_meta_json`` names every sample (dataset label, ``base_idx``); this module reads those
-rows back from the dataset's JSONL file and writes them, with the step's context, to one file.
+``instability_meta_json`` names every sample: its ``source_file`` and 1-based ``source_line``, kept
+from loading (``coordexp.training.data``), plus its dataset label and the row's own ``base_idx`` /
+``sample_id`` (informational). This module reads those lines back and writes them, with the step's
+context, to one file.
 
 Choices:
-- ``base_idx`` counts the non-blank lines of the source file from 0 (blank lines are not records
-  to a JSONL loader).
-- One sequential pass per source file per dump, stopping at the largest wanted index: dumps are
+- The position is the loader's, never a field of the row: a row's ``base_idx`` is whatever its
+  author put there. Only a sample WITHOUT a source position (meta built by other code) falls back to
+  the ``source_files`` label -> file mapping, where ``base_idx`` counts the file's non-blank lines
+  from 0 (blank lines are not records to a JSONL loader).
+- One sequential pass per source file per dump, stopping at the last wanted line: dumps are
   rare, and a pass keeps no index that could go stale if the file changes.
 - The dump file is written to a temporary file in the same folder, fsynced, then ``os.replace``d
   into place, so a reader (or a crash) never sees half a dump.
-- A sample that cannot be found (no ``base_idx``, no source file for its label, unreadable file,
-  index past the end) is skipped with one warning per kind and label/file; nothing raises except a
-  malformed meta JSON (``ValueError``), which the monitor reports once.
+- A sample that cannot be found (no position, no source file for its label, unreadable file,
+  line or index past the end) is skipped with one warning per kind and label/file; nothing raises
+  except a malformed meta JSON (``ValueError``), which the monitor reports once.
 """
 
 from __future__ import annotations
@@ -29,20 +33,22 @@ from typing import Any
 
 from coordexp.monitor.events import encode_line
 
-__all__ = ["SampleRef", "dump_batch_samples", "parse_meta", "read_rows", "write_atomic"]
+__all__ = ["SampleRef", "dump_batch_samples", "parse_meta", "read_lines", "read_rows", "write_atomic"]
 
 WarnFn = Callable[..., bool]
 
 
 @dataclass(frozen=True)
 class SampleRef:
-    """One sample named by the batch meta: its batch row, dataset label and source index."""
+    """One sample named by the batch meta: its batch row, dataset label, source position and ids."""
 
     row: int
     dataset: str
     base_idx: int | None
     sample_id: int | str | None
     length: int | None
+    source_file: str | None = None
+    source_line: int | None = None
 
 
 def _opt_int(value: object) -> int | None:
@@ -68,6 +74,7 @@ def parse_meta(meta_json: str) -> list[SampleRef]:
             if not isinstance(sample, dict):
                 raise ValueError(f"instability meta row {row_index} has a sample that is not an object")
             sample_id = sample.get("sample_id")
+            source_file, source_line = sample.get("source_file"), _opt_int(sample.get("source_line"))
             refs.append(
                 SampleRef(
                     row=row_index,
@@ -75,9 +82,27 @@ def parse_meta(meta_json: str) -> list[SampleRef]:
                     base_idx=_opt_int(sample.get("base_idx")),
                     sample_id=sample_id if isinstance(sample_id, int | str) else None,
                     length=_opt_int(sample.get("length")),
+                    source_file=source_file if isinstance(source_file, str) and source_file else None,
+                    source_line=source_line if source_line is not None and source_line >= 1 else None,
                 )
             )
     return refs
+
+
+def read_lines(path: Path, wanted: set[int]) -> dict[int, bytes]:
+    """The non-blank lines of ``path`` at the wanted 1-based line numbers (others are absent)."""
+    found: dict[int, bytes] = {}
+    wanted = {n for n in wanted if n >= 1}
+    if not wanted:
+        return found
+    last = max(wanted)
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if number in wanted and line.strip():
+                found[number] = line.rstrip(b"\r\n")
+            if number >= last:
+                break
+    return found
 
 
 def read_rows(path: Path, wanted: set[int]) -> dict[int, bytes]:
@@ -127,6 +152,58 @@ def write_atomic(path: Path, lines: list[bytes]) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where one sample's row is: a 1-based line (``by_line``) or a non-blank-line index of ``path``."""
+
+    path: Path
+    position: int
+    by_line: bool
+
+
+def _locate(ref: SampleRef, source_files: Mapping[str, Path], warn: WarnFn) -> _Where | None:
+    if ref.source_file is not None and ref.source_line is not None:
+        return _Where(Path(ref.source_file), ref.source_line, by_line=True)
+    # Meta without a source position: the caller's label -> file mapping and the row's base_idx.
+    source = source_files.get(ref.dataset)
+    if ref.base_idx is None:
+        warn(
+            "samples:no_position",
+            "Instability monitor: a sample of dataset %r has neither a source position nor a "
+            "base_idx; such samples are not dumped",
+            ref.dataset,
+        )
+        return None
+    if source is None:
+        warn(
+            f"samples:no_source:{ref.dataset}",
+            "Instability monitor: a sample of dataset %r has no source position and no source file "
+            "is given for its label; its samples are not dumped",
+            ref.dataset,
+        )
+        return None
+    return _Where(source, ref.base_idx, by_line=False)
+
+
+def _read(where: list[_Where], warn: WarnFn) -> dict[tuple[Path, bool], dict[int, bytes]]:
+    """The wanted lines of each file, by (file, by_line); unreadable files are absent (warned)."""
+    wanted: dict[tuple[Path, bool], set[int]] = {}
+    for w in where:
+        wanted.setdefault((w.path, w.by_line), set()).add(w.position)
+    found: dict[tuple[Path, bool], dict[int, bytes]] = {}
+    for (path, by_line), positions in wanted.items():
+        try:
+            found[(path, by_line)] = (read_lines if by_line else read_rows)(path, positions)
+        except OSError as exc:
+            warn(
+                f"samples:unreadable:{path}",
+                "Instability monitor: cannot read source file %s (%s); its samples are not dumped",
+                path,
+                exc,
+            )
+    return found
+
+
 def dump_batch_samples(
     meta_json: str,
     source_files: Mapping[str, Path],
@@ -137,50 +214,28 @@ def dump_batch_samples(
     """Write the batch's source rows to ``out_path``; return how many were written (0: no file).
 
     Each line is ``context`` plus ``row``, ``dataset``, ``base_idx``, ``sample_id``, ``length``,
-    ``source_file`` and ``source`` (the parsed row) or ``source_raw`` (when not strict JSON).
-    Raises ``ValueError`` for malformed meta and ``OSError`` when the dump itself cannot be written.
+    ``source_file``, ``source_line`` and ``source`` (the parsed row) or ``source_raw`` (when not
+    strict JSON). ``source_files`` (dataset label -> file) is only read for samples without a source
+    position. Raises ``ValueError`` for malformed meta and ``OSError`` when the dump itself cannot be
+    written.
     """
-    usable: list[tuple[SampleRef, Path]] = []
-    wanted: dict[Path, set[int]] = {}
-    for ref in parse_meta(meta_json):
-        source = source_files.get(ref.dataset)
-        if ref.base_idx is None:
-            warn(
-                "samples:no_base_idx",
-                "Instability monitor: a sample of dataset %r has no base_idx; such samples are not dumped",
-                ref.dataset,
-            )
-        elif source is None:
-            warn(
-                f"samples:no_source:{ref.dataset}",
-                "Instability monitor: no source file for dataset label %r; its samples are not dumped",
-                ref.dataset,
-            )
-        else:
-            usable.append((ref, source))
-            wanted.setdefault(source, set()).add(ref.base_idx)
-    rows: dict[Path, dict[int, bytes]] = {}
-    for source, indexes in wanted.items():
-        try:
-            rows[source] = read_rows(source, indexes)
-        except OSError as exc:
-            warn(
-                f"samples:unreadable:{source}",
-                "Instability monitor: cannot read source file %s (%s); its samples are not dumped",
-                source,
-                exc,
-            )
+    located = [(ref, _locate(ref, source_files, warn)) for ref in parse_meta(meta_json)]
+    usable = [(ref, where) for ref, where in located if where is not None]
+    found = _read([where for _, where in usable], warn)
     lines: list[bytes] = []
-    for ref, source in usable:
-        if source not in rows:
+    for ref, where in usable:
+        rows = found.get((where.path, where.by_line))
+        if rows is None:
             continue  # unreadable, already warned
-        raw = rows[source].get(ref.base_idx) if ref.base_idx is not None else None
+        raw = rows.get(where.position)
         if raw is None:
             warn(
-                f"samples:missing_index:{source}",
-                "Instability monitor: base_idx %s not found in %s; such samples are not dumped",
-                ref.base_idx,
-                source,
+                f"samples:missing:{where.path}",
+                "Instability monitor: %s %s not found in %s (file changed since loading?); such "
+                "samples are not dumped",
+                "line" if where.by_line else "base_idx",
+                where.position,
+                where.path,
             )
             continue
         record = {
@@ -190,7 +245,8 @@ def dump_batch_samples(
             "base_idx": ref.base_idx,
             "sample_id": ref.sample_id,
             "length": ref.length,
-            "source_file": str(source),
+            "source_file": str(where.path),
+            "source_line": where.position if where.by_line else None,
             **_source_fields(raw),
         }
         lines.append(encode_line(record))

@@ -12,7 +12,17 @@ class SampleMeta(BaseModel):
     )
     dataset: str = Field(..., description="The sample's dataset label.")
     base_idx: int | None = Field(
-        ..., description="Index of the sample in its source JSONL file, when known."
+        ...,
+        description="The row's own base_idx field, when it has one (informational: dumps never use it to find the row).",
+    )
+    source_file: str | None = Field(
+        None,
+        description="The JSONL file the sample was loaded from (null: not loaded by coordexp's loader).",
+    )
+    source_line: int | None = Field(
+        None,
+        description="1-based line of the sample in source_file (null: unknown); sample dumps read this line.",
+        ge=1,
     )
     sample_id: int | str | None = Field(..., description="The sample's id, when known.")
     length: int = Field(

@@ -96,11 +96,13 @@ def test_padded_batch(template: Any, make_template: Callable[..., Any], make_row
     meta = _meta(out)
     assert [m["num_samples"] for m in meta] == [1, 1, 1, 1]
     assert [m["total_length"] for m in meta] == lengths
+    # Encoded here, not by coordexp's loader: no source position.
+    nowhere = {"source_file": None, "source_line": None}
     assert meta[0]["samples"] == [
-        {"dataset": "lvis", "base_idx": 0, "sample_id": "lvis-0000", "length": lengths[0]}
+        {"dataset": "lvis", "base_idx": 0, "sample_id": "lvis-0000", "length": lengths[0], **nowhere}
     ]
     assert meta[3]["samples"] == [
-        {"dataset": "default", "base_idx": None, "sample_id": None, "length": lengths[3]}
+        {"dataset": "default", "base_idx": None, "sample_id": None, "length": lengths[3], **nowhere}
     ]
     # The raw samples still carry their source fields (the base collator got copies).
     assert "assistant_payload" in samples[0]["_extra_kwargs"]

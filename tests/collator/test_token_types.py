@@ -161,3 +161,41 @@ def test_majority_tie_prefers_content(template: Any, majority: bool) -> None:
     pieces = template.tokenizer.convert_ids_to_tokens(ids)
     assert majority and 'Ġ"' in pieces
     assert types[pieces.index('Ġ"')] == D
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["ids", "text", "text_pieces", "id_lists", "attribute_names"],
+)
+def test_suffix_tokens_as_ms_swift_writes_them(
+    template: Any, encode: Callable[..., dict[str, Any]], make_row: Callable[..., dict[str, Any]], form: str
+) -> None:
+    """ms-swift writes a template suffix as text, token-id lists or tokenizer attribute names."""
+    tok = template.tokenizer
+    im_end, newline = tok.convert_tokens_to_ids("<|im_end|>"), tok("\n")["input_ids"][0]
+    suffix: list[Any] = {
+        "ids": [im_end, newline],
+        "text": ["<|im_end|>\n"],
+        "text_pieces": ["<|im_end|>", "\n"],
+        "id_lists": [[im_end], [newline]],
+        "attribute_names": [["eos_token_id"], "\n"],
+    }[form]
+    if form == "attribute_names":
+        assert tok.eos_token_id == im_end  # the Qwen3 tokenizer's eos is the end-of-turn token
+    row = make_row(3)
+    encoded = encode(row)
+    expected = _types(template, encoded, row["assistant_payload"])
+    got = compute_token_types(
+        tokenizer=tok, payload=row["assistant_payload"], labels=torch.tensor(encoded["labels"]),
+        suffix_tokens=suffix,
+    )
+    assert expected is not None and got is not None
+    assert torch.equal(got, expected)
+
+
+def test_suffix_naming_an_undefined_attribute_is_a_clear_error(template: Any) -> None:
+    with pytest.raises(ValueError, match="template suffix names 'no_such_token_id'"):
+        compute_token_types(
+            tokenizer=template.tokenizer, payload={"objects": []}, labels=torch.tensor([1, 2]),
+            suffix_tokens=[["no_such_token_id"]],
+        )

@@ -68,7 +68,9 @@ def test_config_defaults_follow_the_reference() -> None:
     )
     assert (cfg.temperature, cfg.target_sigma, cfg.target_truncate) == (1.0, 2.0, None)
     tok = TokenTypeMetricsConfig.from_mapping({"enabled": True})
-    assert tok.include == ["lvis"] and tok.exclude == [] and tok.log_top5 and tok.coord_monitor_mass
+    assert tok.include == ("lvis",) and tok.exclude == () and tok.log_top5 and tok.coord_monitor_mass
+    given = TokenTypeMetricsConfig.from_mapping({"include": ["lvis", "coco"], "exclude": ["Coco"]})
+    assert given.include == ("lvis", "coco") and given.exclude == ("Coco",)  # tuples, as the old config
     assert tok.coord_monitor_mass_max_tokens == 0
     assert tok["enabled"] is True and tok.get("missing", 3) == 3
     mon = load_custom_config({"instability_monitor": {"enabled": True}}).instability_monitor
