@@ -20,6 +20,8 @@ from torch import Tensor
 
 from coordexp.components import COMPONENT_ORDER, Stage1Pipeline
 from coordexp.components.extras_alignment import cut_like_labels
+from coordexp.components.loss_seam import Stage1LossFunc, refuse_unsupported_options
+from coordexp.components.pipeline import reads_logits
 from coordexp.config import Stage1CustomConfig, load_custom_config
 from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
@@ -67,7 +69,23 @@ class Stage1TrainerHook:
         super().__init__(*args, **kwargs)
         if getattr(self, "template", None) is not None:
             # Fail fast, before any step runs (e.g. coord loss on, tokenizer without coord tokens).
-            self.stage1_pipeline()
+            pipeline = self.stage1_pipeline()
+            if pipeline.monitor is not None and callable(getattr(self, "add_callback", None)):
+                # The monitor's EMA goes into every checkpoint and comes back on resume.
+                self.add_callback(pipeline.monitor.state_callback())  # type: ignore[attr-defined]
+
+    def create_loss_and_eval_metric(self, args: Any) -> dict[str, Any]:
+        """ms-swift's seam for ``compute_loss_func`` (called while its trainer is being built).
+
+        With any Stage-1 feature that reads the logits, the whole objective goes through
+        :class:`Stage1LossFunc` (one pass over the logits, see ``coordexp.components.loss_seam``); loss
+        options that pass would not honour are refused here, before anything runs.
+        """
+        res: dict[str, Any] = super().create_loss_and_eval_metric(args)  # type: ignore[misc]
+        if reads_logits(self, type(self).stage1_components()):
+            refuse_unsupported_options(args, getattr(self, "template", None))
+            res["compute_loss_func"] = Stage1LossFunc(self)
+        return res
 
     def stage1_pipeline(self) -> Stage1Pipeline:
         pipeline = self.__dict__.get(_PIPELINE_ATTR)
@@ -209,7 +227,8 @@ def build_trainer_cls(
         "coord_soft_ce_w1_cfg": custom.coord_soft_ce_w1,
         "token_type_metrics_cfg": custom.token_type_metrics,
         "instability_monitor_cfg": custom.instability_monitor,
-        # Sample dumps look the offending rows up in their source file, by dataset label.
+        # Sample dumps read each row at the source file and line kept from loading; this label ->
+        # file mapping only serves samples whose meta has no source position (meta built elsewhere).
         "instability_source_files": dict(instability_source_files or {}),
         "__module__": __name__,
         "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(names)}.",

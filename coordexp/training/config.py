@@ -1,7 +1,9 @@
 """The training YAML: model, data, trainer arguments and the ``custom:`` Stage-1 sections.
 
 YAML-first: every setting lives in the file, there are no CLI flags besides its path. Unknown keys
-and bad values raise :class:`coordexp.config.ConfigError` naming the full key path.
+and bad values raise :class:`coordexp.config.ConfigError` naming the full key path, before anything
+is loaded: the ``training:`` section is checked against ms-swift's trainer arguments
+(:mod:`coordexp.training.arguments`) and the model folder and data files must exist and be readable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.config.schema import format_validation_error
+from coordexp.training.arguments import validate_training_arguments
+from coordexp.training.engines import fsdp_setup_errors
+from coordexp.training.resume import names_a_folder, resume_setting_errors
 
 Layout = Literal["padded", "padding_free", "packing"]
 
@@ -27,7 +32,7 @@ class ModelSection(_Strict):
     path: str = Field(description="Local checkpoint folder (weights, config and tokenizer).")
     model_type: str = Field("qwen3", description="ms-swift model type.")
     template: str = Field("qwen3_nothinking", description="ms-swift template type.")
-    max_length: int = Field(1024, gt=0, description="Longest encoded sample; longer ones are dropped.")
+    max_length: int = Field(1024, gt=0, description="Longest encoded sample; longer rows are refused.")
     attn_impl: str = Field("sdpa", description="Attention implementation.")
     torch_dtype: str | None = Field(None, description="e.g. bfloat16; None keeps the checkpoint's.")
 
@@ -40,6 +45,13 @@ class DataSection(_Strict):
         None, gt=0, description="Tokens per pack (packing); default max_length."
     )
     max_samples: int | None = Field(None, gt=0, description="Use at most this many rows per split.")
+    max_refused_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of a split's rows that may be refused (listed with file:line); above it the "
+        "run stops. 0: any refused row stops the run.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -75,6 +87,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     training = raw.get("training")
     if isinstance(training, dict) and isinstance(training.get("output_dir"), str):
         training["output_dir"] = fix(training["output_dir"])
+    if isinstance(training, dict) and names_a_folder(training.get("resume_from_checkpoint")):
+        training["resume_from_checkpoint"] = fix(training["resume_from_checkpoint"])
     return raw
 
 
@@ -87,7 +101,48 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Tra
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "config").replace("config.", "")) from None
     cfg.stage1()  # validates custom.* with key paths
+    # Everything else a run needs before it loads anything: reported together, one line each.
+    errors: list[str] = []
+    try:
+        cfg.training = validate_training_arguments(cfg.training)  # the coerced values reach the trainer
+    except ConfigError as exc:
+        errors.append(str(exc))
+    errors += input_path_errors(cfg)
+    errors += resume_setting_errors(cfg.training)
+    errors += fsdp_setup_errors(cfg.training)
+    if errors:
+        raise ConfigError("\n".join(errors))
     return cfg
+
+
+def input_path_errors(cfg: TrainConfig) -> list[str]:
+    """The model folder and data files that are missing or unreadable, one line each."""
+    errors: list[str] = []
+    model = Path(cfg.model.path)
+    if not model.is_dir():
+        found = "not a folder" if model.exists() else "folder not found"
+        errors.append(f"model.path: {found}: {model}")
+    elif not (model / "config.json").is_file():
+        errors.append(f"model.path: no config.json in {model} (not a checkpoint folder)")
+    for split, files in (("train", cfg.data.train), ("val", cfg.data.val)):
+        for i, name in enumerate(files):
+            problem = _unreadable(Path(name))
+            if problem is not None:
+                errors.append(f"data.{split}.{i}: {problem}: {name}")
+    return errors
+
+
+def _unreadable(path: Path) -> str | None:
+    if not path.exists():
+        return "file not found"
+    if not path.is_file():
+        return "not a file"
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -100,7 +155,10 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return parse_config(raw, base_dir=path.parent.resolve())
+    try:
+        return parse_config(raw, base_dir=path.parent.resolve())
+    except ConfigError as exc:  # every line names the file: "stage1.yaml: training.x: ..."
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 from coordexp.config import Stage1CustomConfig
 from coordexp.contracts import set_default_mode
 from coordexp.training.config import TrainConfig, dump_config, parse_config
+from coordexp.training.rank_failure import stop_all_ranks_on_error
+from coordexp.training.resume import checkpoint_step, resolve_resume_checkpoint, supersede_logs_after
 
 CONFIG_FILENAME = "coordexp_config.yaml"
 DEMO_ROOT = Path("coordexp_demo")
@@ -117,7 +119,8 @@ def build_trainer(cfg: TrainConfig) -> Any:
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
     from coordexp.metrics.dataset_metrics import build_trainer_cls
-    from coordexp.training.data import build_dataset, source_files_by_label
+    from coordexp.training.data import build_datasets
+    from coordexp.training.engines import check_fsdp_enabled
 
     stage1: Stage1CustomConfig = cfg.stage1()
     set_default_mode(stage1.contracts.mode if stage1.contracts is not None else "warn")
@@ -142,52 +145,71 @@ def build_trainer(cfg: TrainConfig) -> Any:
     template.set_mode("train")
     packing_length = cfg.data.packing_length or cfg.model.max_length
 
-    def dataset(files: list[str], split: str) -> Any:
-        return build_dataset(
-            template,
-            files,
-            layout=layout,
-            packing_length=packing_length,
-            max_samples=cfg.data.max_samples,
-            split=split,
-        )
-
-    train_ds = dataset(cfg.data.train, "train")
-    eval_ds = dataset(cfg.data.val, "val") if cfg.data.val else None
-
+    # The arguments first: creating them sets up torch.distributed, which PackingDataset needs to
+    # share rank 0's packing with the other ranks (built before it, every other rank packs nothing).
     args_kwargs = {**_training_defaults(cfg), **cfg.training}
     if layout == "packing":
         # A packed row already holds several samples; ms-swift packs one row per micro-batch.
         args_kwargs["per_device_train_batch_size"] = 1
         args_kwargs["per_device_eval_batch_size"] = 1
     args = Seq2SeqTrainingArguments(**args_kwargs)
-    trainer_cls = build_trainer_cls(
-        Seq2SeqTrainer, stage1, instability_source_files=source_files_by_label(cfg.data.train)
+
+    # Every row carries its source file and line, so sample dumps need no label -> file mapping.
+    train_ds, eval_ds = build_datasets(
+        template, cfg.data, packing_length=packing_length, output_dir=Path(args.output_dir)
     )
-    return trainer_cls(
+    trainer_cls = build_trainer_cls(Seq2SeqTrainer, stage1)
+    trainer = trainer_cls(
         model=model, args=args, template=template, train_dataset=train_ds, eval_dataset=eval_ds
     )
+    check_fsdp_enabled(trainer)
+    return trainer
 
 
 def train(cfg: TrainConfig) -> RunResult:
+    resume = resolve_resume_checkpoint(cfg.training)  # before anything loads: a bad value is a config error
+    # One rank's error stops every rank with that error (not at the process-group timeout).
+    with stop_all_ranks_on_error():
+        return _train(cfg, resume)
+
+
+def _train(cfg: TrainConfig, resume: Path | None) -> RunResult:
     trainer = build_trainer(cfg)
     output_dir = Path(trainer.args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / CONFIG_FILENAME).write_text(dump_config(cfg), encoding="utf-8")
-    print(
+    # One writer and one console report per run, not one per rank.
+    main_process = bool(trainer.is_world_process_zero())
+    say = print if main_process else (lambda *_: None)
+    if main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / CONFIG_FILENAME).write_text(dump_config(cfg), encoding="utf-8")
+    say(
         f"[coordexp] training -> {output_dir} (layout {cfg.data.layout}; "
         f"components: {', '.join(sorted(type(trainer).stage1_components()))})"
     )
-    result = trainer.train()
+    if resume is not None:
+        _supersede_logs(trainer, resume, output_dir)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     eval_metrics: dict[str, Any] = {}
     if trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate()
     trainer.save_model(str(output_dir / "final"))
     trainer.save_state()
-    print(
+    say(
         f"[coordexp] done: train loss {result.training_loss:.4f}"
         + (f", eval loss {eval_metrics.get('eval_loss', float('nan')):.4f}" if eval_metrics else "")
     )
-    print(f"[coordexp] next: python -m coordexp check-logs {output_dir}")
-    print(f"[coordexp]       python -m coordexp report {output_dir}")
+    say(f"[coordexp] next: python -m coordexp check-logs {output_dir}")
+    say(f"[coordexp]       python -m coordexp report {output_dir}")
     return RunResult(output_dir, dict(result.metrics), eval_metrics)
+
+
+def _supersede_logs(trainer: Any, checkpoint: Path, output_dir: Path) -> None:
+    """The resumed run's records replace what the killed run logged after its checkpoint."""
+    if not trainer.is_world_process_zero():
+        return
+    monitor = trainer.stage1_pipeline().monitor
+    step = checkpoint_step(checkpoint)
+    dropped = supersede_logs_after(step, output_dir, monitor.monitor.dump_dir if monitor else None)
+    print(f"[coordexp] resuming from {checkpoint} (step {step})")
+    for path, count in dropped.items():
+        print(f"[coordexp]   superseded {count} record(s) after step {step}: {path}")

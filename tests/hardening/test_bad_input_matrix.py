@@ -20,14 +20,16 @@ the input through the real code. There are three outcomes (docs/RELIABILITY.md, 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from unittest import mock
 
 import pytest
@@ -35,6 +37,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutput
 
 from coordexp.components import CoordObjectiveError
+from coordexp.components.loss_seam import Stage1OptionError
 from coordexp.config import ConfigError
 from coordexp.contracts import ContractViolation, ContractWarning, check_batch_extras, contracts_mode
 from coordexp.data_collators import DatasetMetaEnricher, InstabilityMetaEnricher
@@ -51,7 +54,17 @@ from coordexp.monitor import InstabilityMonitor, StepObservation
 from coordexp.monitor.events import read_jsonl
 from coordexp.reporting import MetricReporter
 from coordexp.training.config import load_config, parse_config
-from tests.components.stage1_fixtures import BatchSpec, MeanMetric, StandInTrainer, ToyLM, tokenizer
+from coordexp.training.rank_failure import RankFailedError
+from coordexp.training.refused import DataError
+from tests.components.stage1_fixtures import (
+    BatchSpec,
+    MeanMetric,
+    StandInTrainer,
+    SwiftLikeTrainer,
+    ToyLM,
+    tokenizer,
+)
+from tests.data import support as data_support
 from tests.hardening.support import (
     BASE_CE_KEYS,
     COORD_KEYS,
@@ -72,7 +85,9 @@ from tests.hardening.support import (
 
 REPEAT = 3
 DOC = Path(__file__).resolve().parents[2] / "docs" / "RELIABILITY.md"
-Layer = Literal["collator", "guards", "metrics", "loss", "monitor", "config"]
+Layer = Literal[
+    "collator", "guards", "metrics", "loss", "monitor", "config", "data", "cli", "training", "ranks"
+]
 
 
 # ---------------------------------------------------------------- outcomes
@@ -113,7 +128,28 @@ class Guarded:
         return f"dropped by guard in warn mode / `ContractViolation` `[{self.rule}]` in strict"
 
 
-Outcome = Raises | SkipsWarnsOnce | Guarded
+@dataclass(frozen=True)
+class Dumped:
+    """The sample dumps hold the rows of their own batch, found at the file:line they were loaded
+    from (checked inside ``run``), with no "not dumped" warning."""
+
+    def describe(self) -> str:
+        return "dumps the batch's own rows (found by file:line)"
+
+
+@dataclass(frozen=True)
+class Exits:
+    """A command-line user error: the exit code, and ONE line on stderr holding ``fragment`` (no
+    traceback). The case's ``run`` calls the CLI and raises ``SystemExit`` with its return code."""
+
+    code: int
+    fragment: str
+
+    def describe(self) -> str:
+        return f"exits {self.code} with one line `{self.fragment}`"
+
+
+Outcome = Raises | SkipsWarnsOnce | Guarded | Dumped | Exits
 
 
 @dataclass(frozen=True)
@@ -195,6 +231,78 @@ def _yaml_case(case_id: str, input_: str, fragment: str, text: str | None) -> Ca
         return Observed()
 
     return Case(case_id, "config", input_, Raises(ConfigError, fragment), run)
+
+
+def _data_dump_case(case_id: str, input_: str, **scenario: Any) -> Case:
+    def run(h: H) -> Observed:
+        data_support.dump_scenario(h.tmp_path, **scenario)
+        return Observed()
+
+    return Case(case_id, "data", input_, Dumped(), run)
+
+
+def _data_refused_case(
+    case_id: str,
+    input_: str,
+    fragment: str,
+    bad: Callable[[], dict[int, dict[str, Any]]],
+    max_refused_fraction: float = 0.0,
+) -> Case:
+    def run(h: H) -> Observed:
+        data_support.refused_scenario(h.tmp_path, "rows", bad(), max_refused_fraction=max_refused_fraction)
+        return Observed()
+
+    return Case(case_id, "data", input_, Raises(DataError, fragment), run)
+
+
+def _write_set_up(
+    folder: Path, training: str = "", *, train: str = "train.jsonl", model: str = "model"
+) -> Path:
+    """A training YAML whose model folder and train file exist (nothing here loads them)."""
+    (folder / "model").mkdir(parents=True, exist_ok=True)
+    (folder / "model" / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "train.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
+    path = folder / "stage1.yaml"
+    lines = [f"model: {{path: {model}}}", f"data: {{train: [{train}]}}", "training:", "  output_dir: out"]
+    path.write_text("\n".join([*lines, *(f"  {x}" for x in training.splitlines())]) + "\n", encoding="utf-8")
+    return path
+
+
+def _set_up_case(case_id: str, input_: str, fragment: str, **yaml: str) -> Case:
+    def run(h: H) -> Observed:
+        load_config(_write_set_up(h.tmp_path, **yaml))
+        return Observed()
+
+    return Case(case_id, "config", input_, Raises(ConfigError, fragment), run)
+
+
+def _cli_case(case_id: str, input_: str, code: int, fragment: str, argv: Callable[[Path], list[str]]) -> Case:
+    def run(h: H) -> Observed:
+        from coordexp.cli.main import main
+
+        raise SystemExit(main(argv(h.tmp_path)))
+
+    return Case(case_id, "cli", input_, Exits(code, fragment), run)
+
+
+def _empty_log_run(folder: Path) -> list[str]:
+    (folder / "run").mkdir()
+    (folder / "run" / "logging.jsonl").write_text("", encoding="utf-8")
+    return ["check-logs", str(folder / "run")]
+
+
+def _bad_train_config(folder: Path) -> list[str]:
+    return ["train", str(_write_set_up(folder, "learnig_rate: 0.001"))]
+
+
+def _suffix_unknown_attribute(h: H) -> Observed:
+    from coordexp.data_collators.token_types import compute_token_types
+
+    labels = torch.tensor([1, 2])
+    compute_token_types(
+        tokenizer=tokenizer(), payload={"objects": []}, labels=labels, suffix_tokens=[["no_such_id"]]
+    )
+    return Observed()
 
 
 def _step_case(
@@ -494,6 +602,87 @@ def _pack_fallback(obs: Observed) -> None:
 
 
 # ---------------------------------------------------------------- the matrix
+
+def _refused_option_case(case_id: str, input_: str, fragment: str, **options: Any) -> Case:
+    """A training option the one-pass Stage-1 loss cannot honour: refused while the trainer is built
+    (ms-swift's ``create_loss_and_eval_metric``), before any step."""
+
+    def run(h: H) -> Observed:
+        stage1_trainer(custom(False), h.tmp_path, base=SwiftLikeTrainer, args=options)
+        return Observed()
+
+    return Case(case_id, "loss", input_, Raises(Stage1OptionError, fragment), run)
+
+
+# ---------------------------------------------------------------- resume and ranks
+
+
+def _train_resuming(h: H, resume_from_checkpoint: object) -> Observed:
+    """``coordexp.training.train`` with a resume setting and nothing loadable: the resume value must
+    be judged first (a run that ignored it would fail later, on the missing model)."""
+    from coordexp.training import train
+    from coordexp.training.config import DataSection, ModelSection, TrainConfig
+
+    (h.tmp_path / "run").mkdir(exist_ok=True)
+    cfg = TrainConfig(
+        model=ModelSection(path=str(h.tmp_path / "no_model")),
+        data=DataSection(train=[str(h.tmp_path / "no_data.jsonl")]),
+        training={"output_dir": str(h.tmp_path / "run"), "resume_from_checkpoint": resume_from_checkpoint},
+    )
+    train(cfg)
+    return Observed()
+
+
+def _resume_with_unreadable_monitor_state(h: H) -> Observed:
+    """A resume whose checkpoint holds an unreadable monitor state (``trainer_state.json`` edited)."""
+    from transformers import TrainerControl, TrainerState
+
+    every_step = {"guard": {"enabled": False, "max_abs_logit": 1e-3}}  # an event (with its EMA) per step
+    trainer, lm = stage1_trainer(custom(True, instability_monitor=every_step), h.tmp_path)
+    callback = trainer.stage1_pipeline().monitor.state_callback()
+    saved = {"args": {}, "attributes": {"monitor_state": {"ranks": "not a list"}}}
+    state = TrainerState(global_step=3, stateful_callbacks={type(callback).__name__: saved})
+    callback.on_train_begin(trainer.args, state, TrainerControl())
+    obs = run_steps(trainer, lm, h.repeat)
+    obs.events = read_jsonl(h.tmp_path / "instability_dumps" / "events.jsonl")
+    return obs
+
+
+_RANKS_TIMEOUT_S = 120
+
+
+def _failure_on_rank_1(h: H, failure: str, own: str) -> Observed:
+    """Two real gloo ranks (``rank_failure_worker.py``), rank 1 fails with ``own``; re-raises the
+    exception rank 0 ended with."""
+    import pickle
+    import time
+
+    import torch.multiprocessing as mp
+
+    from tests.hardening import rank_failure_worker as worker
+
+    assert worker.PG_TIMEOUT_S > _RANKS_TIMEOUT_S  # ending in time cannot be the group timeout
+    ctx = mp.start_processes(
+        worker.worker,
+        args=(str(h.tmp_path / "init"), str(h.tmp_path), failure),
+        nprocs=worker.WORLD,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + _RANKS_TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"rank 0 still waits for the failed rank 1 after {_RANKS_TIMEOUT_S} s")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+    ended = (h.tmp_path / "rank1.txt").read_text(encoding="utf-8")
+    assert ended.startswith(own), ended
+    raise pickle.loads((h.tmp_path / "rank0.pkl").read_bytes())
+
 
 CASES: tuple[Case, ...] = (
     # -- collator: enrichers are best-effort, their output is guarded ------------------------
@@ -1144,7 +1333,222 @@ CASES: tuple[Case, ...] = (
         "- model\n- data\n",
     ),
     _yaml_case("config-yaml-missing-file", "a config path that does not exist", "no such config file", None),
+    # -- data: dumps find each row where it was loaded; refused rows are named by file:line ---------
+    _data_dump_case(
+        "data-dump-uppercase-label",
+        'rows labelled `"dataset": "LVIS"` (upper case)',
+        train={"lvis_upper": lambda r: r.update(dataset="LVIS")},
+    ),
+    _data_dump_case(
+        "data-dump-metadata-label",
+        "rows labelled through `metadata.dataset` (no top-level `dataset`)",
+        train={"meta_label": data_support.label_via_metadata("coco")},
+    ),
+    _data_dump_case(
+        "data-dump-label-in-two-files",
+        "one dataset label spread over two train files",
+        train={"part_a": lambda r: r.update(dataset="o365"), "part_b": lambda r: r.update(dataset="o365")},
+    ),
+    _data_dump_case(
+        "data-dump-user-base-idx",
+        "rows whose own `base_idx` disagrees with their position, in a file with blank lines",
+        train={"reversed": lambda r: r.update(base_idx=5 - r["base_idx"])},
+        blank_before=(0, 3),
+    ),
+    _data_dump_case(
+        "data-dump-eval-split",
+        "eval batches, with train and eval files sharing the label `lvis`",
+        train={"train_lvis": None},
+        val={"val_lvis": None},
+    ),
+    _data_refused_case(
+        "data-refused-row",
+        "a train row the template refuses (longer than `max_length`), default tolerance",
+        "rows.jsonl:3: MaxLengthError",
+        lambda: {2: data_support.too_long_row()},
+    ),
+    _data_refused_case(
+        "data-zero-supervised-row",
+        "a row with a user turn only (nothing supervised)",
+        "rows.jsonl:2: nothing supervised",
+        lambda: {1: data_support.user_turn_only_row()},
+    ),
+    _data_refused_case(
+        "data-coord-token-out-of-range",
+        "an answer with the coord token of bin 1555 (outside the 1000 bins)",
+        "rows.jsonl:4: assistant text has a coord token outside the 1000 bins",
+        lambda: {3: data_support.out_of_range_coord_row()},
+    ),
+    _data_refused_case(
+        "data-refused-over-tolerance",
+        "2 of 5 rows refused with `data.max_refused_fraction: 0.25`",
+        "(2 of 5 train rows refused, data.max_refused_fraction is 0.25;",
+        lambda: {1: data_support.user_turn_only_row(), 4: data_support.too_long_row()},
+        max_refused_fraction=0.25,
+    ),
+    # -- set-up: the training section, model folder and data files, checked before any load -----
+    _set_up_case(
+        "config-training-unknown-key",
+        "`training.learnig_rate: 0.001` (typo)",
+        "stage1.yaml: training.learnig_rate: unknown key (did you mean 'learning_rate'?)",
+        training="learnig_rate: 0.001",
+    ),
+    _set_up_case(
+        "config-training-wrong-type",
+        "`training.max_steps: four`",
+        "stage1.yaml: training.max_steps: must be an integer (got 'four')",
+        training="max_steps: four",
+    ),
+    _set_up_case(
+        "config-training-negative-learning-rate",
+        "`training.learning_rate: -1e-3` (YAML reads the string `'-1e-3'`; coerced, then bounded)",
+        "stage1.yaml: training.learning_rate: must be >= 0 (got -0.001)",
+        training="learning_rate: -1e-3",
+    ),
+    _set_up_case(
+        "config-training-bad-choice",
+        "`training.eval_strategy: step`",
+        "training.eval_strategy: must be one of 'no', 'steps', 'epoch' (got 'step'; did you mean 'steps'?)",
+        training="eval_strategy: step",
+    ),
+    _set_up_case(
+        "config-data-file-missing",
+        "`data.train` names a file that does not exist",
+        "stage1.yaml: data.train.0: file not found:",
+        train="missing.jsonl",
+    ),
+    _set_up_case(
+        "config-training-fsdp-without-gpus",
+        "`training.fsdp: true` on CPU (accelerate would drop FSDP and train plain DDP)",
+        "stage1.yaml: training.fsdp: FSDP needs",
+        training="fsdp: true",
+    ),
+    _set_up_case(
+        "config-model-folder-missing",
+        "`model.path` names a folder that does not exist",
+        "stage1.yaml: model.path: folder not found:",
+        model="no_such_model",
+    ),
+    Case(
+        "collator-suffix-unknown-attribute",
+        "collator",
+        "`suffix_tokens=[['no_such_id']]` (text, id lists and attribute names like 'eos_token_id' are taken)",
+        Raises(ValueError, "template suffix names 'no_such_id', which the tokenizer does not define"),
+        _suffix_unknown_attribute,
+    ),
+    _cli_case(
+        "cli-unknown-command",
+        "`coordexp trian`",
+        2,
+        "coordexp: unknown command 'trian' (did you mean 'train'?)",
+        lambda folder: ["trian"],
+    ),
+    _cli_case(
+        "cli-check-logs-empty-log",
+        "`coordexp check-logs RUN` on a run whose `logging.jsonl` is empty",
+        2,
+        "logging.jsonl is empty",
+        _empty_log_run,
+    ),
+    _cli_case(
+        "cli-train-set-up-error",
+        "`coordexp train stage1.yaml` with a set-up error (nothing is written to `output_dir`)",
+        2,
+        "stage1.yaml: training.learnig_rate: unknown key",
+        _bad_train_config,
+    ),
+    _refused_option_case(
+        "loss-user-loss-type",
+        "`training.loss_type: cross_entropy` with a Stage-1 feature on",
+        "training.loss_type='cross_entropy': the Stage-1 loss is ms-swift's compute_loss_func",
+        loss_type="cross_entropy",
+    ),
+    _refused_option_case(
+        "loss-label-smoothing",
+        "`training.label_smoothing_factor: 0.1` with a Stage-1 feature on",
+        "training.label_smoothing_factor=0.1: the Stage-1 base CE is unsmoothed",
+        label_smoothing_factor=0.1,
+    ),
+    _refused_option_case(
+        "loss-dft",
+        "`training.enable_dft_loss: true` with a Stage-1 feature on",
+        "training.enable_dft_loss=true: DFT reweights the per-token CE",
+        enable_dft_loss=True,
+    ),
+    _refused_option_case(
+        "loss-channel-loss",
+        "`training.enable_channel_loss: true` with a Stage-1 feature on",
+        "training.enable_channel_loss=true: per-channel losses need per-token losses",
+        enable_channel_loss=True,
+    ),
+    _refused_option_case(
+        "loss-liger-kernel",
+        "`training.use_liger_kernel: true` with a Stage-1 feature on",
+        "training.use_liger_kernel=true: Liger's fused linear CE returns no logits",
+        use_liger_kernel=True,
+    ),
+    _refused_option_case(
+        "loss-sequence-parallel",
+        "`training.sequence_parallel_size: 2` with a Stage-1 feature on",
+        "training.sequence_parallel_size=2: sequence parallel shards the logits",
+        sequence_parallel_size=2,
+    ),
+    # -- training: resume (honoured; before, ignored: the run restarted at step 1 over the old logs)
+    Case(
+        "training-resume-no-checkpoint",
+        "training",
+        "`training.resume_from_checkpoint: true` and `output_dir` holds no `checkpoint-<step>`",
+        Raises(ConfigError, "training.resume_from_checkpoint: true, but"),
+        lambda h: _train_resuming(h, True),
+    ),
+    Case(
+        "training-resume-not-a-checkpoint",
+        "training",
+        "`training.resume_from_checkpoint` names a folder without `trainer_state.json`",
+        Raises(ConfigError, "is not a checkpoint folder (no trainer_state.json)"),
+        lambda h: _train_resuming(h, str(h.tmp_path)),
+    ),
+    Case(
+        "monitor-resume-state-unreadable",
+        "monitor",
+        "resume whose checkpoint holds an unreadable instability-monitor state (the EMA is saved with "
+        "every checkpoint and restored on resume; before, it was never saved)",
+        SkipsWarnsOnce(present=RUNTIME_KEYS, warns="ignoring unreadable state"),
+        _resume_with_unreadable_monitor_state,
+        lambda obs: _assert_no_baseline(obs),
+    ),
+    # -- ranks: one rank's error ends every rank with that error -------------------------------
+    Case(
+        "ranks-strict-violation-one-rank",
+        "ranks",
+        "strict `ContractViolation` on rank 1 only while rank 0 waits in a collective (2 gloo ranks, "
+        "group timeout 600 s; before, rank 0 waited until the timeout)",
+        Raises(
+            RankFailedError,
+            "rank 0 stopped because another rank failed: rank 1: ContractViolation: contract violation "
+            "[undeclared_extra]",
+        ),
+        lambda h: _failure_on_rank_1(h, "contract", "ContractViolation: contract violation [undeclared"),
+    ),
+    Case(
+        "ranks-coord-objective-error-one-rank",
+        "ranks",
+        "`CoordObjectiveError` in rank 1's `compute_loss` only (a batch without labels, coord loss on) while "
+        "rank 0 waits in a collective (2 gloo ranks, group timeout 600 s)",
+        Raises(
+            RankFailedError,
+            "rank 0 stopped because another rank failed: rank 1: CoordObjectiveError: "
+            "custom.coord_soft_ce_w1.enabled is true but the batch has no labels",
+        ),
+        lambda h: _failure_on_rank_1(h, "coord", "CoordObjectiveError: "),
+    ),
 )
+
+
+def _assert_no_baseline(obs: Observed) -> None:
+    """The unreadable state left no EMA: the first train step is judged without a baseline."""
+    train_events = [e for e in obs.events if e["mode"] == "train"]
+    assert train_events and train_events[0]["ema"] is None
 
 
 def _assert_absent(batch: dict[str, Any] | None, key: str) -> None:
@@ -1181,6 +1585,23 @@ def _check_skips(case: Case, outcome: SkipsWarnsOnce, h: H) -> None:
         case.check(obs)
 
 
+def _check_dumped(case: Case, h: H) -> None:
+    with contracts_mode("strict"), recording() as rec:
+        case.run(h)
+    assert not [m for m in rec.messages() if "not dumped" in m], rec.messages()
+
+
+def _check_exits(case: Case, outcome: Exits, h: H) -> None:
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out), pytest.raises(SystemExit) as info:
+        case.run(h)
+    assert info.value.code == outcome.code, (info.value.code, err.getvalue())
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and outcome.fragment in lines[0], lines
+    assert "Traceback" not in err.getvalue() + out.getvalue()
+    assert not (h.tmp_path / "out").exists(), "a failed start must write nothing to output_dir"
+
+
 def _check_guarded(case: Case, outcome: Guarded, h: H) -> None:
     with contracts_mode("strict"), pytest.raises(ContractViolation) as info:
         case.run(H(h.tmp_path / "strict", 1))
@@ -1208,6 +1629,10 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
         _check_raises(case, case.outcome, h)
     elif isinstance(case.outcome, SkipsWarnsOnce):
         _check_skips(case, case.outcome, h)
+    elif isinstance(case.outcome, Dumped):
+        _check_dumped(case, h)
+    elif isinstance(case.outcome, Exits):
+        _check_exits(case, case.outcome, h)
     else:
         _check_guarded(case, case.outcome, h)
 
@@ -1216,7 +1641,7 @@ def test_matrix_shape() -> None:
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), "case ids must be unique"
     assert len(CASES) >= 30
-    assert {c.layer for c in CASES} == {"collator", "guards", "metrics", "loss", "monitor", "config"}
+    assert {c.layer for c in CASES} == set(get_args(Layer))
     assert all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", i) for i in ids)
     # every declared extra is covered by the guard cases, with each kind of rule its spec allows
     guarded = {c.outcome.key for c in CASES if isinstance(c.outcome, Guarded) and c.layer == "guards"}
