@@ -15,6 +15,9 @@ share the model:
   per type, coord-mass monitors), the coord diagnostics and the instability monitor. The base CE and
   every statistic come from ONE pass over the logits through ``compute_loss_func``.
 - ``coord_on``: the same with the coord loss on (base CE of the non-coord targets + softCE, W1, gate).
+- with ``--no-logits``, also ``metrics_no_logits`` and ``coord_on_no_logits``: the same two stacks with
+  ``custom.stage1_pass.materialize_logits: false`` (the pass computes the logits chunk by chunk from the
+  hidden states and ``lm_head``; the full logits never exist).
 
 The batch carries the Stage-1 extras (token types, pack sizes, labels) the collator would attach.
 ``instability_monitor.min_supervised_tokens`` is set above the row length, so the random model's zero
@@ -36,7 +39,9 @@ Checks (exit code 1 when one fails): the ``metrics`` step's loss and ``lm_head``
 ``plain`` step's (relative 1e-5). There, the base CE is ms-swift's own CE, computed by the Stage-1 pass.
 
 Targets (CPU, 2,048 and 8,192 tokens): the stack's step at most 1.15x the plain step, peak memory no
-higher than plain, at most 2 host syncs per step (added by the stack).
+higher than plain, at most 2 host syncs per step (added by the stack). Without materialised logits (CPU, 8,192
+tokens): peak memory at most 0.5x plain's, step time at most 1.2x; the check then also covers
+``metrics_no_logits``.
 """
 
 from __future__ import annotations
@@ -59,13 +64,22 @@ from benchmarks.bench_stage1 import TensorBytesTracker, device_name
 from coordexp.functional import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, SyncCounter
 
 VARIANTS = ("plain", "metrics", "coord_on")
-LABELS = {"plain": "plain ms-swift", "metrics": "stack, metrics only", "coord_on": "stack, coord on"}
+UNMATERIALISED = ("metrics_no_logits", "coord_on_no_logits")
+"""``--no-logits``: the same two stacks with ``custom.stage1_pass.materialize_logits: false``."""
+LABELS = {
+    "plain": "plain ms-swift",
+    "metrics": "stack, metrics only",
+    "coord_on": "stack, coord on",
+    "metrics_no_logits": "metrics only, no logits",
+    "coord_on_no_logits": "coord on, no logits",
+}
 HIDDEN, LAYERS = 64, 2
 DATASET = "lvis"
 
 
-def _custom(coord_on: bool, max_tokens: int) -> dict[str, Any]:
+def _custom(coord_on: bool, max_tokens: int, materialize_logits: bool = True) -> dict[str, Any]:
     return {
+        "stage1_pass": {"materialize_logits": materialize_logits},
         "coord_soft_ce_w1": {"enabled": coord_on},
         "token_type_metrics": {
             "enabled": True,
@@ -93,7 +107,9 @@ def build_checkpoint(root: Path, vocab: int, max_length: int) -> Path:
     return root
 
 
-def build_trainers(checkpoint: Path, out: Path, max_length: int) -> dict[str, Any]:
+def build_trainers(
+    checkpoint: Path, out: Path, max_length: int, variants: Sequence[str] = VARIANTS
+) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
@@ -120,9 +136,9 @@ def build_trainers(checkpoint: Path, out: Path, max_length: int) -> dict[str, An
     )
     common = {"model": model, "args": args, "template": template, "train_dataset": [{}]}
     trainers = {"plain": Seq2SeqTrainer(**common)}
-    for name, coord_on in (("metrics", False), ("coord_on", True)):
-        cls = build_trainer_cls(Seq2SeqTrainer, _custom(coord_on, max_length))
-        trainers[name] = cls(**common)
+    for name in variants[1:]:
+        custom = _custom(name.startswith("coord_on"), max_length, not name.endswith("_no_logits"))
+        trainers[name] = build_trainer_cls(Seq2SeqTrainer, custom)(**common)
     return trainers
 
 
@@ -213,20 +229,20 @@ def time_steps(
 
 
 def check_metrics_equals_plain(
-    trainers: dict[str, Any], steps: dict[str, Callable[[], Any]]
+    trainers: dict[str, Any], steps: dict[str, Callable[[], Any]], name: str = "metrics"
 ) -> dict[str, Any]:
     results = {}
-    for name in ("plain", "metrics"):
-        _fresh(trainers[name])
-        loss = float(steps[name]())
-        grad = trainers[name].model.lm_head.weight.grad.detach().clone()
-        results[name] = (loss, grad)
-    (loss_p, grad_p), (loss_m, grad_m) = results["plain"], results["metrics"]
+    for variant in ("plain", name):
+        _fresh(trainers[variant])
+        loss = float(steps[variant]())
+        grad = trainers[variant].model.lm_head.weight.grad.detach().clone()
+        results[variant] = (loss, grad)
+    (loss_p, grad_p), (loss_m, grad_m) = results["plain"], results[name]
     loss_err = abs(loss_m - loss_p) / abs(loss_p)
     grad_err = float((grad_m - grad_p).abs().max() / grad_p.abs().max())
     ok = loss_err <= 1e-5 and grad_err <= 1e-5
     return {
-        "name": "metrics-only loss and lm_head gradient == plain ms-swift",
+        "name": f"{LABELS[name]}: loss and lm_head gradient == plain ms-swift",
         "ok": ok,
         "loss_rel_err": loss_err,
         "grad_rel_err": grad_err,
@@ -234,8 +250,12 @@ def check_metrics_equals_plain(
 
 
 def measure(trainers: dict[str, Any], batch: dict[str, Any], repeats: int) -> dict[str, Any]:
-    steps = {name: make_step(trainers[name], batch) for name in VARIANTS}
-    check = check_metrics_equals_plain(trainers, steps)
+    steps = {name: make_step(trainers[name], batch) for name in trainers}
+    checks = [
+        check_metrics_equals_plain(trainers, steps, name)
+        for name in ("metrics", "metrics_no_logits")
+        if name in trainers
+    ]
     times = time_steps(trainers, steps, repeats)
     median = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
     syncs, peaks = {}, {}
@@ -255,7 +275,7 @@ def measure(trainers: dict[str, Any], batch: dict[str, Any], repeats: int) -> di
         "peak_ratio": {name: peaks[name] / peaks["plain"] for name in peaks},
         "syncs": syncs,
         "added_syncs": {name: syncs[name]["count"] - syncs["plain"]["count"] for name in syncs},
-        "checks": [check],
+        "checks": checks,
     }
 
 
@@ -264,18 +284,20 @@ def _mib(n: float) -> str:
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
+    variants = list(results[0]["median_ms"]) if results else list(VARIANTS)
+    short = " / ".join(LABELS[n].removeprefix("stack, ").removesuffix(" ms-swift") for n in variants)
     lines = [
-        "| tokens | plain ms-swift step | stack, metrics only | stack, coord on "
-        "| peak memory (plain / metrics / coord on) | host syncs per step (plain / metrics / coord on) |",
-        "|---|---|---|---|---|---|",
+        f"| tokens | plain ms-swift step | {' | '.join(LABELS[n] for n in variants[1:])} "
+        f"| peak memory ({short}) | host syncs per step ({short}) |",
+        "|---" * (len(variants) + 3) + "|",
     ]
     for r in results:
         m, ratio, p, s = r["median_ms"], r["ratio"], r["peak_bytes"], r["syncs"]
+        cells = " | ".join(f"{m[n]:.0f} ms ({ratio[n]:.2f}x)" for n in variants[1:])
         lines.append(
-            f"| {r['length']:,} | {m['plain']:.0f} ms | {m['metrics']:.0f} ms ({ratio['metrics']:.2f}x) "
-            f"| {m['coord_on']:.0f} ms ({ratio['coord_on']:.2f}x) "
-            f"| {' / '.join(_mib(p[n]) for n in VARIANTS)} "
-            f"| {' / '.join(str(s[n]['count']) for n in VARIANTS)} |"
+            f"| {r['length']:,} | {m['plain']:.0f} ms | {cells} "
+            f"| {' / '.join(_mib(p[n]) for n in variants)} "
+            f"| {' / '.join(str(s[n]['count']) for n in variants)} |"
         )
     return "\n".join(lines)
 
@@ -288,6 +310,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--no-logits",
+        action="store_true",
+        help="also time the stacks with custom.stage1_pass.materialize_logits: false",
+    )
     return parser.parse_args(argv)
 
 
@@ -301,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_checkpoint(Path(tmp) / "model", args.vocab, max_length)
-        trainers = build_trainers(checkpoint, Path(tmp) / "out", max_length)
+        variants = VARIANTS + (UNMATERIALISED if args.no_logits else ())
+        trainers = build_trainers(checkpoint, Path(tmp) / "out", max_length, variants)
         tokenizer = trainers["plain"].template.tokenizer
         for length in lengths:
             batch, shape = packed_row(length, tokenizer, args.seed)
@@ -319,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + ", ".join(
                     f"{LABELS[n]} {result['median_ms'][n]:.0f} ms ({result['ratio'][n]:.2f}x), "
                     f"peak {_mib(result['peak_bytes'][n])}, {result['syncs'][n]['count']} syncs"
-                    for n in VARIANTS
+                    for n in variants
                 ),
                 flush=True,
             )
@@ -340,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dtype": "float32",
             "repeats": args.repeats,
             "lengths": lengths,
+            "variants": list(variants),
             "checks_ok": ok,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

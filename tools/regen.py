@@ -54,6 +54,7 @@ CODEGEN_MODELS = {
 IN_LOSS_VALUES = ("yes", "no", "conditional")
 OWNERS = ("coordexp", "framework")
 STABILITIES = ("stable", "experimental", "deprecated")
+AGGREGATIONS = ("ratio", "mean", "sum", "last", "max")
 TENSOR_DTYPES = ("int64", "float32", "bool")
 
 
@@ -121,9 +122,10 @@ def check_catalog(schema: Mapping[str, Any], path: Path) -> None:
         ext = spec.get("x-coordexp")
         if not isinstance(ext, dict):
             raise _fail(path, key, "needs an x-coordexp annotation object")
-        for field in ("owner", "group", "in_loss", "feature", "requires", "unit", "stability"):
+        for field in ("owner", "group", "in_loss", "feature", "requires", "unit", "aggregation", "stability"):
             if field not in ext:
                 raise _fail(path, key, f"x-coordexp.{field} is required")
+        _check_aggregation(ext["aggregation"], path, key)
         if ext["owner"] not in OWNERS:
             raise _fail(path, key, f"x-coordexp.owner must be one of {OWNERS}")
         if ext["stability"] not in STABILITIES:
@@ -152,6 +154,22 @@ def check_catalog(schema: Mapping[str, Any], path: Path) -> None:
             raise _fail(path, key, "x-coordexp-removed entries need a note (and renamed_to when renamed)")
         if entry.get("renamed_to") is not None and entry["renamed_to"] not in props:
             raise _fail(path, key, f"removed key renamed_to {entry['renamed_to']!r} is not a catalog key")
+
+
+def _check_aggregation(agg: Any, path: Path, key: str) -> None:
+    """``{"kind": ...}``; a ratio names its numerator and denominator statistics; a declared change
+    of kind (``changed_from``) needs a note."""
+    if not isinstance(agg, dict) or agg.get("kind") not in AGGREGATIONS:
+        raise _fail(path, key, f"x-coordexp.aggregation.kind must be one of {AGGREGATIONS}")
+    is_ratio = agg["kind"] == "ratio"
+    for part in ("numerator", "denominator"):
+        if is_ratio and not (isinstance(agg.get(part), str) and agg[part]):
+            raise _fail(path, key, f"a ratio aggregation needs its {part} statistic")
+        if not is_ratio and part in agg:
+            raise _fail(path, key, f"only a ratio aggregation has a {part}")
+    changed = agg.get("changed_from")
+    if changed is not None and (changed not in AGGREGATIONS or not agg.get("note")):
+        raise _fail(path, key, f"aggregation.changed_from must be one of {AGGREGATIONS}, with a note")
 
 
 def check_extras(schema: Mapping[str, Any], path: Path) -> None:
@@ -285,7 +303,8 @@ def render_metric_catalog(metrics: Mapping[str, Any]) -> str:
         "from typing import Final, Literal\n\n"
         "Owner = Literal['coordexp', 'framework']\n"
         "InLoss = Literal['yes', 'no', 'conditional']\n"
-        "Stability = Literal['stable', 'experimental', 'deprecated']\n\n\n"
+        "Stability = Literal['stable', 'experimental', 'deprecated']\n"
+        "Aggregation = Literal['ratio', 'mean', 'sum', 'last', 'max']\n\n\n"
         "@dataclass(frozen=True, slots=True)\n"
         "class MetricSpec:\n"
         '    """Everything the catalog says about one train-mode metric key."""\n\n'
@@ -298,6 +317,11 @@ def render_metric_catalog(metrics: Mapping[str, Any]) -> str:
         "    feature: str\n"
         "    requires: frozenset[str]\n"
         "    unit: str\n"
+        "    aggregation: Aggregation\n"
+        '    """how values combine over micro-steps, the logging window and ranks"""\n'
+        "    numerator: str | None\n"
+        '    """a ratio\'s numerator statistic (sum over the window), else None"""\n'
+        "    denominator: str | None\n"
         "    minimum: float | None\n"
         "    maximum: float | None\n"
         "    is_number: bool\n"
@@ -326,6 +350,9 @@ def render_metric_catalog(metrics: Mapping[str, Any]) -> str:
             ("feature", py_str(ext["feature"])),
             ("requires", "frozenset(" + py_literal(sorted(ext["requires"])) + ")"),
             ("unit", py_str(ext["unit"])),
+            ("aggregation", py_str(ext["aggregation"]["kind"])),
+            ("numerator", py_literal(ext["aggregation"].get("numerator"))),
+            ("denominator", py_literal(ext["aggregation"].get("denominator"))),
             ("minimum", py_literal(v.spec.get("minimum"))),
             ("maximum", py_literal(v.spec.get("maximum"))),
             ("is_number", repr(is_number)),
@@ -642,14 +669,20 @@ def fmt_range(spec: Mapping[str, Any]) -> str:
     return f"[{lo:g}, {hi:g}]"
 
 
+def fmt_aggregation(agg: Mapping[str, Any]) -> str:
+    if agg["kind"] == "ratio":
+        return f"ratio: Σ {agg['numerator']} / Σ {agg['denominator']}"
+    return str(agg["kind"])
+
+
 def render_doc_tables(schemas: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     metrics = schemas["metrics.schema.json"]
     views = key_views(metrics)
     tables: dict[str, str] = {}
 
     rows = [
-        "| key | group | in loss | feature | written when (all of) | unit | range | meaning |",
-        "|---|---|---|---|---|---|---|---|",
+        "| key | group | in loss | feature | written when (all of) | unit | aggregation | range | meaning |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for v in views:
         if v.ext["owner"] != "coordexp":
@@ -661,15 +694,19 @@ def render_doc_tables(schemas: Mapping[str, Mapping[str, Any]]) -> dict[str, str
             meaning = f"**Deprecated** alias of `{v.ext['deprecation']['renamed_to']}`. " + meaning
         rows.append(
             f"| `{v.key}` | {v.ext['group']} | {md_escape(loss)} | {v.ext['feature']} | "
-            f"{', '.join(v.ext['requires'])} | {md_escape(v.ext['unit'])} | {fmt_range(v.spec)} | "
+            f"{', '.join(v.ext['requires'])} | {md_escape(v.ext['unit'])} | "
+            f"{md_escape(fmt_aggregation(v.ext['aggregation']))} | {fmt_range(v.spec)} | "
             f"{md_escape(meaning)} |"
         )
     tables["metric-keys"] = "\n".join(rows)
 
-    rows = ["| key | meaning | unit |", "|---|---|---|"]
+    rows = ["| key | meaning | unit | aggregation |", "|---|---|---|---|"]
     for v in views:
         if v.ext["owner"] == "framework":
-            rows.append(f"| `{v.key}` | {md_escape(v.spec['description'])} | {md_escape(v.ext['unit'])} |")
+            rows.append(
+                f"| `{v.key}` | {md_escape(v.spec['description'])} | {md_escape(v.ext['unit'])} | "
+                f"{v.ext['aggregation']['kind']} |"
+            )
     tables["framework-keys"] = "\n".join(rows)
 
     rows = ["| condition | holds when |", "|---|---|"]
@@ -705,6 +742,8 @@ def render_doc_tables(schemas: Mapping[str, Mapping[str, Any]]) -> dict[str, str
         ("coord_soft_ce_w1", "CoordSoftCEW1Config"),
         ("instability_monitor", "InstabilityMonitorConfig"),
         ("contracts", "ContractsConfig"),
+        ("metrics", "MetricsConfig"),
+        ("stage1_pass", "Stage1PassConfig"),
     ):
         rows.extend(_config_rows(cfg, model, f"custom.{section}"))
     tables["config"] = "\n".join(rows)
@@ -759,6 +798,7 @@ def catalog_snapshot(metrics: Mapping[str, Any]) -> dict[str, Any]:
         keys[v.key] = {
             "owner": v.ext["owner"],
             "stability": v.ext["stability"],
+            "aggregation": v.ext["aggregation"]["kind"],
             "renamed_to": (v.ext.get("deprecation") or {}).get("renamed_to"),
         }
     return {"keys": dict(sorted(keys.items()))}
@@ -769,7 +809,9 @@ def check_compatibility(metrics: Mapping[str, Any], baseline: Mapping[str, Any])
 
     A key may leave the catalog only through ``x-coordexp-removed`` (with its note and, when renamed,
     ``renamed_to``), after having been deprecated in a released baseline; a renamed key must stay
-    as a deprecated alias (``deprecation.renamed_to``) first. Owners may not change silently either.
+    as a deprecated alias (``deprecation.renamed_to``) first. Owners may not change silently either,
+    nor aggregations: a logged value that combines differently is not comparable with older runs,
+    so a new kind needs ``aggregation.changed_from`` (the baseline's kind) and a note.
     """
     props = metrics["properties"]
     removed = metrics.get("x-coordexp-removed", {})
@@ -779,6 +821,13 @@ def check_compatibility(metrics: Mapping[str, Any], baseline: Mapping[str, Any])
             owner = props[key]["x-coordexp"]["owner"]
             if owner != old["owner"]:
                 errors.append(f"{key!r}: owner changed from {old['owner']!r} to {owner!r}")
+            agg = props[key]["x-coordexp"]["aggregation"]
+            was = old.get("aggregation")  # absent in baselines older than the aggregation field
+            if was is not None and agg["kind"] != was and agg.get("changed_from") != was:
+                errors.append(
+                    f"{key!r}: aggregation changed from {was!r} to {agg['kind']!r} without a declaration "
+                    f"(x-coordexp.aggregation.changed_from: {was!r} and a note)"
+                )
             continue
         if key not in removed:
             errors.append(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from coordexp.generated.batch_extras import BatchExtras
+from coordexp.reporting.aggregation import StepValue
 
 Mode = Literal["train", "eval"]
 
@@ -19,7 +20,8 @@ class StepContext:
     ``labels`` are the ORIGINAL labels aligned with the logits (after ms-swift's ``logits_to_keep``
     cut); the model may be fed masked labels (coord loss), but every metric reads these.
     ``device_values`` holds 0-d device tensors to move to the host in the step's single transfer;
-    ``host`` holds them as floats afterwards; ``metrics`` the key -> value writes of the step.
+    ``host`` holds them as floats afterwards; ``metrics`` the key -> value writes of the step (a
+    ratio key as its numerator and denominator, see ``coordexp.reporting.aggregation``).
     """
 
     trainer: Any
@@ -35,7 +37,7 @@ class StepContext:
     stats: dict[str, Tensor] = field(default_factory=dict)
     device_values: dict[str, Tensor] = field(default_factory=dict)
     host: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, StepValue] = field(default_factory=dict)
     fused: bool = False
     """the objective and the statistics came from the one-pass ``compute_loss_func`` seam"""
     loss_divisor: float = 1.0

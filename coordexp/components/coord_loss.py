@@ -21,7 +21,9 @@ from coordexp.components.base import PassRequest
 from coordexp.components.context import StepContext
 from coordexp.config import CoordSoftCEW1Config
 from coordexp.functional import IGNORE_INDEX, CoordLossConfig, CoordSlice, coord_loss
+from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
 from coordexp.generated import metric_keys as K
+from coordexp.reporting.aggregation import Ratio, StepValue
 
 _ALIASES = (
     (K.COORD_SOFTCE_W1_LOSS, K.COORD_DIAG_LOSS),
@@ -147,22 +149,22 @@ class CoordLossComponent:
         types: Tensor | None,
         request: PassRequest,
         chunk_size: int,
+        head: OutputHead | None = None,
+        preds: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The seam's objective: base CE over the non-coord targets + coord terms, one autograd function.
 
         Each part is a mean over this batch's own rows (counted across ranks under
         ``average_tokens_across_devices``), as in the two-pass path. ms-swift multiplies the returned loss
-        by the process count itself when it got a ``num_items_in_batch``.
+        by the process count itself when it got a ``num_items_in_batch``. With ``head``, ``logits`` are
+        the final hidden states and the logits are computed chunk by chunk (``materialize_logits: false``);
+        ``preds`` then receives each row's argmax.
         """
         is_coord, _ = coord.lookup(targets)
         sup = targets != IGNORE_INDEX
         counts = torch.stack([(is_coord & sup).sum(), (sup & ~is_coord).sum()]).to(torch.float32)
         coord_den, base_den = _global(counts, ctx.trainer).clamp(min=1.0).unbind(0)  # one collective
-        value, stats = coord_loss(
-            logits,
-            targets,
-            coord,
-            self.loss_cfg,
+        options: dict[str, Any] = dict(
             coord_denominator=coord_den,
             base_ce=True,
             base_denominator=base_den,
@@ -172,6 +174,12 @@ class CoordLossComponent:
             mass_max_tokens=request.mass_max_tokens,
             chunk_size=chunk_size,
         )
+        if head is None:
+            value, stats = coord_loss(logits, targets, coord, self.loss_cfg, **options)
+        else:
+            value, stats = linear_coord_loss(
+                logits, head, targets, coord, self.loss_cfg, preds=preds, **options
+            )
         if averages_tokens_across_devices(ctx.trainer) and ctx.num_items_in_batch is None:
             value = value * dist.get_world_size()  # ms-swift scales only when it had a count
         return value, stats
@@ -200,62 +208,69 @@ class CoordLossComponent:
         return PassRequest(coord_cfg=self.loss_cfg)
 
     def report(self, ctx: StepContext) -> None:
+        """The coord and base-CE keys of the step: each ratio as its numerator and denominator
+        statistics (see the catalog's ``aggregation``), so a window's value is exact."""
         s = ctx.host
         samples = s.get("pack_samples", 0.0)
         if not (math.isfinite(samples) and samples > 0):
             samples = float(len(ctx.dataset_labels)) or 1.0
-        out: dict[str, float] = {}
+        out: dict[str, StepValue] = {}
         n = s["n_coord"]
-        coord_loss_per_sample = 0.0
+        coord_loss_sum = 0.0  # Σ weighted coord terms over the batch's coord targets
         if n > 0:
             w = self.loss_cfg
-            soft = w.soft_ce_weight * s["soft_ce_sum"] / n
-            w1 = w.w1_weight * s["w1_sum"] / n
-            ce = w.ce_weight * s["ce_sum"] / n
-            gate = w.gate_weight * s["gate_sum"] / n
-            total = soft + w1 + ce + gate
-            coord_loss_per_sample = total * n / samples
+            soft = w.soft_ce_weight * s["soft_ce_sum"]
+            w1 = w.w1_weight * s["w1_sum"]
+            ce = w.ce_weight * s["ce_sum"]
+            gate = w.gate_weight * s["gate_sum"]
+            coord_loss_sum = soft + w1 + ce + gate
             out[K.COORD_DIAG_ENABLED] = 1.0 if self.enabled else 0.0
-            out[K.COORD_DIAG_LOSS] = total
-            out[K.COORD_DIAG_SOFT_CE] = soft
-            out[K.COORD_DIAG_W1] = w1
+            out[K.COORD_DIAG_LOSS] = Ratio(coord_loss_sum, n)
+            out[K.COORD_DIAG_SOFT_CE] = Ratio(soft, n)
+            out[K.COORD_DIAG_W1] = Ratio(w1, n)
             if self.enabled:
-                out[K.COORD_DIAG_CE] = ce
+                out[K.COORD_DIAG_CE] = Ratio(ce, n)
             if self.gate_on:
-                out[K.COORD_DIAG_GATE] = gate
-                out[K.COORD_DIAG_COORD_VOCAB_MASS] = s["coord_vocab_mass_sum"] / n
+                out[K.COORD_DIAG_GATE] = Ratio(gate, n)
+                out[K.COORD_DIAG_COORD_VOCAB_MASS] = Ratio(s["coord_vocab_mass_sum"], n)
             out[K.COORD_DIAG_COORD_TOKENS] = n
-            out[K.COORD_DIAG_ACC_TOP5] = s["acc_top5_hits"] / n
-            out[K.COORD_DIAG_P_GT_MEAN] = s["p_gt_sum"] / n
-            out[K.COORD_DIAG_MARGIN_MEAN] = s["margin_sum"] / n
-            out[K.COORD_DIAG_EXPECTED_BIN_MAE] = s["bin_abs_err_sum"] / n
+            out[K.COORD_DIAG_ACC_TOP5] = Ratio(s["acc_top5_hits"], n)
+            out[K.COORD_DIAG_P_GT_MEAN] = Ratio(s["p_gt_sum"], n)
+            out[K.COORD_DIAG_MARGIN_MEAN] = Ratio(s["margin_sum"], n)
+            out[K.COORD_DIAG_EXPECTED_BIN_MAE] = Ratio(s["bin_abs_err_sum"], n)
             out[K.COORD_DIAG_EXPECTED_BIN_ABS_ERR_P90] = s["bin_abs_err_p90"]
-            out[K.COORD_DIAG_W1_TO_DELTA] = s["w1_to_delta_sum"] / n
-            out[K.COORD_DIAG_COORD_TOKENS_PER_SAMPLE] = n / samples
-            out[K.COORD_DIAG_LOSS_PER_SAMPLE] = coord_loss_per_sample
+            out[K.COORD_DIAG_W1_TO_DELTA] = Ratio(s["w1_to_delta_sum"], n)
+            out[K.COORD_DIAG_COORD_TOKENS_PER_SAMPLE] = Ratio(n, samples)
+            out[K.COORD_DIAG_LOSS_PER_SAMPLE] = Ratio(coord_loss_sum, samples)
             if self.enabled:
                 for alias, key in _ALIASES:
                     if key in out:
                         out[alias] = out[key]
+        else:  # no coord target: the batch's samples still count in the window's per-sample keys
+            out[K.COORD_DIAG_COORD_TOKENS_PER_SAMPLE] = Ratio(0.0, samples, observed=False)
+            out[K.COORD_DIAG_LOSS_PER_SAMPLE] = Ratio(0.0, samples, observed=False)
         if self.enabled:
             out[K.PACK_NUM_SAMPLES] = samples
-            base_per_sample = 0.0
+            base_sum = 0.0  # Σ base CE over the batch's non-coord targets
             n_base = s["n_base"]
             if n_base > 0:
                 if "base_loss" in s:  # two-pass path: the model's CE, rescaled by ms-swift
                     world = dist.get_world_size() if averages_tokens_across_devices(ctx.trainer) else 1
-                    base = s["base_loss"] * s.get("base_den", n_base) / (n_base * world)
+                    base_sum = s["base_loss"] * s.get("base_den", n_base) / world
                 else:  # one-pass path: the pass's own sum over this batch's non-coord targets
-                    base = s["base_ce_sum"] / n_base
+                    base_sum = s["base_ce_sum"]
                 out[K.BASE_CE_NONCOORD_TOKENS] = n_base
-                out[K.BASE_CE_NONCOORD_TOKENS_PER_SAMPLE] = n_base / samples
-                if not math.isfinite(base):
+                out[K.BASE_CE_NONCOORD_TOKENS_PER_SAMPLE] = Ratio(n_base, samples)
+                if not math.isfinite(base_sum):
                     # The model's own loss is NaN/inf (the monitor records it): skip, never write it.
                     ctx.metrics.update(out)
                     return
-                base_per_sample = base * n_base / samples
-                out[K.BASE_CE_LOSS] = base
-                out[K.BASE_CE_LOSS_PER_SAMPLE] = base_per_sample
-            if s["n_sup"] > 0:
-                out[K.STAGE1_TOTAL_LOSS_PER_SAMPLE_EST] = base_per_sample + coord_loss_per_sample
+                out[K.BASE_CE_LOSS] = Ratio(base_sum, n_base)
+                out[K.BASE_CE_LOSS_PER_SAMPLE] = Ratio(base_sum, samples)
+            else:
+                out[K.BASE_CE_NONCOORD_TOKENS_PER_SAMPLE] = Ratio(0.0, samples, observed=False)
+                out[K.BASE_CE_LOSS_PER_SAMPLE] = Ratio(0.0, samples, observed=False)
+            out[K.STAGE1_TOTAL_LOSS_PER_SAMPLE_EST] = Ratio(
+                base_sum + coord_loss_sum, samples, observed=s["n_sup"] > 0
+            )
         ctx.metrics.update(out)

@@ -30,18 +30,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from coordexp.cli.check_logs import conditions_from_config
 from coordexp.components.base import Component, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError, accumulation_steps
 from coordexp.components.instability import InstabilityMonitorComponent
 from coordexp.components.loss_seam import Stage1LossFunc
+from coordexp.components.output_head import HeadCapture, capture_output_head, report_token_acc
 from coordexp.components.runtime import RuntimeComponent
 from coordexp.components.token_metrics import TokenMetricsComponent
 from coordexp.config import (
     CoordSoftCEW1Config,
     InstabilityMonitorConfig,
+    MetricsConfig,
+    Stage1CustomConfig,
+    Stage1PassConfig,
     TokenTypeMetricsConfig,
 )
+from coordexp.contracts import keys_written_under
 from coordexp.coord_tokens.codec import CoordVocabError, get_coord_token_ids
 from coordexp.functional import (
     DEFAULT_CHUNK_SIZE,
@@ -53,6 +59,7 @@ from coordexp.functional import (
     next_token_types,
     stage1_stats,
 )
+from coordexp.functional.linear_pass import linear_ce_loss
 from coordexp.generated.batch_extras import BatchExtras
 from coordexp.reporting import BestEffort, MetricReporter, trainer_mode
 
@@ -100,6 +107,13 @@ def reads_logits(trainer: Any, component_names: frozenset[str]) -> bool:
     return False
 
 
+def materializes_logits(trainer: Any) -> bool:
+    """``custom.stage1_pass.materialize_logits`` of a trainer (default true), from its config section
+    alone (readable while the trainer is being built, before its pipeline exists)."""
+    cfg = _section(trainer, "stage1_pass_cfg", Stage1PassConfig)
+    return True if cfg is None else bool(cfg.materialize_logits)
+
+
 def find_tokenizer(trainer: Any) -> Any:
     template = getattr(trainer, "template", None)
     for owner, name in ((template, "tokenizer"), (trainer, "processing_class"), (trainer, "tokenizer")):
@@ -121,7 +135,8 @@ class Stage1Pipeline:
         self.chunk_size = chunk_size
         self.best_effort = BestEffort()
         self._warned: set[str] = set()
-        self.reporter = MetricReporter()
+        metrics_cfg = _section(trainer, "metrics_cfg", MetricsConfig) or MetricsConfig()
+        self.reporter = MetricReporter(aggregation=metrics_cfg.aggregation)
         self.runtime = RuntimeComponent() if RUNTIME in component_names else None
         coord_cfg = (
             _section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config)
@@ -150,7 +165,18 @@ class Stage1Pipeline:
         self._coord_ids: list[int] | None = None
         self._coord_slice: CoordSlice | None = None
         self._active: StepContext | None = None  # the step whose forward is running (one-pass seam)
+        self._head_capture: HeadCapture | None = None  # the swapped output head of that forward
+        self.materialize_logits = materializes_logits(trainer)
         self._resolve_coord_vocab(trainer)
+        self.reporter.register(trainer, self.enabled_keys())
+
+    def enabled_keys(self) -> frozenset[str]:
+        """The catalog keys these components may write (config conditions; batch ones assumed)."""
+        sections = Stage1CustomConfig(
+            coord_soft_ce_w1=self.coord.cfg if self.coord is not None else None,
+            token_type_metrics=self.token_metrics.cfg if self.token_metrics is not None else None,
+        )
+        return keys_written_under(conditions_from_config(sections))
 
     @property
     def components(self) -> list[Any]:
@@ -259,9 +285,14 @@ class Stage1Pipeline:
 
         self._active = ctx
         try:
-            loss, outputs = forward(ctx.inputs, ctx.forward_num_items)
+            if one_pass and not self.materialize_logits:
+                with capture_output_head(model) as self._head_capture:
+                    loss, outputs = forward(ctx.inputs, ctx.forward_num_items)
+            else:
+                loss, outputs = forward(ctx.inputs, ctx.forward_num_items)
         finally:
             self._active = None
+            self._head_capture = None
         ctx.loss, ctx.outputs = loss, outputs
         if not ctx.fused:
             if self.coord_loss_enabled:
@@ -294,7 +325,11 @@ class Stage1Pipeline:
             raise RuntimeError(
                 "coordexp: the Stage-1 compute_loss_func was called outside the Stage-1 compute_loss"
             )
-        logits = getattr(outputs, "logits", None)
+        # materialize_logits: false: the "logits" are the hidden states the swapped head returned
+        captured = self._head_capture
+        hidden = captured.hidden if captured is not None else None
+        head = captured.head if captured is not None and hidden is not None else None
+        logits = hidden if hidden is not None else getattr(outputs, "logits", None)
         if not isinstance(labels, Tensor) or not isinstance(logits, Tensor):
             missing = (
                 "the batch has no labels"
@@ -304,21 +339,29 @@ class Stage1Pipeline:
             raise CoordObjectiveError(f"coordexp: the Stage-1 loss cannot be computed: {missing}")
         ctx.labels = labels
         request = self._request(ctx) or PassRequest()
-        prepared = self._pass_inputs(ctx, logits, request, strict=True)
+        vocab = None if head is None else head.weight.shape[0]
+        prepared = self._pass_inputs(ctx, logits, request, strict=True, vocab=vocab)
         assert prepared is not None
         flat, targets, types, coord = prepared
+        preds = None if head is None else torch.empty_like(targets)
         if self.coord_loss_enabled:
             assert self.coord is not None
             value, stats = self.coord.fused_loss(
-                ctx, self.coord.require(ctx, coord), flat, targets, types, request, self.chunk_size
+                ctx,
+                self.coord.require(ctx, coord),
+                flat,
+                targets,
+                types,
+                request,
+                self.chunk_size,
+                head=head,
+                preds=preds,
             )
             per_batch = True
         else:
             accepts = bool(getattr(trainer, "model_accepts_loss_kwargs", False))
             count = num_items_in_batch if accepts else None
-            value, stats = ce_loss(
-                flat,
-                targets,
+            options: dict[str, Any] = dict(
                 denominator=count,
                 coord=coord,
                 coord_cfg=request.coord_cfg if self.best_effort.enabled(COORD) else None,
@@ -328,7 +371,14 @@ class Stage1Pipeline:
                 mass_max_tokens=request.mass_max_tokens,
                 chunk_size=self.chunk_size,
             )
+            if head is None:
+                value, stats = ce_loss(flat, targets, **options)
+            else:
+                value, stats = linear_ce_loss(flat, head, targets, preds=preds, **options)
             per_batch = count is None
+        if preds is not None:
+            report_token_acc(trainer, ctx.mode, preds, labels)
+            outputs["logits"] = None  # they never existed: ms-swift skips its own token_acc
         if per_batch and ctx.mode == "train":
             steps = accumulation_steps(trainer)
             if steps > 1:
@@ -338,16 +388,25 @@ class Stage1Pipeline:
         return value
 
     def _pass_inputs(
-        self, ctx: StepContext, logits: Tensor, request: PassRequest, *, strict: bool
+        self,
+        ctx: StepContext,
+        logits: Tensor,
+        request: PassRequest,
+        *,
+        strict: bool,
+        vocab: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, CoordSlice | None] | None:
         """``(logits [N, V], targets [N], types, coord slice)`` of the step; records the pack size.
+
+        With ``vocab`` (``materialize_logits: false``), ``logits`` are the hidden states ``[..., H]`` of a
+        head with ``vocab`` outputs, returned as ``[N, H]``.
 
         Logits that do not line up with the labels raise when ``strict`` (the objective depends on
         them), else skip the step's diagnostics (warned once).
         """
         assert ctx.labels is not None
-        vocab = logits.shape[-1]
-        flat = logits.reshape(-1, vocab)
+        flat = logits.reshape(-1, logits.shape[-1])
+        vocab = logits.shape[-1] if vocab is None else vocab
         targets = next_token_targets(ctx.labels)
         if flat.shape[0] != targets.shape[0]:
             message = f"logits {tuple(logits.shape)} do not line up with labels {tuple(ctx.labels.shape)}"

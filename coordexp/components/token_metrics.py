@@ -1,7 +1,8 @@
 """Aggregate token metrics: top-5 and text accuracy, per-type fraction/accuracy, coord monitors.
 
 All values are ratios of sufficient statistics from the fused pass (see
-``coordexp.functional.stat_keys``); a ratio whose denominator is 0 is not written.
+``coordexp.functional.stat_keys``), written as :class:`Ratio` (numerator, denominator) so that a
+logging window's value is exact; a ratio whose denominator is 0 is not written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from coordexp.components.base import PassRequest
 from coordexp.components.context import StepContext
 from coordexp.config import TokenTypeMetricsConfig
 from coordexp.generated import metric_keys as K
+from coordexp.reporting.aggregation import Ratio, StepValue
 
 # (type name, frac key, acc key, top-5 key)
 _TYPE_KEYS = (
@@ -34,9 +36,9 @@ _MASS = (
 )
 
 
-def _ratio(out: dict[str, float], key: str, num: float, den: float) -> None:
+def _ratio(out: dict[str, StepValue], key: str, num: float, den: float) -> None:
     if den > 0:
-        out[key] = num / den
+        out[key] = Ratio(num, den)
 
 
 class TokenMetricsComponent:
@@ -59,15 +61,15 @@ class TokenMetricsComponent:
         n_sup = s["n_sup"]
         if n_sup <= 0:
             return
-        out: dict[str, float] = {}
+        out: dict[str, StepValue] = {}
         if self.cfg.log_top5:
-            out[K.TOKEN_ACC_TOP5] = s["n_top5"] / n_sup
+            out[K.TOKEN_ACC_TOP5] = Ratio(s["n_top5"], n_sup)
         _ratio(out, K.TEXT_TOKEN_ACC, s["n_noncoord_top1"], s["n_noncoord"])
         types_present = s["n_typed"] > 0
         if types_present:
             for name, frac_key, acc_key, top5_key in _TYPE_KEYS:
                 count = s[f"n_type_{name}"]
-                out[frac_key] = count / s["n_typed"]
+                out[frac_key] = Ratio(count, s["n_typed"])
                 _ratio(out, acc_key, s[f"n_type_{name}_top1"], count)
                 if self.cfg.log_top5:
                     _ratio(out, top5_key, s[f"n_type_{name}_top5"], count)

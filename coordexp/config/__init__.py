@@ -5,7 +5,9 @@ from coordexp.config.schema import (
     ContractsConfig,
     CoordSoftCEW1Config,
     InstabilityMonitorConfig,
+    MetricsConfig,
     Stage1CustomConfig,
+    Stage1PassConfig,
     TokenTypeMetricsConfig,
     load_custom_config,
 )
@@ -15,7 +17,9 @@ __all__ = [
     "ContractsConfig",
     "CoordSoftCEW1Config",
     "InstabilityMonitorConfig",
+    "MetricsConfig",
     "Stage1CustomConfig",
+    "Stage1PassConfig",
     "TokenTypeMetricsConfig",
     "load_custom_config",
 ]

@@ -143,6 +143,14 @@ class ContractsConfig(_Section, generated.ContractsConfig):
     SECTION: ClassVar[str] = "custom.contracts"
 
 
+class MetricsConfig(_Section, generated.MetricsConfig):
+    SECTION: ClassVar[str] = "custom.metrics"
+
+
+class Stage1PassConfig(_Section, generated.Stage1PassConfig):
+    SECTION: ClassVar[str] = "custom.stage1_pass"
+
+
 class Stage1CustomConfig(_Section, generated.CustomConfig):
     """The whole ``custom:`` block (the Stage-1 sections; None where a section is absent)."""
 
@@ -151,6 +159,8 @@ class Stage1CustomConfig(_Section, generated.CustomConfig):
     coord_soft_ce_w1: CoordSoftCEW1Config | None = None
     instability_monitor: InstabilityMonitorConfig | None = None
     contracts: ContractsConfig | None = None
+    metrics: MetricsConfig | None = None
+    stage1_pass: Stage1PassConfig | None = None
 
 
 def load_custom_config(custom: Mapping[str, Any] | None) -> Stage1CustomConfig:

@@ -28,6 +28,7 @@ ids. For a batch that is fully typed (or fully untyped) this is "types when pres
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -161,13 +162,13 @@ class _Workspace:
     ``u``: the sanitised row values; ``xf``: the fp32 upcast of non-fp32 logits.
     """
 
-    def __init__(self, spec: PassSpec, logits: Tensor, rows: int) -> None:
-        shape = (min(rows, logits.shape[0]), logits.shape[1])
+    def __init__(self, spec: PassSpec, source: ChunkSource, rows: int) -> None:
+        shape = (min(rows, source.n_rows), source.vocab)
 
         def make(needed: bool) -> Tensor | None:
-            return torch.empty(shape, dtype=torch.float32, device=logits.device) if needed else None
+            return torch.empty(shape, dtype=torch.float32, device=source.device) if needed else None
 
-        self.xf = make(logits.dtype != torch.float32)
+        self.xf = make(source.dtype != torch.float32)
         self.a = make(True)
         self.c = make(True)
         self.u = make(spec.need_full)
@@ -488,27 +489,71 @@ def process_chunk(
     keep: Tensor | None,
     grad: GradSpec | None,
     grad_rows: Tensor | None,
-) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
-    """One chunk: ``(per-row stat columns, max finite |logit| of its supervised rows, bin errors)``.
+) -> tuple[dict[str, Tensor], Tensor, Tensor | None, Tensor]:
+    """One chunk: ``(per-row stat columns, max finite |logit| of its supervised rows, bin errors,
+    per-row argmax)``.
 
     A module-level function so that it can be swapped for a compiled version (the benchmark's
     ``--compile``); the pass looks it up at every chunk.
     """
     chunk = _Chunk(spec, ws, x, tgt, typ, keep, grad, grad_rows)
-    return chunk.cols, chunk.absmax, chunk.err
+    return chunk.cols, chunk.absmax, chunk.err, chunk.pred
+
+
+@dataclass(frozen=True)
+class ChunkSource:
+    """Where the pass reads each chunk's logits and puts its gradient rows.
+
+    By default (:func:`tensor_source`) the rows of a logits tensor and of ``GradSpec.out``;
+    :mod:`coordexp.functional.linear_pass` computes each chunk from the hidden states and the output head
+    instead (``read``), and turns each chunk's gradient rows into hidden-state and head gradients
+    (``done``), so that the full logits never exist.
+    """
+
+    n_rows: int
+    vocab: int
+    dtype: torch.dtype
+    device: torch.device
+    read: Callable[[int, int], Tensor]
+    """``(start, size) -> [size, V]`` logits of rows ``start .. start + size``"""
+    grad_rows: Callable[[int, int], Tensor] | None = None
+    """``(start, size) -> [size, V]`` where the pass writes those rows' gradient (with ``GradSpec``)"""
+    done: Callable[[int, int, Tensor], None] | None = None
+    """``(start, size, gradient rows)``: called after each chunk whose gradient rows were written"""
+    preds: Tensor | None = None
+    """``[n_rows]`` int64: filled with each row's argmax (ms-swift's token accuracy reads it)"""
+    rows: int | None = None
+    """rows per chunk (default :meth:`PassSpec.chunk_rows`)"""
+
+
+def tensor_source(logits: Tensor, grad: GradSpec | None = None) -> ChunkSource:
+    """The rows of ``logits`` ``[N, V]`` (and of ``grad.out``)."""
+    return ChunkSource(
+        n_rows=logits.shape[0],
+        vocab=logits.shape[1],
+        dtype=logits.dtype,
+        device=logits.device,
+        read=lambda start, size: logits.narrow(0, start, size),
+        grad_rows=None if grad is None else (lambda start, size: grad.out.narrow(0, start, size)),
+    )
 
 
 def run_stage1_pass(
-    logits: Tensor, targets: Tensor, types: Tensor | None, spec: PassSpec, grad: GradSpec | None = None
+    logits: Tensor | ChunkSource,
+    targets: Tensor,
+    types: Tensor | None,
+    spec: PassSpec,
+    grad: GradSpec | None = None,
 ) -> PassResult:
     """Run the chunked pass (call under ``torch.no_grad()``); see the module docstring.
 
-    With ``grad`` (and ``spec.grad``), also write every row of ``grad.out``.
+    ``logits``: a ``[N, V]`` tensor or a :class:`ChunkSource`. With ``grad`` (and ``spec.grad``), also
+    write every row of the gradient (``grad.out``, or the source's ``grad_rows``).
     """
-    n_rows, vocab = logits.shape
-    device = logits.device
-    rows = spec.chunk_rows(vocab, device)
-    ws = _Workspace(spec, logits, rows)
+    source = logits if isinstance(logits, ChunkSource) else tensor_source(logits, grad)
+    n_rows, vocab, device = source.n_rows, source.vocab, source.device
+    rows = source.rows or spec.chunk_rows(vocab, device)
+    ws = _Workspace(spec, source, rows)
     keep = _mass_keep(targets, spec.mass_max_tokens) if spec.do_mass else None
     err_buf = torch.full((n_rows,), math.inf, device=device) if spec.diag else None
     absmax = torch.zeros((), device=device)
@@ -517,16 +562,22 @@ def run_stage1_pass(
     n_counts = 0
     for start in range(0, n_rows, rows):
         size = min(rows, n_rows - start)
-        cols, chunk_absmax, err = process_chunk(
+        x = source.read(start, size)
+        grad_rows = None if grad is None or source.grad_rows is None else source.grad_rows(start, size)
+        cols, chunk_absmax, err, pred = process_chunk(
             spec,
             ws,
-            logits.narrow(0, start, size),
+            x,
             targets.narrow(0, start, size),
             None if types is None else types.narrow(0, start, size),
             None if keep is None else keep.narrow(0, start, size),
             grad,
-            None if grad is None else grad.out.narrow(0, start, size),
+            grad_rows,
         )
+        if source.preds is not None:
+            source.preds.narrow(0, start, size).copy_(pred)
+        if source.done is not None and grad_rows is not None:
+            source.done(start, size, grad_rows)
         if acc is None:  # counts (bool columns) first, then sums; the same keys for every chunk
             count_keys = [key for key, col in cols.items() if col.dtype == torch.bool]
             acc_keys = count_keys + [key for key in cols if key not in set(count_keys)]

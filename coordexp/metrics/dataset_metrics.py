@@ -6,8 +6,8 @@ Each mixin only *declares* a component; the shared base :class:`Stage1TrainerHoo
 order, in front of a trainer class gives the same keys and the same loss.
 
 Trainer attributes read: ``coord_soft_ce_w1_cfg``, ``token_type_metrics_cfg``,
-``instability_monitor_cfg`` (mappings or config objects), ``template`` (its ``tokenizer``),
-``custom_metrics``, ``args``, ``model.training``, ``state``, ``control``.
+``instability_monitor_cfg``, ``metrics_cfg``, ``stage1_pass_cfg`` (mappings or config objects),
+``template`` (its ``tokenizer``), ``custom_metrics``, ``args``, ``model.training``, ``state``, ``control``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch import Tensor
 from coordexp.components import COMPONENT_ORDER, Stage1Pipeline
 from coordexp.components.extras_alignment import cut_like_labels
 from coordexp.components.loss_seam import Stage1LossFunc, refuse_unsupported_options
-from coordexp.components.pipeline import reads_logits
+from coordexp.components.output_head import refuse_unmaterialised_options
+from coordexp.components.pipeline import materializes_logits, reads_logits
 from coordexp.config import Stage1CustomConfig, load_custom_config
 from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
@@ -82,7 +83,10 @@ class Stage1TrainerHook:
         options that pass would not honour are refused here, before anything runs.
         """
         res: dict[str, Any] = super().create_loss_and_eval_metric(args)  # type: ignore[misc]
-        if reads_logits(self, type(self).stage1_components()):
+        one_pass = reads_logits(self, type(self).stage1_components())
+        if not materializes_logits(self):
+            refuse_unmaterialised_options(args, reads_logits=one_pass)
+        if one_pass:
             refuse_unsupported_options(args, getattr(self, "template", None))
             res["compute_loss_func"] = Stage1LossFunc(self)
         return res
@@ -227,6 +231,8 @@ def build_trainer_cls(
         "coord_soft_ce_w1_cfg": custom.coord_soft_ce_w1,
         "token_type_metrics_cfg": custom.token_type_metrics,
         "instability_monitor_cfg": custom.instability_monitor,
+        "metrics_cfg": custom.metrics,
+        "stage1_pass_cfg": custom.stage1_pass,
         # Sample dumps read each row at the source file and line kept from loading; this label ->
         # file mapping only serves samples whose meta has no source position (meta built elsewhere).
         "instability_source_files": dict(instability_source_files or {}),

@@ -1,5 +1,14 @@
 """Reporting: the single path from a step's values to ms-swift's ``custom_metrics``."""
 
+from coordexp.reporting.aggregation import AggregationMode, Ratio, StepValue, metric_for
 from coordexp.reporting.reporter import BestEffort, MetricReporter, trainer_mode
 
-__all__ = ["BestEffort", "MetricReporter", "trainer_mode"]
+__all__ = [
+    "AggregationMode",
+    "BestEffort",
+    "MetricReporter",
+    "Ratio",
+    "StepValue",
+    "metric_for",
+    "trainer_mode",
+]

@@ -139,6 +139,34 @@ class ContractsConfig(BaseModel):
     )
 
 
+class MetricsConfig(BaseModel):
+    """
+    custom.metrics: how logged metric values combine over micro-steps, the logging window and ranks.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    aggregation: Literal["exact", "per_step_mean"] = Field(
+        "exact",
+        description="exact: each key as its catalog aggregation declares (a ratio is Σ numerator / Σ denominator over the window and all ranks); per_step_mean: the unweighted mean of per-micro-step values (the values of runs before this option).",
+    )
+
+
+class Stage1PassConfig(BaseModel):
+    """
+    custom.stage1_pass: how the one Stage-1 pass of a training step reads the model's output.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    materialize_logits: bool = Field(
+        True,
+        description="true: the model computes the full logits and the pass reads them; false: the pass computes the logits chunk by chunk from the final hidden states and the output head (the full logits, their fp32 copy and their gradient never exist); refused with DeepSpeed ZeRO-3, FSDP and acc_strategy seq.",
+    )
+
+
 class InstabilityMonitorConfig(BaseModel):
     """
     custom.instability_monitor: loss/logit instability detection, event dumps, early stop and guard.
@@ -199,6 +227,8 @@ class CustomConfig(BaseModel):
         default_factory=InstabilityMonitorConfig
     )
     contracts: ContractsConfig | None = Field(default_factory=ContractsConfig)
+    metrics: MetricsConfig | None = Field(default_factory=MetricsConfig)
+    stage1_pass: Stage1PassConfig | None = Field(default_factory=Stage1PassConfig)
 
 
 class Stage1Config(BaseModel):

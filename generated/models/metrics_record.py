@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class MetricsRecord(BaseModel):
     """
-    Catalog of the train-mode metric keys of Stage-1 training. Each property is one key; its x-coordexp annotation holds owner, group, in-loss, enabling feature, the conditions under which it is written (requires), unit, stability and deprecation. One logged train record validates against this schema directly; eval records do after stripping the 'eval_' prefix.
+    Catalog of the train-mode metric keys of Stage-1 training. Each property is one key; its x-coordexp annotation holds owner, group, in-loss, enabling feature, the conditions under which it is written (requires), unit, aggregation (how values combine over micro-steps, the logging window and ranks: ratio with its numerator and denominator statistics, mean, sum, last or max), stability and deprecation. One logged train record validates against this schema directly; eval records do after stripping the 'eval_' prefix.
     """
 
     model_config = ConfigDict(
@@ -335,7 +335,7 @@ class MetricsRecord(BaseModel):
     epoch: float | None = Field(None, description="Fractional epoch.", ge=0.0)
     token_acc: float | None = Field(
         None,
-        description="ms-swift top-1 accuracy over supervised tokens.",
+        description="ms-swift top-1 accuracy over supervised tokens (ms-swift's compute_acc, into ms-swift's metric). ms-swift computes it from the logits; with custom.stage1_pass.materialize_logits: false, where ms-swift skips it for want of logits, coordexp's pass computes it from each row's argmax with the same definition.",
         ge=0.0,
         le=1.0,
     )

@@ -81,7 +81,11 @@ class StandInTrainer:
         coord_soft_ce_w1_cfg: Any = None,
         token_type_metrics_cfg: Any = None,
         instability_monitor_cfg: Any = None,
+        aggregation: str = "per_step_mean",
     ) -> None:
+        # These tests read each step's own value (``MeanMetric.values``): per_step_mean writes
+        # exactly those; the exact aggregation has its own tests (tests/components/test_aggregation.py).
+        self.metrics_cfg = {"aggregation": aggregation}
         if coord_soft_ce_w1_cfg is not None:
             self.coord_soft_ce_w1_cfg = coord_soft_ce_w1_cfg
         if token_type_metrics_cfg is not None:

@@ -9,7 +9,8 @@ then makes the ranks see batches that enable different feature-conditional keys:
 - rank 1 masks every coord target to -100: no coord targets, so no ``coord_diag/*``; its
   ``POISONED_STEP``-th training forward returns NaN logits (a NaN loss on rank 1 only).
 
-It records, per rank, into ``OUT/rank<r>.json``: the keys the pipeline wrote each step, every call
+It records, per rank, into ``OUT/rank<r>.json``: the metric objects registered before the first step,
+the keys and values (a ratio as numerator, denominator, observed) the pipeline wrote each step, every call
 of the coord component's cross-rank count reduction (local ``[coord, base]`` counts in, global out),
 the coord loss pieces of each step (local weighted term sums, the denominator used, the coord part
 of the one-pass loss and the loss ms-swift's ``compute_loss`` returned) and the monitor's decisions.
@@ -35,13 +36,21 @@ POISONED_STEP = 3
 def main(config: str, out: str) -> None:
     import coordexp.components.coord_loss as coord_module
     from coordexp.coord_tokens.codec import get_coord_token_ids
+    from coordexp.reporting import Ratio
     from coordexp.training.config import load_config
     from coordexp.training.run import build_trainer
 
     rank = int(os.environ["RANK"])
     trainer = build_trainer(load_config(config))
     pipeline = trainer.stage1_pipeline()
-    record: dict[str, Any] = {"rank": rank, "keys": [], "reductions": [], "coord": [], "decisions": []}
+    record: dict[str, Any] = {
+        "rank": rank,
+        "keys": [],
+        "values": [],
+        "reductions": [],
+        "coord": [],
+        "decisions": [],
+    }
 
     # -- the ranks' batches differ in what they enable ------------------------------------------
     base = trainer.data_collator
@@ -124,10 +133,15 @@ def main(config: str, out: str) -> None:
 
     trainer.compute_loss = traced_compute_loss  # type: ignore[method-assign]
 
+    # the metric objects every rank registered before its first step, in ms-swift's reduce order
+    record["registered"] = [[k, type(m).__name__] for k, m in sorted(trainer.custom_metrics["train"].items())]
     real_write = pipeline.reporter.write
 
     def traced_write(tr: Any, mode: str, values: Any, labels: Any) -> int:
         record["keys"].append(sorted(values))
+        record["values"].append(
+            {k: [v.num, v.den, v.observed] if isinstance(v, Ratio) else float(v) for k, v in values.items()}
+        )
         return real_write(tr, mode, values, labels)
 
     pipeline.reporter.write = traced_write  # type: ignore[method-assign]

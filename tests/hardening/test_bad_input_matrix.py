@@ -614,6 +614,20 @@ def _refused_option_case(case_id: str, input_: str, fragment: str, **options: An
     return Case(case_id, "loss", input_, Raises(Stage1OptionError, fragment), run)
 
 
+_NO_LOGITS = custom(False, stage1_pass={"materialize_logits": False})
+
+
+def _no_logits_trainer(h: H, block: dict[str, Any], **options: Any) -> Observed:
+    stage1_trainer(block, h.tmp_path, base=SwiftLikeTrainer, args=options)
+    return Observed()
+
+
+def _no_logits_step(h: H) -> Observed:
+    trainer, model = stage1_trainer(_NO_LOGITS, h.tmp_path, base=SwiftLikeTrainer)  # ToyLM: no head getter
+    trainer.compute_loss(model, _full_batch())
+    return Observed()
+
+
 # ---------------------------------------------------------------- resume and ranks
 
 
@@ -1541,6 +1555,51 @@ CASES: tuple[Case, ...] = (
             "custom.coord_soft_ce_w1.enabled is true but the batch has no labels",
         ),
         lambda h: _failure_on_rank_1(h, "coord", "CoordObjectiveError: "),
+    ),
+    _config_case(
+        "config-metrics-aggregation-invalid",
+        "`custom.metrics.aggregation: weighted`",
+        "custom.metrics.aggregation: must be one of 'exact' or 'per_step_mean'",
+        lambda r: r.update(custom={"metrics": {"aggregation": "weighted"}}),
+    ),
+    # -- loss: custom.stage1_pass.materialize_logits: false (refused when the trainer is built)
+    Case(
+        "loss-no-logits-without-a-pass",
+        "loss",
+        "`custom.stage1_pass.materialize_logits: false` and no Stage-1 feature that reads the logits",
+        Raises(
+            Stage1OptionError,
+            "custom.stage1_pass.materialize_logits=false: no Stage-1 feature reads the logits",
+        ),
+        lambda h: _no_logits_trainer(h, {"stage1_pass": {"materialize_logits": False}}),
+    ),
+    Case(
+        "loss-no-logits-fsdp",
+        "loss",
+        "`custom.stage1_pass.materialize_logits: false` with `training.fsdp: full_shard`",
+        Raises(
+            Stage1OptionError,
+            "custom.stage1_pass.materialize_logits=false with FSDP: the head weight is sharded",
+        ),
+        lambda h: _no_logits_trainer(h, _NO_LOGITS, fsdp="full_shard"),
+    ),
+    Case(
+        "loss-no-logits-acc-strategy-seq",
+        "loss",
+        "`custom.stage1_pass.materialize_logits: false` with `training.acc_strategy: seq`",
+        Raises(
+            Stage1OptionError,
+            "custom.stage1_pass.materialize_logits=false with training.acc_strategy=seq",
+        ),
+        lambda h: _no_logits_trainer(h, _NO_LOGITS, acc_strategy="seq"),
+    ),
+    Case(
+        "loss-no-logits-head-not-linear",
+        "loss",
+        "`custom.stage1_pass.materialize_logits: false` and a model whose `get_output_embeddings()` is not "
+        "a plain `nn.Linear` (refused at the first step)",
+        Raises(Stage1OptionError, "custom.stage1_pass.materialize_logits=false with output head NoneType"),
+        lambda h: _no_logits_step(h),
     ),
 )
 

@@ -134,6 +134,29 @@ def test_real_swift_ddp_run(tmp_path: Path) -> None:
             math.isfinite(v) for k, v in record.items() if isinstance(v, float) and k not in framework
         ), record
 
+    # -- exact aggregation: same keys on every rank; logged = the reduction of both ranks' steps ----
+    registered = [r["registered"] for r in ranks]
+    assert registered[0] == registered[1] and COORD_DIAG | TYPED <= {k for k, _ in registered[0]}
+    kinds = dict(registered[0])
+    for step, record in enumerate(train):
+        written = [r["values"][step] for r in ranks]
+        for key, kind in kinds.items():
+            parts = [w[key] for w in written if key in w]
+            if not any(p[2] if isinstance(p, list) else True for p in parts):
+                assert key not in record, key  # no rank had data for it in the window: not logged
+                continue
+            if kind == "RatioMetric":
+                want = sum(p[0] for p in parts) / sum(p[1] for p in parts)
+            elif kind == "SumMetric":
+                want = sum(parts)
+            else:
+                continue
+            if math.isfinite(want):  # (ms-swift rounds logged values to 8 decimals)
+                assert record[key] == pytest.approx(want, rel=1e-6, abs=1e-7), (step, key)
+        # rank 1 has no coord targets: the coord keys are rank 0's own values
+        assert record[K.COORD_DIAG_COORD_TOKENS] == written[0][K.COORD_DIAG_COORD_TOKENS]
+        assert K.COORD_DIAG_COORD_TOKENS not in written[1]
+
     # -- the count reduction runs on every rank, every micro-step ---------------------------------
     # the one-pass loss reduces the [coord, base-CE] counts in one collective: 1 per step on each rank.
     assert len(ranks[0]["reductions"]) == len(ranks[1]["reductions"]) == steps

@@ -24,3 +24,15 @@ def test_benchmark_runs_on_a_tiny_size(tmp_path: Path) -> None:
     assert result["added_syncs"] == {"plain": 0, "metrics": 1, "coord_on": 1}
     assert all(result["peak_bytes"][name] > 0 for name in bench_trainer_step.VARIANTS)
     assert result["checks"][0]["loss_rel_err"] <= 1e-5
+
+
+def test_benchmark_times_the_stacks_without_materialised_logits(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--lengths", "300", "--vocab", "4096", "--repeats", "1", "--threads", "1", "--no-logits"]
+    assert bench_trainer_step.main([*argv, "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    (result,) = payload["results"]
+    variants = (*bench_trainer_step.VARIANTS, *bench_trainer_step.UNMATERIALISED)
+    assert payload["meta"]["variants"] == list(variants) and set(result["median_ms"]) == set(variants)
+    assert [c["ok"] for c in result["checks"]] == [True, True]  # both metrics-only stacks == plain
+    assert {result["added_syncs"][name] for name in bench_trainer_step.UNMATERIALISED} == {1}

@@ -71,3 +71,37 @@ def test_one_step_allocates_the_logits_and_one_gradient(layout: str, coord_on: b
     plain_batch = {k: v for k, v in batches[0].items() if k not in BATCH_EXTRAS_KEYS}
     plain_big = _logits_sized(plain, plain_batch, num_items)
     assert len(plain_big) > len(big) and torch.float32 in {dtype for _, dtype in plain_big}, plain_big
+
+
+@pytest.mark.parametrize("layout", ["padded", "packing"])
+@pytest.mark.parametrize("coord_on", [True, False], ids=["coord_on", "metrics_only"])
+def test_without_materialised_logits_nothing_sequence_x_vocab_is_allocated(
+    layout: str, coord_on: bool, tmp_path: Path
+) -> None:
+    """``custom.stage1_pass.materialize_logits: false``: no storage of sequence x vocab elements (or
+    more) exists during the step, neither the logits nor any gradient or copy of them."""
+    torch.manual_seed(0)
+    trainer = _trainer(tmp_path / "demo", tmp_path / "run", layout, coord_on)
+    pipeline = trainer.stage1_pipeline()
+    pipeline.materialize_logits = False
+    pipeline.chunk_size = 16  # several chunks per step (the demo batch is smaller than one default chunk)
+    batches, num_items = trainer.get_batch_samples(
+        iter(trainer.get_train_dataloader()), 1, trainer.args.device
+    )
+    head = trainer.model.get_output_embeddings()
+    rows: list[int] = []
+    handle = head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+    trainer.model.zero_grad(set_to_none=True)
+    try:
+        with TensorBytesTracker() as tracker:
+            trainer.training_step(trainer.model, dict(batches[0]), num_items)
+    finally:
+        handle.remove()
+    assert len(rows) == 1 and rows[0] > 16 * 2  # the hook saw the hidden states of several chunks
+    seq_x_vocab = rows[0] * head.weight.shape[0]
+    assert head.weight.shape[1] < rows[0]  # so the head's own gradient is smaller than the logits
+    big = [
+        (op, dtype) for op, dtype, nbytes in tracker.allocations if nbytes // dtype.itemsize >= seq_x_vocab
+    ]
+    assert big == [], big
+    assert head.weight.grad is not None

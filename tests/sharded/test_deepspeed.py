@@ -198,3 +198,40 @@ def monitor_states(trainer_state: dict[str, Any]) -> dict[str, Any]:
     ]
     assert len(found) == 1, trainer_state["stateful_callbacks"]
     return found[0]
+
+
+def _without_logits(config: Path) -> Path:
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    raw["custom"]["stage1_pass"] = {"materialize_logits": False}
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return config
+
+
+def test_zero2_without_materialised_logits_matches_ddp(
+    root: Path, ddp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ZeRO-2 keeps the whole head weight on every rank: the mode runs and logs what DDP with
+    materialised logits logs (every key, the same values), and ``check-logs`` passes."""
+    config = _without_logits(write_config(root, "zero2_no_logits", 2))
+    ranks = launch(config, root / "zero2_no_logits_probe")
+    assert all(rank["deepspeed"] and rank["global_step"] == 4 for rank in ranks)
+    run_dir = root / "zero2_no_logits"
+    assert_same_values(records(ddp), records(run_dir))
+    assert_check_logs_full(run_dir, capsys)
+
+
+def test_zero3_without_materialised_logits_is_refused_on_every_rank(root: Path) -> None:
+    """``custom.stage1_pass.materialize_logits: false`` computes the logits outside the head's forward,
+    where ZeRO-3 has not gathered the head weight: refused at start, one line, exit code 2, every rank."""
+    config = _without_logits(write_config(root, "zero3_no_logits", 3))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "coordexp", "train", str(config),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode != 0
+    message = "custom.stage1_pass.materialize_logits=false with DeepSpeed ZeRO-3"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("coordexp train: error:")]
+    assert len(errors) == 2 and all(message in line for line in errors), proc.stderr[-4000:]
+    assert "exitcode  : 2" in proc.stderr
+    assert not (root / "zero3_no_logits" / "logging.jsonl").exists()
