@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from coordexp.cli.logs import LogRecord, RunDirError, RunLogs, eval_configured, read_run
-from coordexp.config import Stage1CustomConfig
 from coordexp.contracts import classify_log_key, find_dataset_bucket, keys_written_under, metric_key_violation
-from coordexp.contracts.catalog import EVAL_PREFIX
+from coordexp.contracts.catalog import EVAL_PREFIX, conditions_from_config
 from coordexp.generated.metric_catalog import ALL_KEYS, COORDEXP_KEYS, DEPRECATED_ALIASES, METRIC_SPECS
 
 __all__ = [
@@ -32,14 +31,6 @@ __all__ = [
     "conditions_from_config",
     "main",
 ]
-
-# Conditions that depend on the batch, not the config: assumed to hold at some step of any real run.
-BATCH_CONDITIONS: frozenset[str] = frozenset(
-    {"supervised", "coord_targets", "noncoord_targets", "coord_vocab"}
-)
-# Batch conditions that need token types, which exist only when the config turns token metrics on.
-TOKEN_TYPE_CONDITIONS: frozenset[str] = frozenset({"token_types", "desc_targets", "format_targets"})
-ALWAYS_CONDITIONS: frozenset[str] = frozenset({"runtime"}) | BATCH_CONDITIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,33 +88,6 @@ class CheckReport:
             aliases = ", ".join(f"{old} -> {new}" for old, new in sorted(self.deprecated_seen.items()))
             parts.append(f"deprecated aliases seen (note): {aliases}")
         return "; ".join(parts)
-
-
-def conditions_from_config(custom: Stage1CustomConfig | None) -> frozenset[str]:
-    """The catalog conditions a run with this ``custom:`` block meets at some step.
-
-    Config-driven conditions come from the sections; batch conditions are assumed to hold, except
-    the token-type ones, which only a token-metrics run can meet. No config: runtime only.
-    """
-    held = set(ALWAYS_CONDITIONS)
-    if custom is None:
-        return frozenset(held)
-    coord = custom.coord_soft_ce_w1
-    if coord is not None:
-        held.add("coord_diag")
-        if coord.enabled:
-            held.add("coord_loss")
-        if coord.gate_weight != 0:
-            held.add("coord_gate")
-    tokens = custom.token_type_metrics
-    if tokens is not None and tokens.enabled:
-        held.add("token_metrics")
-        held |= TOKEN_TYPE_CONDITIONS
-        if tokens.log_top5:
-            held.add("token_top5")
-        if tokens.coord_monitor_mass:
-            held.add("coord_monitor_mass")
-    return frozenset(held)
 
 
 def _drop_one_word(body: str) -> list[tuple[str, str]]:

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from coordexp.cli.check_logs import conditions_from_config
 from coordexp.components.base import Component, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError, accumulation_steps
@@ -47,7 +46,7 @@ from coordexp.config import (
     Stage1PassConfig,
     TokenTypeMetricsConfig,
 )
-from coordexp.contracts import keys_written_under
+from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.coord_tokens.codec import CoordVocabError, get_coord_token_ids
 from coordexp.functional import (
     DEFAULT_CHUNK_SIZE,

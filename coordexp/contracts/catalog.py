@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from coordexp.generated.metric_catalog import (
     ALL_KEYS,
@@ -13,6 +13,9 @@ from coordexp.generated.metric_catalog import (
     METRIC_SPECS,
     MetricSpec,
 )
+
+if TYPE_CHECKING:
+    from coordexp.config import Stage1CustomConfig
 
 EVAL_PREFIX = "eval_"
 KeyClass = Literal["coordexp", "framework", "unknown"]
@@ -52,3 +55,39 @@ def keys_written_under(conditions: Iterable[str]) -> frozenset[str]:
     if unknown:
         raise ValueError(f"unknown conditions {sorted(unknown)}; known: {sorted(CONDITIONS)}")
     return frozenset(k for k in COORDEXP_KEYS if METRIC_SPECS[k].requires <= held)
+
+
+# Conditions that depend on the batch, not the config: assumed to hold at some step of any real run.
+BATCH_CONDITIONS: frozenset[str] = frozenset(
+    {"supervised", "coord_targets", "noncoord_targets", "coord_vocab"}
+)
+# Batch conditions that need token types, which exist only when the config turns token metrics on.
+TOKEN_TYPE_CONDITIONS: frozenset[str] = frozenset({"token_types", "desc_targets", "format_targets"})
+ALWAYS_CONDITIONS: frozenset[str] = frozenset({"runtime"}) | BATCH_CONDITIONS
+
+
+def conditions_from_config(custom: Stage1CustomConfig | None) -> frozenset[str]:
+    """The catalog conditions a run with this ``custom:`` block meets at some step.
+
+    Config-driven conditions come from the sections; batch conditions are assumed to hold, except
+    the token-type ones, which only a token-metrics run can meet. No config: runtime only.
+    """
+    held = set(ALWAYS_CONDITIONS)
+    if custom is None:
+        return frozenset(held)
+    coord = custom.coord_soft_ce_w1
+    if coord is not None:
+        held.add("coord_diag")
+        if coord.enabled:
+            held.add("coord_loss")
+        if coord.gate_weight != 0:
+            held.add("coord_gate")
+    tokens = custom.token_type_metrics
+    if tokens is not None and tokens.enabled:
+        held.add("token_metrics")
+        held |= TOKEN_TYPE_CONDITIONS
+        if tokens.log_top5:
+            held.add("token_top5")
+        if tokens.coord_monitor_mass:
+            held.add("coord_monitor_mass")
+    return frozenset(held)
