@@ -9,6 +9,7 @@ import argparse
 import difflib
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 import coordexp
 
@@ -19,16 +20,29 @@ def _train(argv: Sequence[str]) -> int:
         description="Train with the Stage-1 components through ms-swift. Without CONFIG: the embedded demo.",
     )
     parser.add_argument("config", nargs="?", help="training YAML (model, data, training, custom)")
+    parser.add_argument(
+        "--demo",
+        choices=("text", "vl"),
+        help="without CONFIG: which embedded demo (text: a tiny Qwen3, the default; "
+        "vl: a tiny Qwen3-VL with generated images, needs the vl extra)",
+    )
     args = parser.parse_args(list(argv))
+    if args.config and args.demo:
+        parser.error("give a CONFIG or --demo, not both")
     from coordexp.config import ConfigError
     from coordexp.training.refused import DataError
 
     try:
         from coordexp.training import demo_config, load_config, train
 
-        cfg = load_config(args.config) if args.config else demo_config()
+        kind: Literal["text", "vl"] = args.demo or "text"
+        if not args.config and kind == "vl":  # before minutes of building, not after
+            from coordexp.training.vl_support import require_vl_dependencies
+
+            require_vl_dependencies("the --demo vl model (a tiny Qwen3-VL)")
+        cfg = load_config(args.config) if args.config else demo_config(kind=kind)
         if not args.config:
-            print("[coordexp] no config given: running the embedded demo (tiny Qwen3, synthetic data)")
+            print(f"[coordexp] no config given: running the embedded demo ({DEMO_DESCRIPTIONS[kind]})")
         train(cfg)
     except ConfigError as exc:  # one line per error, each naming the file and key
         for line in str(exc).splitlines():
@@ -40,9 +54,13 @@ def _train(argv: Sequence[str]) -> int:
     return 0
 
 
+DEMO_DESCRIPTIONS = {
+    "text": "tiny Qwen3, synthetic data",
+    "vl": "tiny Qwen3-VL, generated images with boxes",
+}
 USAGE = (
     "usage: coordexp {train,check-logs,report} ...\n\n"
-    "  train [CONFIG.yaml]   train (no config: the embedded demo)\n"
+    "  train [CONFIG.yaml]   train (no config: the embedded demo; --demo vl: the VL one)\n"
     "  check-logs RUN_DIR    check a run's logged keys against the metric catalog\n"
     "  report RUN_DIR        plot loss composition and diagnostics (PNG + CSV)\n"
     "  --version             print the installed version"

@@ -1,10 +1,11 @@
 """Build (or reuse) the complete offline demo: tokenizer + tiny model + JSONL dataset.
 
-Layout under ``root``::
+Two kinds: ``text`` (a tiny Qwen3, the default) and ``vl`` (a tiny Qwen3-VL with generated images,
+see :mod:`coordexp.demo.vl_model` and :mod:`coordexp.demo.vl_dataset`). Layout under ``root``::
 
-    manifest.json          what was built, from which seed; written LAST
-    model/                 tokenizer files + config.json + model.safetensors (one local checkpoint)
-    data/{train,val}_{lvis,coco}.jsonl
+    manifest.json          what was built, of which kind, from which seed; written LAST
+    model/                 tokenizer (+ processor) files + config.json + model.safetensors
+    data/{train,val}_{lvis,coco}.jsonl   (vl: and data/images/*.png)
 
 The manifest is written only after everything else, so an interrupted build has no manifest and
 is redone on the next call; a manifest whose spec (seed, builder version, sizes) differs from the
@@ -15,15 +16,18 @@ torch/transformers are imported.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from coordexp.demo.dataset import DATASET_LABELS, build_demo_dataset, demo_dataset_path
 from coordexp.demo.model import build_demo_model
 from coordexp.demo.tokenizer import build_demo_tokenizer
 
-__all__ = ["BUILDER_VERSION", "DemoAssets", "build_demo_assets", "load_demo_assets"]
+__all__ = ["BUILDER_VERSION", "DEMO_KINDS", "DemoAssets", "DemoKind", "build_demo_assets", "load_demo_assets"]
+
+DemoKind = Literal["text", "vl"]
 
 # Bump whenever the tokenizer, model or dataset generation changes, so stale assets get rebuilt.
 BUILDER_VERSION = 1
@@ -35,6 +39,42 @@ N_TRAIN = 96
 N_VAL = 16
 # Files whose presence means the checkpoint folder is complete (the tokenizer writes more).
 _CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def _build_text(root: Path, seed: int) -> None:
+    tokenizer = build_demo_tokenizer(root / MODEL_SUBDIR, seed=seed)
+    build_demo_model(root / MODEL_SUBDIR, tokenizer, seed=seed)
+    build_demo_dataset(root / DATA_SUBDIR, seed=seed, n_train=N_TRAIN, n_val=N_VAL, labels=DATASET_LABELS)
+
+
+def _build_vl(root: Path, seed: int) -> None:
+    # Imported here: the text demo needs no vision code.
+    from coordexp.demo.vl_dataset import build_vl_dataset
+    from coordexp.demo.vl_model import build_vl_model, build_vl_processor, build_vl_tokenizer
+
+    tokenizer = build_vl_tokenizer(root / MODEL_SUBDIR, seed=seed)
+    build_vl_processor(root / MODEL_SUBDIR, tokenizer)
+    build_vl_model(root / MODEL_SUBDIR, tokenizer, seed=seed)
+    build_vl_dataset(root / DATA_SUBDIR, seed=seed, n_train=N_TRAIN_VL, n_val=N_VAL_VL, labels=DATASET_LABELS)
+
+
+@dataclass(frozen=True)
+class _KindSpec:
+    build: Callable[[Path, int], None]
+    model_type: str
+    template_type: str
+    n_train: int
+    n_val: int
+    extra_files: tuple[str, ...] = ()
+
+
+# The VL demo has fewer rows: each VL step is slower (vision tower, 152k-wide logits).
+N_TRAIN_VL = 32
+N_VAL_VL = 8
+DEMO_KINDS: dict[str, _KindSpec] = {
+    "text": _KindSpec(_build_text, "qwen3", "qwen3_nothinking", N_TRAIN, N_VAL),
+    "vl": _KindSpec(_build_vl, "qwen3_vl", "qwen3_vl", N_TRAIN_VL, N_VAL_VL, ("processor_config.json",)),
+}
 
 
 @dataclass(frozen=True)
@@ -50,24 +90,28 @@ class DemoAssets:
     # ms-swift loading parameters for this checkpoint (see docs/ms-swift-probe.md).
     model_type: str = "qwen3"
     template_type: str = "qwen3_nothinking"
+    kind: DemoKind = "text"
 
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST_NAME
 
 
-def _spec(seed: int) -> dict[str, Any]:
+def _spec(seed: int, kind: DemoKind) -> dict[str, Any]:
     """Everything that determines the built bytes; equal spec -> reuse."""
-    return {
+    spec = {
         "builder_version": BUILDER_VERSION,
         "seed": seed,
-        "n_train": N_TRAIN,
-        "n_val": N_VAL,
+        "n_train": DEMO_KINDS[kind].n_train,
+        "n_val": DEMO_KINDS[kind].n_val,
         "dataset_labels": list(DATASET_LABELS),
     }
+    if kind != "text":  # the text demo's manifest predates kinds: it stays as it was
+        spec["kind"] = kind
+    return spec
 
 
-def _assets(root: Path, seed: int) -> DemoAssets:
+def _assets(root: Path, seed: int, kind: DemoKind) -> DemoAssets:
     data = root / DATA_SUBDIR
     return DemoAssets(
         root=root,
@@ -75,42 +119,52 @@ def _assets(root: Path, seed: int) -> DemoAssets:
         model_dir=root / MODEL_SUBDIR,
         train_files=tuple(demo_dataset_path(data, "train", label) for label in DATASET_LABELS),
         val_files=tuple(demo_dataset_path(data, "val", label) for label in DATASET_LABELS),
+        model_type=DEMO_KINDS[kind].model_type,
+        template_type=DEMO_KINDS[kind].template_type,
+        kind=kind,
     )
 
 
 def _is_complete(assets: DemoAssets) -> bool:
-    files = [assets.model_dir / name for name in _CHECKPOINT_FILES]
+    names = (*_CHECKPOINT_FILES, *DEMO_KINDS[assets.kind].extra_files)
+    files = [assets.model_dir / name for name in names]
     return all(p.is_file() for p in (*files, *assets.train_files, *assets.val_files))
 
 
-def load_demo_assets(root: str | Path, *, seed: int = 0) -> DemoAssets | None:
-    """The assets under ``root`` if they were fully built with this ``seed`` and builder, else None."""
+def _check_kind(kind: str) -> DemoKind:
+    if kind not in DEMO_KINDS:
+        raise ValueError(f"unknown demo kind {kind!r}; expected one of {sorted(DEMO_KINDS)}")
+    return kind  # type: ignore[return-value]
+
+
+def load_demo_assets(root: str | Path, *, seed: int = 0, kind: DemoKind = "text") -> DemoAssets | None:
+    """The assets under ``root`` if they were fully built with this ``seed``, kind and builder, else None."""
     root = Path(root)
+    kind = _check_kind(kind)
     try:
         manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if manifest.get("spec") != _spec(seed):
+    if manifest.get("spec") != _spec(seed, kind):
         return None
-    assets = _assets(root, seed)
+    assets = _assets(root, seed, kind)
     return assets if _is_complete(assets) else None
 
 
-def build_demo_assets(root: str | Path, *, seed: int = 0) -> DemoAssets:
-    """Build the demo under ``root`` unless a complete build with the same seed is already there."""
+def build_demo_assets(root: str | Path, *, seed: int = 0, kind: DemoKind = "text") -> DemoAssets:
+    """Build the demo under ``root`` unless a complete build with the same seed and kind is there."""
     root = Path(root)
-    existing = load_demo_assets(root, seed=seed)
+    kind = _check_kind(kind)
+    existing = load_demo_assets(root, seed=seed, kind=kind)
     if existing is not None:
         return existing
     manifest_path = root / MANIFEST_NAME
     # Drop a stale manifest first: a crash in the middle of this rebuild must not look complete.
     manifest_path.unlink(missing_ok=True)
-    assets = _assets(root, seed)
-    tokenizer = build_demo_tokenizer(assets.model_dir, seed=seed)
-    build_demo_model(assets.model_dir, tokenizer, seed=seed)
-    build_demo_dataset(root / DATA_SUBDIR, seed=seed, n_train=N_TRAIN, n_val=N_VAL, labels=DATASET_LABELS)
+    assets = _assets(root, seed, kind)
+    DEMO_KINDS[kind].build(root, seed)
     manifest = {
-        "spec": _spec(seed),
+        "spec": _spec(seed, kind),
         "model_dir": MODEL_SUBDIR,
         "train_files": [str(p.relative_to(root)) for p in assets.train_files],
         "val_files": [str(p.relative_to(root)) for p in assets.val_files],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ def make_rows(label: str, split: str, n: int, *, seed: int = 0) -> Iterator[dict
     return (_make_row(rng, label, split, i) for i in range(n))
 
 
-def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8", newline="\n") as f:
         for row in rows:
@@ -160,6 +160,6 @@ def build_demo_dataset(
     for split, n in (("train", n_train), ("val", n_val)):
         for label in labels:
             path = demo_dataset_path(out, split, label)
-            _write_jsonl(path, make_rows(label, split, n, seed=seed))
+            write_jsonl(path, make_rows(label, split, n, seed=seed))
             files[split].append(path)
     return DemoDatasetFiles(train_files=tuple(files["train"]), val_files=tuple(files["val"]))

@@ -85,7 +85,8 @@ def _synthetic_corpus(seed: int) -> list[str]:
     return lines
 
 
-def _train_backend(seed: int) -> Tokenizer:
+def train_bpe(seed: int, special_tokens: tuple[str, ...] = CHAT_SPECIAL_TOKENS) -> Tokenizer:
+    """The byte-level BPE part, trained on the synthetic corpus (deterministic for a seed)."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -95,13 +96,23 @@ def _train_backend(seed: int) -> Tokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB_SIZE,
         min_frequency=1,  # always reach BPE_VOCAB_SIZE, so the vocab size does not depend on the seed
-        special_tokens=list(CHAT_SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(_synthetic_corpus(seed), trainer=trainer)
+    return backend
+
+
+def add_coord_tokens(backend: Tokenizer) -> None:
+    """The 1000 coord tokens as special tokens with consecutive ids after everything else."""
     coord = [AddedToken(coord_token(k), special=True, normalized=False) for k in range(COORD_BINS)]
     backend.add_special_tokens(coord)
+
+
+def _train_backend(seed: int) -> Tokenizer:
+    backend = train_bpe(seed)
+    add_coord_tokens(backend)
     return backend
 
 
@@ -122,4 +133,13 @@ def build_demo_tokenizer(save_dir: str | Path | None = None, *, seed: int = 0) -
     return tok
 
 
-__all__ = ["CHAT_SPECIAL_TOKENS", "CHAT_TEMPLATE", "IM_END", "IM_START", "PAD_TOKEN", "build_demo_tokenizer"]
+__all__ = [
+    "CHAT_SPECIAL_TOKENS",
+    "CHAT_TEMPLATE",
+    "IM_END",
+    "IM_START",
+    "PAD_TOKEN",
+    "add_coord_tokens",
+    "build_demo_tokenizer",
+    "train_bpe",
+]

@@ -1,10 +1,15 @@
 """Rows from JSONL files, encoded by the ms-swift template, with the fields the enrichers need.
 
-``template.encode`` keeps only token ids and labels, so the row fields the collator's enrichers read
-(payload, dataset label, ids) are merged back into each encoded dict; ms-swift's collator ignores
-them and the metrics collator strips them before the base collator runs. Packed datasets go through
-Arrow, which would add ``"poly": None`` to objects without polygons and break the exact payload
-serialisation, so there the payload travels as JSON text.
+``template.encode`` keeps only token ids and labels (and, for vision-language templates, the media
+tensors), so the row fields the collator's enrichers read (payload, dataset label, ids) are merged
+back into each encoded dict; ms-swift's collator ignores them and the metrics collator strips them
+before the base collator runs. Packing hands the encoded rows to ms-swift's ``PackingDataset`` as
+they are (:class:`EncodedRows`), never through Arrow: Arrow would turn the media tensors into nested
+lists that ``packing_row`` cannot take, and add ``"poly": None`` to objects without polygons.
+
+Media paths (``images``, ``videos``, ``audios``) that are relative resolve against the folder of
+the JSONL file they are written in, not the working directory, so a data folder can move as a
+whole; a path that does not exist refuses its row.
 
 Each encoded dict also carries where its row was read: the file and the 1-based line
 (``SOURCE_FILE_KEY`` / ``SOURCE_LINE_KEY``, plain str / int columns, so they survive Arrow and
@@ -14,8 +19,8 @@ of the row.
 A row that cannot be trained on as written is refused, with its ``file:line`` and the reason
 (``coordexp.training.refused``): a line that is not a JSON object with ``messages``, a coord-token
 lookalike outside the 1000 bins in an assistant message (the tokenizer would split it into plain
-text and train it as such), a row the template refuses (too long, malformed messages, any encode
-error), and a row with nothing supervised.
+text and train it as such), a media file that does not exist, a row the template refuses (too long,
+malformed messages, an image it cannot read, any encode error), and a row with nothing supervised.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from coordexp.coord_tokens.codec import COORD_BINS, invalid_coord_tokens
 from coordexp.data_collators.enrichers import SOURCE_FILE_KEY, SOURCE_LINE_KEY
@@ -37,6 +42,28 @@ from coordexp.training.refused import RefusedRows
 logger = logging.getLogger("coordexp")
 
 CARRIED_FIELDS = ("assistant_payload", "dataset", "dataset_name", "metadata", "base_idx", "sample_id")
+
+
+class EncodedRows(Sequence[dict[str, Any]]):
+    """Encoded rows as ``PackingDataset`` reads them: ``len``, ``rows[i]`` and ``rows["lengths"]``
+    (a column), with every value kept as the template made it (tensors stay tensors)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, key: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[dict[str, Any]]: ...
+    @overload
+    def __getitem__(self, key: str) -> list[Any]: ...
+    def __getitem__(self, key: int | slice | str) -> Any:
+        if isinstance(key, str):
+            return [row[key] for row in self._rows]
+        return self._rows[key]
 
 
 @dataclass(frozen=True)
@@ -95,15 +122,61 @@ def _bad_coord_tokens(row: Mapping[str, Any]) -> str | None:
     )
 
 
-def _encode(template: Any, row: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+MEDIA_FIELDS = ("images", "videos", "audios")
+# ms-swift also takes URLs, data URIs and inline base64 for media: those are left as they are.
+_NOT_A_PATH = ("http://", "https://", "data:")
+_MAX_PATH_CHARS = 4096
+
+
+def _resolve_media_path(value: str, base: Path) -> tuple[str, str | None]:
+    """``value`` resolved against ``base`` when it is a local path, or why it cannot be used."""
+    if value.startswith(_NOT_A_PATH) or len(value) > _MAX_PATH_CHARS:
+        return value, None
+    path = Path(value).expanduser()
+    resolved = path if path.is_absolute() else base / path
+    if not resolved.is_file():
+        where = "" if path.is_absolute() else f" (relative paths resolve against {base})"
+        return value, f"media file not found: {value!r}{where}"
+    return str(resolved), None
+
+
+def _resolve_media(row: dict[str, Any], base: Path) -> str | None:
+    """Rewrite the row's relative media paths against ``base`` (in place); the first problem, if any."""
+    for field in MEDIA_FIELDS:
+        value = row.get(field)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        resolved: list[Any] = []
+        for item in items:
+            key = "path" if isinstance(item, dict) and isinstance(item.get("path"), str) else None
+            text = item[key] if key else item
+            if not isinstance(text, str):  # bytes dicts, PIL images: ms-swift's business
+                resolved.append(item)
+                continue
+            new, problem = _resolve_media_path(text, base)
+            if problem is not None:
+                return f"{field}: {problem}"
+            resolved.append({**item, key: new} if key else new)
+        row[field] = resolved if isinstance(value, list) else resolved[0]
+    return None
+
+
+def _encode(template: Any, row: dict[str, Any], base: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The encoded row, or why it is refused."""
     bad = _bad_coord_tokens(row)
     if bad is not None:
         return None, bad
+    source, row = row, dict(row)
+    missing = _resolve_media(row, base)
+    if missing is not None:
+        return None, missing
     try:
-        enc = dict(template.encode(dict(row), return_length=True))
+        enc = dict(template.encode(row, return_length=True))
     except Exception as exc:  # swift raises its own MaxLengthError and friends
-        return None, f"{type(exc).__name__}: {exc}"
+        # An unreadable image's error names an in-memory buffer, not the file: name the row's media.
+        media = {f: source[f] for f in MEDIA_FIELDS if source.get(f) is not None}
+        return None, f"{type(exc).__name__}: {exc}" + (f" (row media: {media})" if media else "")
     labels = enc.get("labels")
     if labels is None or all(int(label) == IGNORE_INDEX for label in labels):
         return None, f"nothing supervised: every label is {IGNORE_INDEX} (no assistant turn to learn?)"
@@ -117,17 +190,17 @@ def encode_rows(
     split: str,
     refused: RefusedRows,
     max_samples: int | None = None,
-    payload_as_json: bool = False,
 ) -> list[dict[str, Any]]:
     """Encode every row (up to ``max_samples`` kept ones); refusals go to ``refused``."""
     encoded: list[dict[str, Any]] = []
     refused.begin(split)
     for name in files:
         source_file = os.path.abspath(name)  # the dump reader must find it whatever the cwd then
+        base = Path(source_file).parent
         for src in read_jsonl(Path(name)):
             if max_samples is not None and len(encoded) >= max_samples:
                 return encoded
-            enc, reason = (None, src.problem) if src.row is None else _encode(template, src.row)
+            enc, reason = (None, src.problem) if src.row is None else _encode(template, src.row, base)
             if enc is None or src.row is None:
                 refused.refuse(source_file, src.line, split, reason or "refused")
                 continue
@@ -136,8 +209,6 @@ def encode_rows(
                     enc[field] = src.row[field]
             enc[SOURCE_FILE_KEY] = source_file
             enc[SOURCE_LINE_KEY] = src.line
-            if payload_as_json and isinstance(enc.get("assistant_payload"), dict):
-                enc["assistant_payload"] = json.dumps(enc["assistant_payload"], ensure_ascii=False)
             refused.keep(split)
             encoded.append(enc)
     return encoded
@@ -158,7 +229,6 @@ def build_datasets(
             split=split,
             refused=refused,
             max_samples=data.max_samples,
-            payload_as_json=packed,
         )
         logger.info("coordexp: encoded %d %s rows", len(rows), split)
         return rows
@@ -170,9 +240,8 @@ def build_datasets(
     def as_dataset(rows: list[dict[str, Any]]) -> Any:
         if not packed:
             return rows
-        import datasets
         from swift.dataset import PackingDataset
 
-        return PackingDataset(template, datasets.Dataset.from_list(rows), packing_length=packing_length)
+        return PackingDataset(template, EncodedRows(rows), packing_length=packing_length)
 
     return as_dataset(train_rows), None if val_rows is None else as_dataset(val_rows)

@@ -10,13 +10,16 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coordexp.config import Stage1CustomConfig
+from coordexp.config import ConfigError, Stage1CustomConfig
 from coordexp.contracts import set_default_mode
 from coordexp.training.config import TrainConfig, dump_config, parse_config
 from coordexp.training.rank_failure import stop_all_ranks_on_error
 from coordexp.training.resume import checkpoint_step, resolve_resume_checkpoint, supersede_logs_after
+
+if TYPE_CHECKING:  # the demo builders import torch: only when a demo runs
+    from coordexp.demo.build import DemoKind
 
 CONFIG_FILENAME = "coordexp_config.yaml"
 DEMO_ROOT = Path("coordexp_demo")
@@ -29,12 +32,34 @@ class RunResult:
     eval_metrics: dict[str, Any]
 
 
-def demo_config(root: Path = DEMO_ROOT, *, seed: int = 0) -> TrainConfig:
-    """Every Stage-1 feature on, on the embedded default; a few minutes on 2 CPU cores."""
+DEMO_ROOTS: dict[str, Path] = {"text": DEMO_ROOT, "vl": Path("coordexp_demo_vl")}
+# What differs between the demos' training sections: a VL step is slower (vision tower and a
+# 152k-wide output layer), so the VL demo trains fewer, smaller steps.
+_DEMO_SCHEDULES: dict[str, dict[str, Any]] = {
+    "text": {
+        "max_steps": 24,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "eval_steps": 8,
+        "save_steps": 24,
+    },
+    "vl": {
+        "max_steps": 8,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "eval_steps": 4,
+        "save_steps": 8,
+    },
+}
+
+
+def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "text") -> TrainConfig:
+    """Every Stage-1 feature on, on an embedded default: ``text`` (a tiny Qwen3) or ``vl`` (a tiny
+    Qwen3-VL with generated images); about a minute on 2 CPU cores."""
     from coordexp.demo import build_demo_assets
 
-    root = root.resolve()
-    assets = build_demo_assets(root / "assets", seed=seed)
+    root = (DEMO_ROOTS[kind] if root is None else root).resolve()
+    assets = build_demo_assets(root / "assets", seed=seed, kind=kind)
     raw = {
         "model": {
             "path": str(assets.model_dir),
@@ -49,17 +74,13 @@ def demo_config(root: Path = DEMO_ROOT, *, seed: int = 0) -> TrainConfig:
         },
         "training": {
             "output_dir": str(root / "run"),
-            "max_steps": 24,
-            "per_device_train_batch_size": 4,
+            **_DEMO_SCHEDULES[kind],
             "per_device_eval_batch_size": 4,
-            "gradient_accumulation_steps": 2,
             "learning_rate": 3e-3,
             "warmup_steps": 2,
             "logging_steps": 2,
             "eval_strategy": "steps",
-            "eval_steps": 8,
             "save_strategy": "steps",
-            "save_steps": 24,
             "save_total_limit": 1,
         },
         "custom": {
@@ -121,11 +142,14 @@ def build_trainer(cfg: TrainConfig) -> Any:
     from coordexp.metrics.dataset_metrics import build_trainer_cls
     from coordexp.training.data import build_datasets
     from coordexp.training.engines import check_fsdp_enabled
+    from coordexp.training.vl_support import is_multimodal_model_type, require_vl_dependencies
 
     stage1: Stage1CustomConfig = cfg.stage1()
     set_default_mode(stage1.contracts.mode if stage1.contracts is not None else "warn")
     random.seed(cfg.seed)
 
+    if is_multimodal_model_type(cfg.model.model_type):
+        require_vl_dependencies(f"model.model_type {cfg.model.model_type!r}")
     model_kwargs: dict[str, Any] = {"model_type": cfg.model.model_type, "attn_impl": cfg.model.attn_impl}
     if cfg.model.torch_dtype:
         import torch
@@ -143,6 +167,17 @@ def build_trainer(cfg: TrainConfig) -> Any:
         padding_free=layout == "padding_free",
     )
     template.set_mode("train")
+    if template.use_model:
+        # As ms-swift's SFT pipeline does: the Qwen-VL collator computes 3-D rope position ids with
+        # the model; without it the template tries to rebuild one from the folder name.
+        template.model = model
+    supports_padding_free = template.support_padding_free
+    if supports_padding_free is None:  # ms-swift's rule: text templates do, multimodal ones do not
+        supports_padding_free = not getattr(getattr(model, "model_meta", None), "is_multimodal", False)
+    if layout != "padded" and not supports_padding_free:
+        raise ConfigError(
+            f"data.layout: template {cfg.model.template!r} does not support {layout}; use padded"
+        )
     packing_length = cfg.data.packing_length or cfg.model.max_length
 
     # The arguments first: creating them sets up torch.distributed, which PackingDataset needs to

@@ -80,3 +80,28 @@ def test_missing_run_folder_is_one_line(
     assert main([command, str(tmp_path / "nope")]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0], lines
+
+
+def test_vl_demo_without_the_vl_extra_is_one_line(tmp_path: Path) -> None:
+    """Where torchvision cannot be imported (here: made unimportable), ``train --demo vl`` stops
+    before building anything, in one line that says how to install VL support."""
+    code = (
+        "import sys; sys.modules['torchvision'] = None\n"
+        "from coordexp.cli.main import main\n"
+        "sys.exit(main(['train', '--demo', 'vl']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coordexp train: error: the --demo vl model"), lines
+    assert "torchvision failed to import" in lines[0] and "pip install -e '.[vl]'" in lines[0]
+    assert not (tmp_path / "coordexp_demo_vl").exists()
+
+
+def test_config_and_demo_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "some.yaml", "--demo", "vl"])
+    assert info.value.code == 2
+    assert "give a CONFIG or --demo, not both" in capsys.readouterr().err
