@@ -3,6 +3,6 @@
 """Code generated from ``schemas/``. Import it as ``coordexp.generated``.
 
 Modules: ``metric_keys`` (one constant per metric key), ``metric_catalog`` (typed metadata and
-key sets), ``batch_extras`` (extras keys, container and accessors), ``schemas`` (the schema
+key sets), ``batch_extras`` (extras keys, specs, field types and codes), ``schemas`` (the schema
 documents) and ``models`` (pydantic models made by datamodel-code-generator).
 """

@@ -345,7 +345,7 @@ EPOCH: Final = "epoch"
 Group: framework. Owner: framework. Unit: epochs. In loss: no."""
 
 TOKEN_ACC: Final = "token_acc"
-"""ms-swift top-1 accuracy over supervised tokens (ms-swift's compute_acc, into ms-swift's metric). ms-swift computes it from the logits; with custom.stage1_pass.materialize_logits: false, where ms-swift skips it for want of logits, coordexp's pass computes it from each row's argmax with the same definition.
+"""ms-swift top-1 accuracy over supervised tokens (ms-swift's compute_acc, into ms-swift's metric). ms-swift computes it from the logits; without materialised logits (custom.stage1_pass.materialize_logits: false), where ms-swift skips it for want of logits, coordexp's pass computes it from each row's argmax with the same definition and feeds it to the same metric.
 
 Group: framework. Owner: framework. Unit: fraction. In loss: no."""
 

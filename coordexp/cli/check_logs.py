@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from coordexp.cli.logs import LogRecord, RunDirError, RunLogs, eval_configured, read_run
+from coordexp.cli.logs import LogRecord, RunLogs, eval_configured
+from coordexp.cli.run_dir import parse_run_args, read_run_or_say_why, run_dir_parser
 from coordexp.contracts import classify_log_key, find_dataset_bucket, keys_written_under, metric_key_violation
-from coordexp.contracts.catalog import EVAL_PREFIX, conditions_from_config
+from coordexp.contracts.catalog import EVAL_PREFIX, conditions_from_config, owner_under
+from coordexp.contracts.metric_keys import metric_value_violation
 from coordexp.generated.metric_catalog import ALL_KEYS, COORDEXP_KEYS, DEPRECATED_ALIASES, METRIC_SPECS
 
 __all__ = [
@@ -120,25 +121,34 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _value_violation(base: str, value: object, owner: str) -> tuple[str, str] | None:
+def _value_violation(base: str, value: object, owner: str, computed_by: str) -> tuple[str, str] | None:
+    """``computed_by``: who computes the value in this run (the catalog's ``owner_when``), which
+    differs from ``owner`` for a framework key coordexp computes under some condition."""
     spec = METRIC_SPECS[base]
     if _is_number(value):
         number = float(value)  # type: ignore[arg-type]
         if not math.isfinite(number):
             return "non_finite", f"value {number} is not finite"
-        if owner == "coordexp":
-            found = metric_key_violation(base, number)
-            if found is not None:
-                return found.rule, found.detail
-        return None
+        found = (
+            metric_key_violation(base, number)
+            if owner == "coordexp"
+            else metric_value_violation(base, number)
+            if computed_by == "coordexp"
+            else None
+        )
+        return None if found is None else (found.rule, found.detail)
     if spec.is_number:
         return "not_a_number", f"value {value!r} ({type(value).__name__}) is not a number"
     return None
 
 
-def check_record(record: LogRecord, dataset_labels: Iterable[str] = ()) -> list[Violation]:
-    """The key and value rules for one record."""
+def check_record(
+    record: LogRecord, dataset_labels: Iterable[str] = (), conditions: Iterable[str] = ()
+) -> list[Violation]:
+    """The key and value rules for one record; ``conditions`` (of the run's config) decide who
+    owns a key whose owner depends on them (the catalog's ``owner_when``)."""
     labels = tuple(dataset_labels)
+    held = frozenset(conditions)
     out: list[Violation] = []
     where = record.where()
     for key, value in record.values.items():
@@ -159,7 +169,7 @@ def check_record(record: LogRecord, dataset_labels: Iterable[str] = ()) -> list[
                 out.append(Violation(where, key, "mode_mismatch", "eval_ key in a train record"))
             elif not eval_form and record.mode == "eval":
                 out.append(Violation(where, key, "mode_mismatch", "train-mode key in an eval record"))
-        found = _value_violation(base, value, owner)
+        found = _value_violation(base, value, owner, owner_under(base, held) or owner)
         if found is not None:
             out.append(Violation(where, key, *found))
     return out
@@ -211,7 +221,7 @@ def check_run(logs: RunLogs, *, extra_labels: Iterable[str] = (), train_only: bo
         else:
             report.notes.append(f"{where}: {problem.message}")
     for record in logs.records:
-        report.violations += check_record(record, labels)
+        report.violations += check_record(record, labels, conditions)
     for key in report.missing_train:
         report.violations.append(
             Violation("run", key, "missing", "enabled by the config, never logged in train")
@@ -253,12 +263,11 @@ def _print_text(report: CheckReport) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="coordexp check-logs",
-        description="Check a run's logging.jsonl, trainer_state.json and TensorBoard scalars against "
-        "the metric catalog. Exit 0: clean, 1: violations, 2: unreadable run folder or config.",
+    parser = run_dir_parser(
+        "check-logs",
+        "Check a run's logging.jsonl, trainer_state.json and TensorBoard scalars against the metric "
+        "catalog. Exit 0: clean, 1: violations, 2: unreadable run folder or config.",
     )
-    parser.add_argument("run_dir", help="the ms-swift output folder of the run")
     parser.add_argument("--config", help="the run's YAML (default: RUN_DIR/coordexp_config.yaml)")
     parser.add_argument(
         "--dataset-label",
@@ -275,11 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    try:
-        logs = read_run(args.run_dir, config_path=args.config)
-    except RunDirError as exc:
-        print(f"coordexp check-logs: error: {exc}", file=sys.stderr)
+    args = parse_run_args(build_parser(), argv)
+    logs = read_run_or_say_why("check-logs", args.run_dir, config_path=args.config)
+    if logs is None:
         return 2
     report = check_run(logs, extra_labels=args.dataset_label, train_only=args.train_only)
     if args.json:

@@ -25,6 +25,7 @@ from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.contracts.catalog import EVAL_PREFIX
 from coordexp.data_collators.enrichers import sample_dataset_label
 from coordexp.generated import metric_keys as K
+from coordexp.io.jsonl import iter_jsonl, read_jsonl_lines
 
 __all__ = [
     "CONFIG_FILE",
@@ -158,22 +159,17 @@ def read_logging_jsonl(path: Path) -> tuple[list[LogRecord], list[ReadProblem]]:
     """Parse ``logging.jsonl``; a torn LAST line (a killed run) is skipped with a non-fatal note."""
     records: list[LogRecord] = []
     problems: list[ReadProblem] = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            values = json.loads(line)
-        except json.JSONDecodeError as exc:
-            torn = i == last
-            message = "torn last line skipped" if torn else f"not JSON: {exc.msg}"
-            problems.append(ReadProblem(LOGGING_FILE, i + 1, message, fatal=not torn))
+    for line in read_jsonl_lines(path, decode_errors="replace"):
+        values, error, number = line.value, line.error, line.number
+        if error is not None:
+            detail = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+            message = "torn last line skipped" if line.last else f"not JSON: {detail}"
+            problems.append(ReadProblem(LOGGING_FILE, number, message, fatal=not line.last))
             continue
         if not isinstance(values, dict):
-            problems.append(ReadProblem(LOGGING_FILE, i + 1, f"not a JSON object: {type(values).__name__}"))
+            problems.append(ReadProblem(LOGGING_FILE, number, f"not a JSON object: {type(values).__name__}"))
             continue
-        records.append(LogRecord(LOGGING_FILE, i + 1, _progress_step(values), record_mode(values), values))
+        records.append(LogRecord(LOGGING_FILE, number, _progress_step(values), record_mode(values), values))
     return records, problems
 
 
@@ -301,16 +297,11 @@ def dataset_labels_from_config(config: RunConfig) -> frozenset[str]:
         if not path.is_file() or path.suffix not in (".jsonl", ".json"):
             continue
         try:
-            with path.open(encoding="utf-8") as handle:
-                for n, line in enumerate(handle):
-                    if n >= _DATA_ROWS_SCANNED:
-                        break
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(row, dict):
-                        labels.add(sample_dataset_label(row))  # the label the collator gives the row
+            for number, row in iter_jsonl(path, skip_bad=True):
+                if number > _DATA_ROWS_SCANNED:
+                    break
+                if isinstance(row, dict):
+                    labels.add(sample_dataset_label(row))  # the label the collator gives the row
         except OSError:
             continue
     return frozenset(x.strip().lower() for x in labels if x.strip())

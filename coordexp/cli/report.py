@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordexp.cli.logs import LogRecord, RunDirError, RunLogs, read_run
+from coordexp.cli.logs import LogRecord, RunLogs
+from coordexp.cli.run_dir import parse_run_args, read_run_or_say_why, run_dir_parser
 from coordexp.contracts.catalog import EVAL_PREFIX
 from coordexp.generated import metric_keys as K
 from coordexp.generated.metric_catalog import KEYS_BY_GROUP, METRIC_SPECS
@@ -220,23 +221,20 @@ def _table_of(logs: RunLogs) -> MetricTable | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="coordexp report",
-        description="Plot a run's loss composition, coord diagnostics and token accuracies (PNG) and "
-        "write its per-step numbers (CSV).",
+    parser = run_dir_parser(
+        "report",
+        "Plot a run's loss composition, coord diagnostics and token accuracies (PNG) and write its "
+        "per-step numbers (CSV).",
     )
-    parser.add_argument("run_dir", help="the ms-swift output folder of the run")
     parser.add_argument("--out", help="output folder (default: RUN_DIR)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    args = parse_run_args(build_parser(), argv)
     print(f"coordexp report: reading {args.run_dir}")
-    try:
-        logs = read_run(args.run_dir)
-    except RunDirError as exc:
-        print(f"coordexp report: error: {exc}", file=sys.stderr)
+    logs = read_run_or_say_why("report", args.run_dir)
+    if logs is None:
         return 2
     for problem in logs.problems:
         print(f"coordexp report: note: {problem.source}#{problem.index}: {problem.message}")

@@ -7,6 +7,7 @@ from typing import ClassVar, Protocol
 
 from coordexp.components.context import StepContext
 from coordexp.functional import CoordLossConfig
+from coordexp.functional.pass_spec import PassOptions
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class PassRequest:
             mass_max_tokens=max(self.mass_max_tokens, other.mass_max_tokens),
             types=self.types or other.types,
             coord_cfg=self.coord_cfg or other.coord_cfg,
+        )
+
+    def options(self, chunk_size: int) -> PassOptions:
+        """The keyword arguments of the pass entry points (``coord_loss``, ``stage1_stats``, ...) this
+        request sets, with the pipeline's ``chunk_size``."""
+        return PassOptions(
+            top5=self.top5, mass=self.mass, mass_max_tokens=self.mass_max_tokens, chunk_size=chunk_size
         )
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from coordexp.generated.batch_extras import BatchExtras
+from coordexp.contracts.stash import BatchExtras
 from coordexp.reporting.aggregation import StepValue
 
 Mode = Literal["train", "eval"]

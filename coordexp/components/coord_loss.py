@@ -19,6 +19,7 @@ from torch import Tensor
 
 from coordexp.components.base import PassRequest
 from coordexp.components.context import StepContext
+from coordexp.components.pass_inputs import PassInputs
 from coordexp.config import CoordSoftCEW1Config
 from coordexp.functional import IGNORE_INDEX, CoordLossConfig, CoordSlice, coord_loss
 from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
@@ -39,15 +40,8 @@ class CoordObjectiveError(RuntimeError):
 
 
 def loss_config(cfg: CoordSoftCEW1Config) -> CoordLossConfig:
-    return CoordLossConfig(
-        ce_weight=float(cfg.ce_weight),
-        soft_ce_weight=float(cfg.soft_ce_weight),
-        w1_weight=float(cfg.w1_weight),
-        gate_weight=float(cfg.gate_weight),
-        temperature=float(cfg.temperature),
-        target_sigma=float(cfg.target_sigma),
-        target_truncate=cfg.target_truncate,
-    )
+    """The section as the loss functions read it (same model, stricter checks)."""
+    return CoordLossConfig.from_mapping(cfg)
 
 
 def averages_tokens_across_devices(trainer: Any) -> bool:
@@ -107,32 +101,21 @@ class CoordLossComponent:
         ctx.forward_num_items = _global(count, ctx.trainer)
         ctx.device_values["base_den"] = ctx.forward_num_items.to(torch.float32)
 
-    def add_coord_loss(
-        self,
-        ctx: StepContext,
-        coord: CoordSlice,
-        logits: Tensor,
-        targets: Tensor,
-        types: Tensor | None,
-        request: PassRequest,
-        chunk_size: int,
-    ) -> dict[str, Tensor]:
+    def add_coord_loss(self, ctx: StepContext, inputs: PassInputs) -> dict[str, Tensor]:
         """After the forward: base CE + coord terms (one gradient), and the step's statistics."""
         assert ctx.loss is not None
+        coord, targets = self.require(ctx, inputs.coord), inputs.targets
         is_coord, _ = coord.lookup(targets)
         local = (is_coord & (targets != IGNORE_INDEX)).sum().to(torch.float32)
         denominator = _global(local, ctx.trainer).clamp(min=1.0)
         value, stats = coord_loss(
-            logits,
+            inputs.logits,
             targets,
             coord,
             self.loss_cfg,
             coord_denominator=denominator,
-            types=types,
-            top5=request.top5,
-            mass=request.mass,
-            mass_max_tokens=request.mass_max_tokens,
-            chunk_size=chunk_size,
+            types=inputs.types,
+            **inputs.options,
         )
         if averages_tokens_across_devices(ctx.trainer):
             # Global denominator on every rank; DDP averages gradients over ranks, so scale back up.
@@ -143,12 +126,7 @@ class CoordLossComponent:
     def fused_loss(
         self,
         ctx: StepContext,
-        coord: CoordSlice,
-        logits: Tensor,
-        targets: Tensor,
-        types: Tensor | None,
-        request: PassRequest,
-        chunk_size: int,
+        inputs: PassInputs,
         head: OutputHead | None = None,
         preds: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -156,10 +134,11 @@ class CoordLossComponent:
 
         Each part is a mean over this batch's own rows (counted across ranks under
         ``average_tokens_across_devices``), as in the two-pass path. ms-swift multiplies the returned loss
-        by the process count itself when it got a ``num_items_in_batch``. With ``head``, ``logits`` are
-        the final hidden states and the logits are computed chunk by chunk (``materialize_logits: false``);
-        ``preds`` then receives each row's argmax.
+        by the process count itself when it got a ``num_items_in_batch``. With ``head``, ``inputs.logits``
+        are the final hidden states and the logits are computed chunk by chunk (``materialize_logits:
+        false``); ``preds`` then receives each row's argmax.
         """
+        coord, targets = self.require(ctx, inputs.coord), inputs.targets
         is_coord, _ = coord.lookup(targets)
         sup = targets != IGNORE_INDEX
         counts = torch.stack([(is_coord & sup).sum(), (sup & ~is_coord).sum()]).to(torch.float32)
@@ -168,17 +147,14 @@ class CoordLossComponent:
             coord_denominator=coord_den,
             base_ce=True,
             base_denominator=base_den,
-            types=types,
-            top5=request.top5,
-            mass=request.mass,
-            mass_max_tokens=request.mass_max_tokens,
-            chunk_size=chunk_size,
+            types=inputs.types,
+            **inputs.options,
         )
         if head is None:
-            value, stats = coord_loss(logits, targets, coord, self.loss_cfg, **options)
+            value, stats = coord_loss(inputs.logits, targets, coord, self.loss_cfg, **options)
         else:
             value, stats = linear_coord_loss(
-                logits, head, targets, coord, self.loss_cfg, preds=preds, **options
+                inputs.logits, head, targets, coord, self.loss_cfg, preds=preds, **options
             )
         if averages_tokens_across_devices(ctx.trainer) and ctx.num_items_in_batch is None:
             value = value * dist.get_world_size()  # ms-swift scales only when it had a count

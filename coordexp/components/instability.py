@@ -46,7 +46,7 @@ class InstabilityMonitorComponent:
         self.cfg = cfg
         output_dir = getattr(getattr(trainer, "args", None), "output_dir", None) or "."
         self.monitor = InstabilityMonitor(
-            cfg.model_dump(),
+            cfg,  # the validated section model: the monitor reads its fields as they are
             output_dir=output_dir,
             is_main_process=is_main_process(trainer),
             source_files=getattr(trainer, "instability_source_files", None),

@@ -17,13 +17,16 @@ that seam, e.g. a stand-in): per step,
 6. ONE device->host transfer of every statistic;
 7. host side: each component turns statistics into metric values (diagnostics best-effort), the
    monitor may guard the loss or stop training; the reporter writes the values through the guard.
+
+Beside it: :mod:`.trainer_config` (what the config sections ask, before a pipeline exists),
+:mod:`.coord_vocab` (the coord ids, checked against the logits) and :mod:`.pass_inputs` (what the
+fused pass reads of a step).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -33,93 +36,45 @@ from torch import Tensor
 from coordexp.components.base import Component, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError, accumulation_steps
+from coordexp.components.coord_vocab import CoordVocab
 from coordexp.components.instability import InstabilityMonitorComponent
 from coordexp.components.loss_seam import Stage1LossFunc
 from coordexp.components.output_head import HeadCapture, capture_output_head, report_token_acc
+from coordexp.components.pass_inputs import MisalignedLogits, PassInputs, step_pass_inputs
 from coordexp.components.runtime import RuntimeComponent
 from coordexp.components.token_metrics import TokenMetricsComponent
+from coordexp.components.trainer_config import (
+    COMPONENT_ORDER,
+    COORD,
+    MONITOR,
+    RUNTIME,
+    TOKEN_METRICS,
+    config_section,
+    find_tokenizer,
+    materializes_logits,
+    reads_logits,
+)
 from coordexp.config import (
     CoordSoftCEW1Config,
     InstabilityMonitorConfig,
     MetricsConfig,
     Stage1CustomConfig,
-    Stage1PassConfig,
     TokenTypeMetricsConfig,
 )
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
-from coordexp.coord_tokens.codec import CoordVocabError, get_coord_token_ids
-from coordexp.functional import (
-    DEFAULT_CHUNK_SIZE,
-    STAT_KEYS,
-    CoordLossConfig,
-    CoordSlice,
-    ce_loss,
-    next_token_targets,
-    next_token_types,
-    stage1_stats,
-)
+from coordexp.contracts.stash import BatchExtras
+from coordexp.diagnostics.warn_once import WarnOnce
+from coordexp.functional import DEFAULT_CHUNK_SIZE, STAT_KEYS, CoordSlice, ce_loss, stage1_stats
 from coordexp.functional.linear_pass import linear_ce_loss
-from coordexp.generated.batch_extras import BatchExtras
 from coordexp.reporting import BestEffort, MetricReporter, trainer_mode
+
+# reads_logits, materializes_logits and the component names live in trainer_config since the split;
+# they stay importable from here, where the trainer assembly has always imported them.
+__all__ = ["COMPONENT_ORDER", "ForwardFn", "Stage1Pipeline", "materializes_logits", "reads_logits"]
 
 logger = logging.getLogger("coordexp")
 
-RUNTIME = RuntimeComponent.name
-COORD = CoordLossComponent.name
-TOKEN_METRICS = TokenMetricsComponent.name
-MONITOR = InstabilityMonitorComponent.name
-COMPONENT_ORDER = (RUNTIME, COORD, TOKEN_METRICS, MONITOR)
-
 ForwardFn = Callable[[dict[str, Any], Any], tuple[Tensor, Any]]
-
-
-def _section(trainer: Any, attr: str, cls: Any) -> Any:
-    raw = getattr(trainer, attr, None)
-    return None if raw is None else cls.from_mapping(raw)
-
-
-def _usable_token_types(token_types: Any, labels: Tensor) -> bool:
-    """Token types the pass can use: an integer tensor shaped like the labels. Anything else (a
-    collator without the contract guard, a misaligned cut) means "no types" for the step."""
-    return (
-        isinstance(token_types, Tensor)
-        and token_types.shape == labels.shape
-        and not token_types.is_floating_point()
-        and not token_types.is_complex()
-        and token_types.dtype != torch.bool
-    )
-
-
-def reads_logits(trainer: Any, component_names: frozenset[str]) -> bool:
-    """Whether a trainer with these components computes anything from the logits (then the whole
-    objective goes through the one-pass seam); from the config sections alone, before any step."""
-    if COORD in component_names and getattr(trainer, "coord_soft_ce_w1_cfg", None) is not None:
-        return True
-    for name, attr, cls in (
-        (TOKEN_METRICS, "token_type_metrics_cfg", TokenTypeMetricsConfig),
-        (MONITOR, "instability_monitor_cfg", InstabilityMonitorConfig),
-    ):
-        if name in component_names:
-            cfg = _section(trainer, attr, cls)
-            if cfg is not None and cfg.enabled:
-                return True
-    return False
-
-
-def materializes_logits(trainer: Any) -> bool:
-    """``custom.stage1_pass.materialize_logits`` of a trainer (default true), from its config section
-    alone (readable while the trainer is being built, before its pipeline exists)."""
-    cfg = _section(trainer, "stage1_pass_cfg", Stage1PassConfig)
-    return True if cfg is None else bool(cfg.materialize_logits)
-
-
-def find_tokenizer(trainer: Any) -> Any:
-    template = getattr(trainer, "template", None)
-    for owner, name in ((template, "tokenizer"), (trainer, "processing_class"), (trainer, "tokenizer")):
-        tok = getattr(owner, name, None) if owner is not None else None
-        if tok is not None:
-            return getattr(tok, "tokenizer", tok)  # processors wrap the tokenizer
-    return None
 
 
 class Stage1Pipeline:
@@ -133,18 +88,18 @@ class Stage1Pipeline:
             raise ValueError(f"unknown Stage-1 components {sorted(unknown)}")
         self.chunk_size = chunk_size
         self.best_effort = BestEffort()
-        self._warned: set[str] = set()
-        metrics_cfg = _section(trainer, "metrics_cfg", MetricsConfig) or MetricsConfig()
+        self._warned = WarnOnce()  # failure kinds of the step's diagnostics
+        metrics_cfg = config_section(trainer, "metrics_cfg", MetricsConfig) or MetricsConfig()
         self.reporter = MetricReporter(aggregation=metrics_cfg.aggregation)
         self.runtime = RuntimeComponent() if RUNTIME in component_names else None
         coord_cfg = (
-            _section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config)
+            config_section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config)
             if COORD in component_names
             else None
         )
         self.coord = CoordLossComponent(coord_cfg) if coord_cfg is not None else None
         token_cfg = (
-            _section(trainer, "token_type_metrics_cfg", TokenTypeMetricsConfig)
+            config_section(trainer, "token_type_metrics_cfg", TokenTypeMetricsConfig)
             if TOKEN_METRICS in component_names
             else None
         )
@@ -152,7 +107,7 @@ class Stage1Pipeline:
             TokenMetricsComponent(token_cfg) if token_cfg is not None and token_cfg.enabled else None
         )
         monitor_cfg = (
-            _section(trainer, "instability_monitor_cfg", InstabilityMonitorConfig)
+            config_section(trainer, "instability_monitor_cfg", InstabilityMonitorConfig)
             if MONITOR in component_names
             else None
         )
@@ -161,12 +116,19 @@ class Stage1Pipeline:
             if monitor_cfg is not None and monitor_cfg.enabled
             else None
         )
-        self._coord_ids: list[int] | None = None
-        self._coord_slice: CoordSlice | None = None
         self._active: StepContext | None = None  # the step whose forward is running (one-pass seam)
         self._head_capture: HeadCapture | None = None  # the swapped output head of that forward
         self.materialize_logits = materializes_logits(trainer)
-        self._resolve_coord_vocab(trainer)
+        self.coord_vocab = (
+            CoordVocab(find_tokenizer(trainer), required=self.coord_loss_enabled)
+            if self.coord is not None or self.token_metrics is not None
+            else None
+        )
+        known = self.coord_vocab is not None and self.coord_vocab.known
+        if not known and self.coord is not None:
+            self.best_effort.disabled.add(COORD)
+        if self.token_metrics is not None:
+            self.token_metrics.coord_vocab_known = known
         self.reporter.register(trainer, self.enabled_keys())
 
     def enabled_keys(self) -> frozenset[str]:
@@ -185,60 +147,14 @@ class Stage1Pipeline:
     def coord_loss_enabled(self) -> bool:
         return self.coord is not None and self.coord.enabled
 
-    def _warn_once(self, kind: str, message: str) -> None:
-        if kind in self._warned:
-            return
-        self._warned.add(kind)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-    # -- coord vocabulary ----------------------------------------------------------------------
-    def _resolve_coord_vocab(self, trainer: Any) -> None:
-        wants = self.coord is not None or self.token_metrics is not None
-        if not wants:
-            return
-        tokenizer = find_tokenizer(trainer)
-        try:
-            if tokenizer is None:
-                raise CoordVocabError(
-                    "the trainer has no tokenizer (template.tokenizer) to read coord tokens from"
-                )
-            self._coord_ids = get_coord_token_ids(tokenizer)
-        except CoordVocabError as exc:
-            if self.coord_loss_enabled:
-                raise CoordObjectiveError(
-                    f"custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unusable: {exc}"
-                ) from exc
-            warnings.warn(
-                f"coordexp: coord tokens unavailable ({exc}); coord diagnostics and coord monitors "
-                "are skipped",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            if self.coord is not None:
-                self.best_effort.disabled.add(COORD)
-        if self.token_metrics is not None:
-            self.token_metrics.coord_vocab_known = self._coord_ids is not None
-
     def coord_slice(self, device: torch.device, vocab_size: int | None = None) -> CoordSlice | None:
         """The coord ids on ``device``; checked against the logits' ``vocab_size`` when given."""
-        if self._coord_ids is None:
+        if self.coord_vocab is None:
             return None
-        if self._coord_slice is None or self._coord_slice.device != device:
-            self._coord_slice = CoordSlice.from_ids(self._coord_ids, device=device)
-        max_id = self._coord_slice.max_id
-        if vocab_size is not None and max_id is not None and max_id >= vocab_size:
-            message = (
-                f"coord token id {max_id} is beyond the logits' vocabulary ({vocab_size}): "
-                "the tokenizer and the model's embedding size disagree"
-            )
-            if self.coord_loss_enabled:
-                raise CoordObjectiveError(f"custom.coord_soft_ce_w1: {message}")
-            warnings.warn(f"coordexp: {message}; coord diagnostics are skipped", RuntimeWarning, stacklevel=2)
-            self._coord_ids = None
-            if self.token_metrics is not None:
-                self.token_metrics.coord_vocab_known = False
-            return None
-        return self._coord_slice
+        coord = self.coord_vocab.slice(device, vocab_size)
+        if coord is None and self.token_metrics is not None:
+            self.token_metrics.coord_vocab_known = False
+        return coord
 
     # -- the step -----------------------------------------------------------------------------
     def _request(self, ctx: StepContext) -> PassRequest | None:
@@ -339,41 +255,27 @@ class Stage1Pipeline:
         ctx.labels = labels
         request = self._request(ctx) or PassRequest()
         vocab = None if head is None else head.weight.shape[0]
-        prepared = self._pass_inputs(ctx, logits, request, strict=True, vocab=vocab)
-        assert prepared is not None
-        flat, targets, types, coord = prepared
-        preds = None if head is None else torch.empty_like(targets)
+        inputs = self._pass_inputs(ctx, logits, request, strict=True, vocab=vocab)
+        assert inputs is not None
+        preds = None if head is None else torch.empty_like(inputs.targets)
         if self.coord_loss_enabled:
             assert self.coord is not None
-            value, stats = self.coord.fused_loss(
-                ctx,
-                self.coord.require(ctx, coord),
-                flat,
-                targets,
-                types,
-                request,
-                self.chunk_size,
-                head=head,
-                preds=preds,
-            )
+            value, stats = self.coord.fused_loss(ctx, inputs, head=head, preds=preds)
             per_batch = True
         else:
             accepts = bool(getattr(trainer, "model_accepts_loss_kwargs", False))
             count = num_items_in_batch if accepts else None
             options: dict[str, Any] = dict(
                 denominator=count,
-                coord=coord,
+                coord=inputs.coord,
                 coord_cfg=request.coord_cfg if self.best_effort.enabled(COORD) else None,
-                types=types,
-                top5=request.top5,
-                mass=request.mass,
-                mass_max_tokens=request.mass_max_tokens,
-                chunk_size=self.chunk_size,
+                types=inputs.types,
+                **inputs.options,
             )
             if head is None:
-                value, stats = ce_loss(flat, targets, **options)
+                value, stats = ce_loss(inputs.logits, inputs.targets, **options)
             else:
-                value, stats = linear_ce_loss(flat, head, targets, preds=preds, **options)
+                value, stats = linear_ce_loss(inputs.logits, head, inputs.targets, preds=preds, **options)
             per_batch = count is None
         if preds is not None:
             report_token_acc(trainer, ctx.mode, preds, labels)
@@ -394,37 +296,24 @@ class Stage1Pipeline:
         *,
         strict: bool,
         vocab: int | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor | None, CoordSlice | None] | None:
-        """``(logits [N, V], targets [N], types, coord slice)`` of the step; records the pack size.
-
-        With ``vocab`` (``materialize_logits: false``), ``logits`` are the hidden states ``[..., H]`` of a
-        head with ``vocab`` outputs, returned as ``[N, H]``.
-
-        Logits that do not line up with the labels raise when ``strict`` (the objective depends on
-        them), else skip the step's diagnostics (warned once).
-        """
-        assert ctx.labels is not None
-        flat = logits.reshape(-1, logits.shape[-1])
-        vocab = logits.shape[-1] if vocab is None else vocab
-        targets = next_token_targets(ctx.labels)
-        if flat.shape[0] != targets.shape[0]:
-            message = f"logits {tuple(logits.shape)} do not line up with labels {tuple(ctx.labels.shape)}"
+    ) -> PassInputs | None:
+        """:func:`~coordexp.components.pass_inputs.step_pass_inputs` of the step. Logits that do not line
+        up with the labels raise when ``strict`` (the objective depends on them), else skip the step's
+        diagnostics (warned once)."""
+        try:
+            return step_pass_inputs(
+                ctx, logits, request, self.coord_slice, chunk_size=self.chunk_size, vocab=vocab
+            )
+        except MisalignedLogits as exc:
             if strict:
-                raise CoordObjectiveError(message)
-            self._warn_once(
-                "misaligned_logits", f"coordexp: {message}; the step's diagnostics are skipped (warned once)"
+                raise CoordObjectiveError(str(exc)) from exc
+            self._warned.warn(
+                "misaligned_logits",
+                f"coordexp: {exc}; the step's diagnostics are skipped (warned once)",
+                RuntimeWarning,
+                stacklevel=2,
             )
             return None
-        types = None
-        token_types = ctx.extras.token_types
-        if request.types and _usable_token_types(token_types, ctx.labels):
-            assert isinstance(token_types, Tensor)
-            types = next_token_types(token_types.to(device=ctx.labels.device, dtype=torch.long))
-        coord = self.coord_slice(flat.device, vocab)
-        pack = ctx.extras.pack_num_samples
-        if isinstance(pack, Tensor) and pack.numel() > 0 and not pack.is_complex():
-            ctx.device_values["pack_samples"] = pack.sum().to(torch.float32)
-        return flat, targets, types, coord
 
     def _statistics(self, ctx: StepContext) -> None:
         request = self._request(ctx)
@@ -437,21 +326,13 @@ class Stage1Pipeline:
         if request is None and not self.coord_loss_enabled:
             return
         request = request or PassRequest()
-        prepared = self._pass_inputs(ctx, logits, request, strict=self.coord_loss_enabled)
-        if prepared is None:
+        inputs = self._pass_inputs(ctx, logits, request, strict=self.coord_loss_enabled)
+        if inputs is None:
             return
-        flat, targets, types, coord = prepared
-
         if self.coord_loss_enabled:
             assert self.coord is not None
-            if coord is None:
-                raise CoordObjectiveError(
-                    "custom.coord_soft_ce_w1.enabled is true but the coord vocabulary is unknown"
-                )
             try:
-                ctx.stats = self.coord.add_coord_loss(
-                    ctx, coord, flat, targets, types, request, self.chunk_size
-                )
+                ctx.stats = self.coord.add_coord_loss(ctx, inputs)
             except CoordObjectiveError:
                 raise
             except Exception as exc:
@@ -460,20 +341,19 @@ class Stage1Pipeline:
                     "refusing to train on without it"
                 ) from exc
             return
-        coord_cfg: CoordLossConfig | None = request.coord_cfg if self.best_effort.enabled(COORD) else None
+        # the coord diagnostics, unless the coord component is disabled (no usable coord vocabulary)
+        diagnose_coord = self.best_effort.enabled(COORD) and inputs.coord is not None
+        coord_cfg = request.coord_cfg if diagnose_coord else None
 
         def diagnostics() -> dict[str, Tensor]:
             with torch.no_grad():
                 return stage1_stats(
-                    flat.detach(),
-                    targets,
-                    coord=coord,
-                    types=types,
-                    top5=request.top5,
-                    mass=request.mass,
-                    mass_max_tokens=request.mass_max_tokens,
-                    coord_cfg=coord_cfg if coord is not None else None,
-                    chunk_size=self.chunk_size,
+                    inputs.logits.detach(),
+                    inputs.targets,
+                    coord=inputs.coord,
+                    types=inputs.types,
+                    coord_cfg=coord_cfg,
+                    **inputs.options,
                 )
 
         stats = self.best_effort.run("stage1_statistics", diagnostics)

@@ -1,24 +1,21 @@
-"""Typed config sections of ``custom.*``: thin wrappers over the generated pydantic models.
+"""The ``custom.*`` configuration: the generated pydantic models, parsed with key-path errors.
 
-Each wrapper adds :meth:`from_mapping`, which turns pydantic's errors into one
-:class:`ConfigError` whose lines name the full key path, e.g.
+Fields, defaults, bounds and types are said once, in ``schemas/config.schema.json``; the models
+``tools/regen.py`` generates from it are frozen (arrays are tuples) and are the configuration every
+component reads. This module keeps what is not a model: :class:`ConfigError` and its wording, the
+parse entry points (:meth:`from_mapping`, :func:`load_custom_config`), the one rule across fields
+(codegen cannot generate it), and the public names, each a thin subclass of its generated model that adds
+``from_mapping`` and mapping-style reads. Errors name the full key path, e.g.
 ``custom.coord_soft_ce_w1.temperature: must be > 0``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    SerializationInfo,
-    ValidationError,
-    field_serializer,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ValidationError, model_validator
 
 from coordexp.generated.models import config as generated
 
@@ -27,7 +24,8 @@ class ConfigError(ValueError):
     """Invalid ``custom.*`` configuration; the message names every offending key path."""
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error (``ValidationError.errors()`` item) in words: ``must be > 0``."""
     ctx = error.get("ctx") or {}
     kind = error.get("type", "")
     templates = {
@@ -45,6 +43,7 @@ def _describe(error: Mapping[str, Any]) -> str:
         "float_type": "must be a number",
         "string_type": "must be a string",
         "list_type": "must be a list",
+        "tuple_type": "must be a list",  # the models hold arrays as tuples; YAML says list
         "enum": "must be one of {expected}",
         "literal_error": "must be one of {expected}",
         "model_type": "must be a mapping",
@@ -66,28 +65,71 @@ def format_validation_error(exc: ValidationError, prefix: str) -> str:
     for error in exc.errors():
         loc = ".".join(str(p) for p in error["loc"] if p != "__root__")
         path = f"{prefix}.{loc}" if loc else prefix
-        lines.append(f"{path}: {_describe(error)}")
+        lines.append(f"{path}: {describe_error(error)}")
     return "\n".join(lines)
 
 
+def coord_loss_weight_error(cfg: generated.CoordSoftCEW1Config) -> str | None:
+    """An enabled coord loss needs a non-zero weight (a rule across fields: no generated code for it)."""
+    weights = (cfg.ce_weight, cfg.soft_ce_weight, cfg.w1_weight, cfg.gate_weight)
+    if cfg.enabled and not any(w > 0 for w in weights):
+        return (
+            "enabled with every weight 0: set at least one of ce_weight, soft_ce_weight, "
+            "w1_weight, gate_weight > 0"
+        )
+    return None
+
+
+def rule_errors(model: BaseModel, where: str) -> list[str]:
+    """``path: message`` for each rule ``model`` or a section inside it breaks."""
+    errors = []
+    if isinstance(model, generated.CoordSoftCEW1Config) and (msg := coord_loss_weight_error(model)):
+        errors.append(f"{where}: {msg}")
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            errors += rule_errors(value, f"{where}.{name}")
+    return errors
+
+
+def _section_path(model: type[BaseModel]) -> str:
+    """``custom.<key>`` of a section model, read from the generated ``custom`` block."""
+    for name, field in generated.CustomConfig.model_fields.items():
+        if model in typing.get_args(field.annotation):
+            return f"custom.{name}"
+    return "custom"
+
+
 class _Section(BaseModel):
-    """Mixin for the wrappers: construction from a plain mapping with key-path errors."""
+    """Mixin of the public names: parsing from a plain mapping, and mapping-style reads."""
 
     SECTION: ClassVar[str] = "custom"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        generated_base = next(b for b in cls.__mro__ if b.__module__ == generated.__name__)
+        cls.SECTION = _section_path(generated_base)
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, *, prefix: str | None = None) -> Self:
+        """Validate ``data`` (a mapping, or a section model built elsewhere) into this section."""
         where = prefix or cls.SECTION
-        if data is None:
-            data = {}
         if isinstance(data, cls):
             return data
+        if data is None:
+            data = {}
+        if isinstance(data, BaseModel):  # e.g. the generated model the loader built: re-typed
+            data = dict(data)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
         try:
-            return cls.model_validate(dict(data))
+            model = cls.model_validate(dict(data))
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, where)) from None
+        errors = rule_errors(model, where)
+        if errors:
+            raise ConfigError("\n".join(errors))
+        return model
 
     def get(self, name: str, default: Any = None) -> Any:
         """Mapping-style read, so code written for the old dict configs keeps working."""
@@ -100,20 +142,7 @@ class _Section(BaseModel):
 
 
 class TokenTypeMetricsConfig(_Section, generated.TokenTypeMetricsConfig):
-    SECTION: ClassVar[str] = "custom.token_type_metrics"
-    # include/exclude are tuples, as in the dataclass config this replaced (callers compare them
-    # with tuples); the schema has no tuple type, so the generated model says list.
-    model_config = ConfigDict(validate_default=True)
-
-    @field_validator("include", "exclude", mode="after")
-    @classmethod
-    def _as_tuple(cls, labels: list[str]) -> tuple[str, ...]:
-        return tuple(labels)
-
-    @field_serializer("include", "exclude")
-    def _dump_labels(self, labels: Sequence[str], info: SerializationInfo) -> list[str] | tuple[str, ...]:
-        # Serialised by hand: the generated list[str] serializer would warn about the tuple.
-        return list(labels) if info.mode_is_json() else tuple(labels)
+    """``custom.token_type_metrics``."""
 
     def includes(self, dataset_label: str) -> bool:
         """Whether samples of ``dataset_label`` get token types (include, minus exclude)."""
@@ -122,45 +151,34 @@ class TokenTypeMetricsConfig(_Section, generated.TokenTypeMetricsConfig):
 
 
 class CoordSoftCEW1Config(_Section, generated.CoordSoftCEW1Config):
-    SECTION: ClassVar[str] = "custom.coord_soft_ce_w1"
+    """``custom.coord_soft_ce_w1``; constructing one checks its weight rule too."""
 
     @model_validator(mode="after")
     def _some_weight_when_enabled(self) -> Self:
-        weights = (self.ce_weight, self.soft_ce_weight, self.w1_weight, self.gate_weight)
-        if self.enabled and not any(w > 0 for w in weights):
-            raise ValueError(
-                "enabled with every weight 0: set at least one of ce_weight, soft_ce_weight, "
-                "w1_weight, gate_weight > 0"
-            )
+        msg = coord_loss_weight_error(self)
+        if msg is not None:
+            raise ValueError(msg)
         return self
 
 
 class InstabilityMonitorConfig(_Section, generated.InstabilityMonitorConfig):
-    SECTION: ClassVar[str] = "custom.instability_monitor"
+    """``custom.instability_monitor``."""
 
 
 class ContractsConfig(_Section, generated.ContractsConfig):
-    SECTION: ClassVar[str] = "custom.contracts"
+    """``custom.contracts``."""
 
 
 class MetricsConfig(_Section, generated.MetricsConfig):
-    SECTION: ClassVar[str] = "custom.metrics"
+    """``custom.metrics``."""
 
 
 class Stage1PassConfig(_Section, generated.Stage1PassConfig):
-    SECTION: ClassVar[str] = "custom.stage1_pass"
+    """``custom.stage1_pass``."""
 
 
 class Stage1CustomConfig(_Section, generated.CustomConfig):
-    """The whole ``custom:`` block (the Stage-1 sections; None where a section is absent)."""
-
-    SECTION: ClassVar[str] = "custom"
-    token_type_metrics: TokenTypeMetricsConfig | None = None
-    coord_soft_ce_w1: CoordSoftCEW1Config | None = None
-    instability_monitor: InstabilityMonitorConfig | None = None
-    contracts: ContractsConfig | None = None
-    metrics: MetricsConfig | None = None
-    stage1_pass: Stage1PassConfig | None = None
+    """The whole ``custom:`` block: the generated section models, None where a section is absent."""
 
 
 def load_custom_config(custom: Mapping[str, Any] | None) -> Stage1CustomConfig:

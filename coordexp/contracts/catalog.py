@@ -12,6 +12,7 @@ from coordexp.generated.metric_catalog import (
     FRAMEWORK_KEYS,
     METRIC_SPECS,
     MetricSpec,
+    Owner,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +46,19 @@ def classify_log_key(key: str) -> tuple[KeyClass, str]:
     return "unknown", base
 
 
+def owner_under(key: str, conditions: Iterable[str]) -> Owner | None:
+    """Who writes ``key`` (train-mode name) in a run that meets ``conditions``: the catalog's
+    ``owner_when`` entry of a condition that holds, else its ``owner``; None for a non-catalog key."""
+    spec = METRIC_SPECS.get(key)
+    if spec is None:
+        return None
+    held = frozenset(conditions)
+    for condition, owner in spec.owner_when:
+        if condition in held:
+            return owner
+    return spec.owner
+
+
 def keys_written_under(conditions: Iterable[str]) -> frozenset[str]:
     """The package keys whose ``requires`` all hold under ``conditions``.
 
@@ -75,6 +89,8 @@ def conditions_from_config(custom: Stage1CustomConfig | None) -> frozenset[str]:
     held = set(ALWAYS_CONDITIONS)
     if custom is None:
         return frozenset(held)
+    if custom.stage1_pass is not None and custom.stage1_pass.materialize_logits is False:
+        held.add("logits_unmaterialised")
     coord = custom.coord_soft_ce_w1
     if coord is not None:
         held.add("coord_diag")

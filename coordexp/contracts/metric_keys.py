@@ -56,8 +56,15 @@ def metric_key_violation(
         return ContractViolation(
             key, "framework_owned", f"{key!r} is written by the {spec.owner}, not by coordexp"
         )
-    if value is None:
-        return None
+    return None if value is None else metric_value_violation(key, value)
+
+
+def metric_value_violation(key: str, value: object) -> ContractViolation | None:
+    """The first rule ``value`` breaks for catalog key ``key`` (a number, finite, in its range), or
+    None; the key's owner is not checked (``metric_key_violation`` does that too)."""
+    spec = spec_of(key)
+    if spec is None:
+        raise KeyError(key)
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from collections.abc import Iterator
 from typing import Literal, cast
 
 from coordexp.contracts.errors import ContractViolation
+from coordexp.diagnostics.warn_once import WarnOnce
+from coordexp.generated.models.config import ContractsConfig
 
 GuardMode = Literal["strict", "warn", "off"]
 GUARD_MODES: tuple[GuardMode, ...] = ("strict", "warn", "off")
-TRAINING_DEFAULT_MODE: GuardMode = "warn"
+TRAINING_DEFAULT_MODE: GuardMode = ContractsConfig().mode  # custom.contracts.mode's schema default
 
 
 class ContractWarning(UserWarning):
@@ -29,8 +30,7 @@ class ContractWarning(UserWarning):
 
 _state = threading.local()
 _process_default: GuardMode = TRAINING_DEFAULT_MODE
-_warned: set[tuple[str, str]] = set()
-_warned_lock = threading.Lock()
+_warned = WarnOnce()  # (key, rule) pairs, process-wide
 
 
 def validate_mode(mode: str) -> GuardMode:
@@ -70,12 +70,8 @@ def violate(violation: ContractViolation, mode: GuardMode) -> None:
     if mode == "strict":
         raise violation
     if mode == "warn":
-        ident = (violation.key, violation.rule)
-        with _warned_lock:
-            if ident in _warned:
-                return
-            _warned.add(ident)
-        warnings.warn(
+        _warned.warn(
+            (violation.key, violation.rule),
             f"{violation} (dropped; further violations of this rule for this key are silent)",
             ContractWarning,
             stacklevel=3,
@@ -84,5 +80,4 @@ def violate(violation: ContractViolation, mode: GuardMode) -> None:
 
 def reset_warned() -> None:
     """Forget which (key, rule) pairs have warned (for tests and new runs)."""
-    with _warned_lock:
-        _warned.clear()
+    _warned.reset()

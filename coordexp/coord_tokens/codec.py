@@ -82,15 +82,21 @@ def get_coord_token_ids(tokenizer: Any) -> list[int]:
 
 
 def validate_coord_ids(ids: Sequence[int], vocab_size: int) -> None:
-    """Raise ``CoordVocabError`` when the coord ids do not all index into logits of ``vocab_size``."""
+    """Raise ``CoordVocabError`` unless ``ids`` are ``COORD_BINS`` distinct ids that all index into logits
+    of ``vocab_size`` (the check is :meth:`~coordexp.functional.coord_slice.CoordSlice.check_vocab`)."""
     if len(ids) != COORD_BINS:
         raise CoordVocabError(f"expected {COORD_BINS} coord ids, got {len(ids)}")
-    bad = [i for i in ids if not 0 <= int(i) < vocab_size]
-    if bad:
-        raise CoordVocabError(
-            f"{len(bad)} coord ids fall outside the logits' vocab of size {vocab_size} "
-            f"(max coord id {max(int(i) for i in ids)}); resize the model embeddings to the tokenizer"
-        )
+    # Imported here: the rest of the codec is plain text and ints, without torch.
+    from coordexp.functional.coord_slice import CoordSlice
+
+    try:
+        coord = CoordSlice.from_ids(ids)
+    except ValueError as exc:  # empty, negative or repeated ids
+        raise CoordVocabError(str(exc)) from exc
+    try:
+        coord.check_vocab(vocab_size)
+    except ValueError as exc:
+        raise CoordVocabError(f"{exc}; resize the model embeddings to the tokenizer") from exc
 
 
 def is_coord_token(token_id: int, coord_ids: Iterable[int]) -> bool:

@@ -5,28 +5,20 @@
 is description text (DESC), a coordinate (COORD) or JSON scaffolding (FORMAT). Token types are then
 the majority type of each token's characters (see ``coordexp.data_collators.token_types``).
 
-``TokenType`` is defined here, the lowest layer that needs it, so that ``coord_tokens`` never imports
-``data_collators`` (which imports this module); ``data_collators.token_types`` re-exports it.
+``TokenType`` is generated from ``schemas/batch_extras.schema.json`` (the codes of the
+``token_types`` extra) and re-exported here, the lowest layer that needs it, so that ``coord_tokens``
+never imports ``data_collators`` (which imports this module); ``data_collators.token_types``
+re-exports it too.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from enum import IntEnum
 from typing import Any, Final
 
 from coordexp.coord_tokens.codec import parse_coord_token
-
-
-class TokenType(IntEnum):
-    """Per-position ground-truth token type (``token_types`` batch extra)."""
-
-    IGNORE = -1
-    DESC = 1
-    COORD = 2
-    FORMAT = 3
-
+from coordexp.generated.batch_extras import TokenType
 
 DESC_KEY: Final = "desc"
 GEOMETRY_KEYS: Final = frozenset({"bbox_2d", "poly"})

@@ -40,22 +40,22 @@ restarting at 0 and no ``attention_mask``). ``enrichers.group_rows`` maps raw sa
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from coordexp.contracts import ContractViolation, check_batch_extras, check_enricher_output
 from coordexp.data_collators.enrichers import (
-    DEFAULT_INCLUDE,
-    DEFAULT_MAX_META_SAMPLES,
     EXTRA_KWARGS_KEY,
     META_FIELDS,
+    MONITOR_DEFAULTS,
+    TOKEN_TYPE_DEFAULTS,
     DatasetMetaEnricher,
     Enricher,
     InstabilityMetaEnricher,
     TokenTypesEnricher,
-    cfg_get,
+    cfg_setting,
 )
+from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
 
 logger = logging.getLogger(__name__)
@@ -115,19 +115,18 @@ class DatasetMetricsCollator:
         self.base_collator = base_collator
         self.enrichers: tuple[Enricher, ...] = tuple(enrichers)
         self.contracts_mode = contracts_mode
-        self._warned: set[str] = set()
+        self._warned = WarnOnce()  # enricher names
 
     def _warn_once(self, enricher: Enricher, exc: BaseException) -> None:
-        if enricher.name in self._warned:
-            logger.debug("enricher %s failed again: %r", enricher.name, exc)
-            return
-        self._warned.add(enricher.name)
-        warnings.warn(
+        warned = self._warned.warn(
+            enricher.name,
             f"optional batch enricher {enricher.name!r} failed ({type(exc).__name__}: {exc}); its extras "
             f"{sorted(enricher.emits)} are dropped for this batch, collation goes on (warned once)",
             EnricherWarning,
             stacklevel=3,
         )
+        if not warned:
+            logger.debug("enricher %s failed again: %r", enricher.name, exc)
 
     def _run(self, enricher: Enricher, batch: dict[str, Any], raw: list[Any]) -> None:
         view = dict(batch)  # the enricher writes into a view, so a failure leaves nothing behind
@@ -159,18 +158,14 @@ def build_enrichers(
 ) -> list[Enricher]:
     """Dataset meta always; instability meta and token types when their features are enabled."""
     enrichers: list[Enricher] = [DatasetMetaEnricher()]
-    if cfg_get(instability_monitor_cfg, "enabled", False):
-        max_meta = cfg_get(instability_monitor_cfg, "max_meta_samples", None)
-        max_meta = DEFAULT_MAX_META_SAMPLES if max_meta is None else int(max_meta)
+    monitor, tokens = instability_monitor_cfg, token_type_cfg  # None: the section is absent (off)
+    if monitor is not None and cfg_setting(monitor, MONITOR_DEFAULTS, "enabled"):
+        max_meta = int(cfg_setting(monitor, MONITOR_DEFAULTS, "max_meta_samples"))
         enrichers.append(InstabilityMetaEnricher(max_meta))
-    if cfg_get(token_type_cfg, "enabled", False):
-        include = cfg_get(token_type_cfg, "include", DEFAULT_INCLUDE)
-        exclude = cfg_get(token_type_cfg, "exclude", ())
-        enrichers.append(
-            TokenTypesEnricher(
-                template, include=DEFAULT_INCLUDE if include is None else include, exclude=exclude or ()
-            )
-        )
+    if tokens is not None and cfg_setting(tokens, TOKEN_TYPE_DEFAULTS, "enabled"):
+        include = cfg_setting(tokens, TOKEN_TYPE_DEFAULTS, "include")
+        exclude = cfg_setting(tokens, TOKEN_TYPE_DEFAULTS, "exclude")
+        enrichers.append(TokenTypesEnricher(template, include=include, exclude=exclude))
     return enrichers
 
 

@@ -27,6 +27,7 @@ from coordexp.data_collators.token_types import (
     resolve_suffix_ids,
     tail_special_ids,
 )
+from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import (
     DATASET_LABELS_KEY,
     DATASET_SEGMENTS_KEY,
@@ -34,13 +35,19 @@ from coordexp.generated.batch_extras import (
     PACK_NUM_SAMPLES_KEY,
     TOKEN_TYPES_KEY,
 )
+from coordexp.generated.models.config import InstabilityMonitorConfig, TokenTypeMetricsConfig
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABEL: Final = "default"
 MIXED_LABEL: Final = "mixed"
-DEFAULT_MAX_META_SAMPLES: Final = 16
-DEFAULT_INCLUDE: Final[tuple[str, ...]] = ("lvis",)
+# The enrichers' settings default to the schema's defaults of the sections that turn them on
+# (custom.instability_monitor, custom.token_type_metrics), read from the generated models.
+MONITOR_DEFAULTS: Final = InstabilityMonitorConfig()
+TOKEN_TYPE_DEFAULTS: Final = TokenTypeMetricsConfig()
+DEFAULT_MAX_META_SAMPLES: Final[int] = MONITOR_DEFAULTS.max_meta_samples
+DEFAULT_INCLUDE: Final[tuple[str, ...]] = TOKEN_TYPE_DEFAULTS.include
+DEFAULT_EXCLUDE: Final[tuple[str, ...]] = TOKEN_TYPE_DEFAULTS.exclude
 EXTRA_KWARGS_KEY: Final = "_extra_kwargs"  # where ms-swift's Template.encode keeps the row's extra columns
 PAYLOAD_FIELD: Final = "assistant_payload"
 # Source-row fields the metrics collator consumes; they are kept away from the model inputs.
@@ -78,6 +85,13 @@ def cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
     if isinstance(cfg, Mapping):
         return cfg.get(name, default)
     return getattr(cfg, name, default)
+
+
+def cfg_setting(cfg: Any, defaults: Any, name: str) -> Any:
+    """``name`` of a config section (Mapping or attribute-style); ``defaults``' value (the schema's
+    default, from the generated model) when the section lacks it or holds None."""
+    value = cfg_get(cfg, name)
+    return getattr(defaults, name) if value is None else value
 
 
 def sample_fields(sample: Sample) -> Mapping[str, Any]:
@@ -272,14 +286,17 @@ class TokenTypesEnricher:
     optional = True
 
     def __init__(
-        self, template: Any, include: Iterable[str] = DEFAULT_INCLUDE, exclude: Iterable[str] = ()
+        self,
+        template: Any,
+        include: Iterable[str] = DEFAULT_INCLUDE,
+        exclude: Iterable[str] = DEFAULT_EXCLUDE,
     ) -> None:
         self.template = template
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self._suffix: list[int] | None = None
         self._specials: frozenset[int] | None = None
-        self._told_no_payload = False
+        self._warned = WarnOnce()
 
     @property
     def tokenizer(self) -> Any:
@@ -311,12 +328,16 @@ class TokenTypesEnricher:
     def _check_payloads_reach_us(self, rows: Rows) -> None:
         # The usual misconfiguration: swift dropped the row's extra fields. Say so once, since the
         # only symptom would be rows that are silently all IGNORE.
-        if self._told_no_payload or any(PAYLOAD_FIELD in sample_fields(s) for row in rows for s in row):
+        if self._warned.seen("no_payload"):
             return
-        self._told_no_payload = True
-        logger.warning(
+        if any(PAYLOAD_FIELD in sample_fields(s) for row in rows for s in row):
+            return
+        self._warned.log(
+            "no_payload",
+            logger,
             "token types: no sample carries %r, so every row is IGNORE; keep the source fields with "
-            "remove_unused_columns=False (template / swift CLI)", PAYLOAD_FIELD,
+            "remove_unused_columns=False (template / swift CLI)",
+            PAYLOAD_FIELD,
         )
 
     def __call__(self, batch: dict[str, Any], raw: list[Any]) -> None:
@@ -355,6 +376,7 @@ __all__ = [
     "TokenTypesEnricher",
     "batch_num_rows",
     "cfg_get",
+    "cfg_setting",
     "group_rows",
     "row_label",
     "sample_dataset_label",

@@ -22,8 +22,8 @@ import torch
 
 from coordexp.coord_tokens.codec import COORD_BINS, coord_token
 from coordexp.coord_tokens.payload import TokenType, typed_serialization
+from coordexp.generated.batch_extras import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 MAX_SPECIAL_TAIL = 8
 _FORMAT = int(TokenType.FORMAT)
 

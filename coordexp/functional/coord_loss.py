@@ -21,7 +21,6 @@ A second backward through the same graph (``retain_graph=True``) recomputes the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,72 +29,18 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from coordexp.functional.coord_config import CoordLossConfig
 from coordexp.functional.coord_slice import CoordSlice
-from coordexp.functional.stage1_pass import (
-    DEFAULT_CHUNK_SIZE,
-    GradSpec,
-    PassSpec,
-    run_stage1_pass,
-    validate_inputs,
-)
-from coordexp.functional.targets import IGNORE_INDEX
-
-
-@dataclass
-class _Plan:
-    """What the autograd function computes: ``cfg`` is None when the coord terms are not in the loss."""
-
-    spec: PassSpec
-    coord: CoordSlice | None
-    cfg: CoordLossConfig | None
-    base_ce: bool
-    want_grad: bool
-    stats: dict[str, Tensor] = field(default_factory=dict)
-
-
-def _as_denominator(value: Tensor | float | None, default: Tensor) -> Tensor:
-    if value is None:
-        return default.clamp(min=1.0)
-    if isinstance(value, Tensor):
-        value = value.detach().to(dtype=torch.float32).reshape(())
-        # only a real move names the device (a same-device ``.to(device=...)`` reads as a host copy on CPU)
-        return value if value.device == default.device else value.to(default.device)
-    return torch.full((), float(value), device=default.device)
-
-
-def _weighted_coord_sum(stats: dict[str, Tensor], cfg: CoordLossConfig) -> Tensor:
-    total = torch.zeros_like(stats["n_coord"])
-    for weight, key in (
-        (cfg.ce_weight, "ce_sum"),
-        (cfg.soft_ce_weight, "soft_ce_sum"),
-        (cfg.w1_weight, "w1_sum"),
-        (cfg.gate_weight, "gate_sum"),
-    ):
-        if weight != 0:
-            total = total + weight * stats[key]
-    return total
-
-
-def _row_counts(targets: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
-    """``(n_coord, n_base)`` from the targets alone (the pass counts the same rows), float32, sync-free.
-
-    ``n_base`` counts the base-CE rows: every supervised target with ``base_all``, else the non-coord ones.
-    """
-    sup = targets != IGNORE_INDEX
-    if plan.coord is None:
-        return torch.zeros((), device=targets.device), sup.sum().to(torch.float32)
-    is_coord = plan.coord.lookup(targets)[0]
-    base = sup if plan.spec.base_all else sup & ~is_coord
-    return (sup & is_coord).sum().to(torch.float32), base.sum().to(torch.float32)
+from coordexp.functional.loss_plan import Denominator, LogitsInfo, LossPlan, ce_loss_plan, coord_loss_plan
+from coordexp.functional.pass_spec import DEFAULT_CHUNK_SIZE, PassOptions, validate_inputs
+from coordexp.functional.stage1_pass import run_stage1_pass
 
 
 def _unit_gradient(
-    logits: Tensor, targets: Tensor, types: Tensor | None, coord_den: Tensor, base_den: Tensor, plan: _Plan
+    logits: Tensor, targets: Tensor, types: Tensor | None, coord_den: Tensor, base_den: Tensor, plan: LossPlan
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``(d loss / d logits for grad_output = 1, stats)``: the statistics pass writing the gradient."""
     out = torch.empty_like(logits)
-    grad = GradSpec(out, 1.0 / coord_den, 1.0 / base_den)
-    stats = run_stage1_pass(logits, targets, types, replace(plan.spec, grad=True), grad).stats
-    return out, stats
+    spec, grad = plan.writing_gradient(out, coord_den, base_den)
+    return out, run_stage1_pass(logits, targets, types, spec, grad).stats
 
 
 class _CoordLossFunction(torch.autograd.Function):
@@ -109,29 +54,21 @@ class _CoordLossFunction(torch.autograd.Function):
         logits: Tensor,
         targets: Tensor,
         types: Tensor | None,
-        coord_denominator: Tensor | float | None,
-        base_denominator: Tensor | float | None,
-        plan: _Plan,
+        coord_denominator: Denominator,
+        base_denominator: Denominator,
+        plan: LossPlan,
     ) -> Tensor:
-        n_coord, n_base = _row_counts(targets, plan)
-        coord_den = _as_denominator(coord_denominator, n_coord)
-        base_den = _as_denominator(base_denominator, n_base)
+        coord_den, base_den = plan.denominators(targets, coord_denominator, base_denominator)
         grad: Tensor | None = None
         if plan.want_grad:
             grad, stats = _unit_gradient(logits, targets, types, coord_den, base_den, plan)
         else:
             stats = run_stage1_pass(logits, targets, types, plan.spec).stats
-        loss = torch.zeros((), device=logits.device)
-        if plan.cfg is not None:
-            loss = _weighted_coord_sum(stats, plan.cfg) / coord_den
-        if plan.base_ce:
-            loss = loss + stats["base_ce_sum"] / base_den
-        plan.stats = stats
         ctx.save_for_backward(logits, targets, coord_den, base_den)
         ctx.types = types  # type: ignore[attr-defined]
         ctx.plan = plan  # type: ignore[attr-defined]
         ctx.unit_grad = grad  # type: ignore[attr-defined]
-        return loss
+        return plan.loss(stats, coord_den, base_den, logits.device)
 
     @staticmethod
     @once_differentiable
@@ -153,9 +90,9 @@ def coord_loss(
     coord: CoordSlice,
     cfg: CoordLossConfig,
     *,
-    coord_denominator: Tensor | float | None = None,
+    coord_denominator: Denominator = None,
     base_ce: bool = False,
-    base_denominator: Tensor | float | None = None,
+    base_denominator: Denominator = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     types: Tensor | None = None,
     top5: bool = True,
@@ -175,11 +112,8 @@ def coord_loss(
     No coord positions: the coord part is 0 with zero gradient.
     """
     validate_inputs(logits, targets, types, chunk_size)
-    coord = coord.to(logits.device)
-    coord.check_vocab(logits.shape[-1])
-    spec = PassSpec(coord, cfg, top5, mass, mass_max_tokens, base_ce, False, chunk_size)
-    want_grad = torch.is_grad_enabled() and logits.requires_grad
-    plan = _Plan(spec, coord, cfg, base_ce, want_grad)
+    options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)
+    plan = coord_loss_plan(coord, cfg, LogitsInfo.of(logits), options, base_ce=base_ce)
     loss = _CoordLossFunction.apply(logits, targets, types, coord_denominator, base_denominator, plan)
     return loss, plan.stats
 
@@ -188,7 +122,7 @@ def ce_loss(
     logits: Tensor,
     targets: Tensor,
     *,
-    denominator: Tensor | float | None = None,
+    denominator: Denominator = None,
     coord: CoordSlice | None = None,
     coord_cfg: CoordLossConfig | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -208,12 +142,8 @@ def ce_loss(
     coord rows' full-vocab ``logsumexp`` (gate and mass diagnostics) uses the raw row, as the CE does.
     """
     validate_inputs(logits, targets, types, chunk_size)
-    if coord is not None:
-        coord = coord.to(logits.device)
-        coord.check_vocab(logits.shape[-1])
-    diag_cfg = coord_cfg if coord is not None else None
-    spec = PassSpec(coord, diag_cfg, top5, mass, mass_max_tokens, False, False, chunk_size, base_all=True)
-    want_grad = torch.is_grad_enabled() and logits.requires_grad
-    plan = _Plan(spec, coord, None, True, want_grad)
+    options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)
+    plan = ce_loss_plan(coord, coord_cfg, LogitsInfo.of(logits), options)
     loss = _CoordLossFunction.apply(logits, targets, types, None, denominator, plan)
     return loss, plan.stats
+

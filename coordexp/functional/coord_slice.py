@@ -66,12 +66,14 @@ class CoordSlice:
         return CoordSlice(self.ids.to(device), self.start, self.max_id)
 
     def check_vocab(self, vocab_size: int) -> None:
-        """Raise ``ValueError`` if a coord id (known on the host) is outside a ``vocab_size`` vocabulary."""
+        """Raise ``ValueError`` if a coord id (known on the host) does not index into logits of
+        ``vocab_size`` columns. The one check of the coord ids against a vocabulary: the pipeline and
+        ``coordexp.coord_tokens.validate_coord_ids`` say why it failed around this message."""
         top = self.max_id
         if top is None and self.start is not None:
             top = self.start + self.num_bins - 1
         if top is not None and top >= vocab_size:
-            raise ValueError(f"coord token id {top} is outside the logits' vocabulary of size {vocab_size}")
+            raise ValueError(f"coord token id {top} is beyond the logits' vocabulary ({vocab_size})")
 
     def take(self, logits: Tensor) -> Tensor:
         """Coord logits in bin order: ``[n, V] -> [n, K]`` (a view when the ids are consecutive)."""

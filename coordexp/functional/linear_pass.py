@@ -15,7 +15,7 @@ the pass). The memory beyond the parameters' own gradients is the chunk's scratc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,15 +24,17 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from coordexp.functional.coord_config import CoordLossConfig
-from coordexp.functional.coord_loss import _as_denominator, _Plan, _row_counts, _weighted_coord_sum
 from coordexp.functional.coord_slice import CoordSlice
-from coordexp.functional.stage1_pass import (
-    DEFAULT_CHUNK_SIZE,
-    ChunkSource,
-    GradSpec,
-    PassSpec,
-    run_stage1_pass,
+from coordexp.functional.loss_plan import (
+    Denominator,
+    LogitsInfo,
+    LossPlan,
+    ce_loss_plan,
+    coord_loss_plan,
+    wants_grad,
 )
+from coordexp.functional.pass_spec import DEFAULT_CHUNK_SIZE, ChunkSource, PassOptions, validate_targets
+from coordexp.functional.stage1_pass import run_stage1_pass
 
 LINEAR_CHUNK_ELEMENTS = 1 << 26
 """On an accelerator a chunk holds at most this many logits (256 MiB in fp32): the head weight is read
@@ -115,7 +117,7 @@ def _run(
     types: Tensor | None,
     coord_den: Tensor,
     base_den: Tensor,
-    plan: _Plan,
+    plan: LossPlan,
     wants: tuple[bool, bool, bool],
     preds: Tensor | None,
 ) -> tuple[_Grads | None, dict[str, Tensor]]:
@@ -124,8 +126,7 @@ def _run(
     source = _source(hidden, head, rows, grads, preds)
     if grads is None:
         return None, run_stage1_pass(source, targets, types, plan.spec).stats
-    spec = replace(plan.spec, grad=True)
-    grad = GradSpec(grads.rows_buf, 1.0 / coord_den, 1.0 / base_den)
+    spec, grad = plan.writing_gradient(grads.rows_buf, coord_den, base_den)
     return grads, run_stage1_pass(source, targets, types, spec, grad).stats
 
 
@@ -141,30 +142,22 @@ class _LinearPassFunction(torch.autograd.Function):
         bias: Tensor | None,
         targets: Tensor,
         types: Tensor | None,
-        coord_denominator: Tensor | float | None,
-        base_denominator: Tensor | float | None,
-        plan: _Plan,
+        coord_denominator: Denominator,
+        base_denominator: Denominator,
+        plan: LossPlan,
         preds: Tensor | None,
     ) -> Tensor:
-        n_coord, n_base = _row_counts(targets, plan)
-        coord_den = _as_denominator(coord_denominator, n_coord)
-        base_den = _as_denominator(base_denominator, n_base)
+        coord_den, base_den = plan.denominators(targets, coord_denominator, base_denominator)
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         wants = (bool(needs[0]), bool(needs[1]), bool(needs[2])) if plan.want_grad else (False,) * 3
         head = OutputHead(weight, bias)
         grads, stats = _run(hidden, head, targets, types, coord_den, base_den, plan, wants, preds)
-        loss = torch.zeros((), device=hidden.device)
-        if plan.cfg is not None:
-            loss = _weighted_coord_sum(stats, plan.cfg) / coord_den
-        if plan.base_ce:
-            loss = loss + stats["base_ce_sum"] / base_den
-        plan.stats = stats
         ctx.save_for_backward(hidden, weight, targets, coord_den, base_den)
         ctx.bias = bias  # type: ignore[attr-defined]
         ctx.types = types  # type: ignore[attr-defined]
         ctx.plan = plan  # type: ignore[attr-defined]
         ctx.grads = grads  # type: ignore[attr-defined]
-        return loss
+        return plan.loss(stats, coord_den, base_den, hidden.device)
 
     @staticmethod
     @once_differentiable
@@ -208,10 +201,11 @@ def _check(hidden: Tensor, head: OutputHead, targets: Tensor, types: Tensor | No
         raise ValueError(
             f"targets must be int64 [N={hidden.shape[0]}], got {tuple(targets.shape)} {targets.dtype}"
         )
-    if types is not None and (types.shape != targets.shape or types.dtype != torch.long):
-        raise ValueError("types must be an int64 tensor shaped like targets")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    validate_targets(hidden.shape[0], targets, types, chunk_size)
+
+
+def _logits_info(hidden: Tensor, head: OutputHead) -> LogitsInfo:
+    return LogitsInfo(head.weight.shape[0], hidden.device, wants_grad(hidden, head.weight, head.bias))
 
 
 def _apply(
@@ -219,20 +213,15 @@ def _apply(
     head: OutputHead,
     targets: Tensor,
     types: Tensor | None,
-    coord_denominator: Tensor | float | None,
-    base_denominator: Tensor | float | None,
-    plan: _Plan,
+    coord_denominator: Denominator,
+    base_denominator: Denominator,
+    plan: LossPlan,
     preds: Tensor | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     loss = _LinearPassFunction.apply(
         hidden, head.weight, head.bias, targets, types, coord_denominator, base_denominator, plan, preds
     )
     return loss, plan.stats
-
-
-def _wants_grad(hidden: Tensor, head: OutputHead) -> bool:
-    params = [hidden, head.weight] + ([head.bias] if head.bias is not None else [])
-    return torch.is_grad_enabled() and any(t.requires_grad for t in params)
 
 
 def linear_coord_loss(
@@ -242,9 +231,9 @@ def linear_coord_loss(
     coord: CoordSlice,
     cfg: CoordLossConfig,
     *,
-    coord_denominator: Tensor | float | None = None,
+    coord_denominator: Denominator = None,
     base_ce: bool = False,
-    base_denominator: Tensor | float | None = None,
+    base_denominator: Denominator = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     types: Tensor | None = None,
     top5: bool = True,
@@ -258,10 +247,8 @@ def linear_coord_loss(
     ``hidden`` ``[N, H]``; ``preds`` (optional, ``[N]`` int64) receives each row's argmax.
     """
     _check(hidden, head, targets, types, chunk_size)
-    coord = coord.to(hidden.device)
-    coord.check_vocab(head.weight.shape[0])
-    spec = PassSpec(coord, cfg, top5, mass, mass_max_tokens, base_ce, False, chunk_size)
-    plan = _Plan(spec, coord, cfg, base_ce, _wants_grad(hidden, head))
+    options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)
+    plan = coord_loss_plan(coord, cfg, _logits_info(hidden, head), options, base_ce=base_ce)
     return _apply(hidden, head, targets, types, coord_denominator, base_denominator, plan, preds)
 
 
@@ -270,7 +257,7 @@ def linear_ce_loss(
     head: OutputHead,
     targets: Tensor,
     *,
-    denominator: Tensor | float | None = None,
+    denominator: Denominator = None,
     coord: CoordSlice | None = None,
     coord_cfg: CoordLossConfig | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -283,10 +270,6 @@ def linear_ce_loss(
     """:func:`~coordexp.functional.coord_loss.ce_loss` of ``hidden @ head.weight.T (+ bias)`` without
     those logits (see :func:`linear_coord_loss`)."""
     _check(hidden, head, targets, types, chunk_size)
-    if coord is not None:
-        coord = coord.to(hidden.device)
-        coord.check_vocab(head.weight.shape[0])
-    diag_cfg = coord_cfg if coord is not None else None
-    spec = PassSpec(coord, diag_cfg, top5, mass, mass_max_tokens, False, False, chunk_size, base_all=True)
-    plan = _Plan(spec, coord, None, True, _wants_grad(hidden, head))
+    options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)
+    plan = ce_loss_plan(coord, coord_cfg, _logits_info(hidden, head), options)
     return _apply(hidden, head, targets, types, None, denominator, plan, preds)

@@ -12,17 +12,24 @@ from typing import Final
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX: Final = -100
-"""Label value of an unsupervised position (the HF / PyTorch convention)."""
+from coordexp.generated.batch_extras import IGNORE_INDEX, TokenType
 
-TYPE_IGNORE: Final = -1
-"""Token type of an unsupervised or untyped position."""
-TYPE_DESC: Final = 1
-"""Token type of a ``desc`` string value (quotes included)."""
-TYPE_COORD: Final = 2
-"""Token type of a coordinate (coord token or number under ``bbox_2d``/``poly``)."""
-TYPE_FORMAT: Final = 3
-"""Token type of JSON punctuation, keys and template suffix tokens."""
+__all__ = [
+    "IGNORE_INDEX",
+    "TYPE_COORD",
+    "TYPE_DESC",
+    "TYPE_FORMAT",
+    "TYPE_IGNORE",
+    "next_token_targets",
+    "next_token_types",
+]
+
+# The token-type codes as plain ints (tensor fill values, comparisons); their values and meaning
+# are declared once, in schemas/batch_extras.schema.json (generated ``TokenType``).
+TYPE_IGNORE: Final = int(TokenType.IGNORE)
+TYPE_DESC: Final = int(TokenType.DESC)
+TYPE_COORD: Final = int(TokenType.COORD)
+TYPE_FORMAT: Final = int(TokenType.FORMAT)
 
 
 def _shift_left(values: Tensor, pad_value: int) -> Tensor:

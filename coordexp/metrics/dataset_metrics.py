@@ -24,13 +24,13 @@ from coordexp.components.loss_seam import Stage1LossFunc, refuse_unsupported_opt
 from coordexp.components.output_head import refuse_unmaterialised_options
 from coordexp.components.pipeline import materializes_logits, reads_logits
 from coordexp.config import Stage1CustomConfig, load_custom_config
-from coordexp.generated.batch_extras import (
-    BATCH_EXTRAS_KEYS,
+from coordexp.contracts.stash import (
     BatchExtras,
     get_stashed_batch_extras,
     pop_batch_extras,
     stash_batch_extras,
 )
+from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
 
 _PIPELINE_ATTR = "_coordexp_stage1_pipeline"
 _EXTRAS_PREPARED_ATTR = "_coordexp_extras_prepared"

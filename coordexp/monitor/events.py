@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from coordexp.io.jsonl import iter_jsonl
 from coordexp.monitor.observation import MonitorDecision, StepObservation
 
 __all__ = [
@@ -167,8 +168,7 @@ class JsonlAppender:
 def read_jsonl(path: str | Path) -> list[Any]:
     """Parse every newline-terminated line of ``path``; an unterminated torn tail is ignored.
 
-    Raises ``ValueError`` (``json.JSONDecodeError``) when a complete line is not JSON.
+    Raises :class:`~coordexp.io.jsonl.JsonlError` (a ``ValueError`` naming ``file:line``) when a
+    complete line is not JSON.
     """
-    data = Path(path).read_bytes()
-    complete = data.split(b"\n")[:-1]
-    return [json.loads(line) for line in complete if line.strip()]
+    return [value for _, value in iter_jsonl(path, complete_only=True)]

@@ -12,13 +12,14 @@ its own observations (a caller that needs ranks to agree on ``stop`` reduces it 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coordexp.monitor._warn import WarnOnce
+from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.monitor.events import EVENTS_FILENAME, JsonlAppender, build_event, encode_line
 from coordexp.monitor.observation import LOSS_SPIKE, MonitorDecision, StepObservation
 from coordexp.monitor.rules import clean_observation, detect_reasons, next_ema, should_guard, should_stop
@@ -28,6 +29,7 @@ from coordexp.monitor.settings import InstabilityMonitorSettings, normalize_moni
 __all__ = ["DEFAULT_DUMP_SUBDIR", "InstabilityMonitor"]
 
 DEFAULT_DUMP_SUBDIR = "instability_dumps"
+LOGGER = logging.getLogger("coordexp.monitor")
 _NO_DECISION = MonitorDecision()
 
 
@@ -56,9 +58,14 @@ class InstabilityMonitor:
         self.is_main_process = bool(is_main_process)
         self._sources = {str(label): Path(path) for label, path in (source_files or {}).items()}
         self._events = JsonlAppender(self.events_path)
-        self._warn = WarnOnce()
+        self._warned = WarnOnce()  # failure kinds
         self._ema: float | None = None
         self._dumps_per_step: dict[tuple[int, str], int] = {}
+
+    def _warn(self, kind: str, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` the first time ``kind`` fails (each kind once: a diagnostic must not flood
+        the training log); return whether it logged."""
+        return self._warned.log(kind, LOGGER, msg, *args)
 
     @property
     def ema(self) -> float | None:

@@ -15,9 +15,11 @@ Choices:
   rare, and a pass keeps no index that could go stale if the file changes.
 - The dump file is written to a temporary file in the same folder, fsynced, then ``os.replace``d
   into place, so a reader (or a crash) never sees half a dump.
+- The meta is read with the model generated from ``schemas/instability_meta.schema.json`` (the
+  contract the enricher writes and the batch guard checks), never picked apart by hand.
 - A sample that cannot be found (no position, no source file for its label, unreadable file,
   line or index past the end) is skipped with one warning per kind and label/file; nothing raises
-  except a malformed meta JSON (``ValueError``), which the monitor reports once.
+  except meta that is not JSON matching that schema (``ValueError``), which the monitor reports once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from coordexp.generated.models.instability_meta import InstabilityMeta
 from coordexp.monitor.events import encode_line
 
 __all__ = ["SampleRef", "dump_batch_samples", "parse_meta", "read_lines", "read_rows", "write_atomic"]
@@ -51,42 +56,34 @@ class SampleRef:
     source_line: int | None = None
 
 
-def _opt_int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def parse_meta(meta_json: str) -> list[SampleRef]:
     """The samples of an ``instability_meta_json`` text, row by row.
 
-    Raises ``ValueError`` when the text is not JSON or not a list of row objects with a
-    ``samples`` list of objects. Odd field values inside a sample (a non-integer ``base_idx``)
-    are tolerated and read as unknown.
+    Raises ``ValueError`` when the text is not JSON or does not match
+    ``instability_meta.schema.json`` (checked strictly by the generated ``InstabilityMeta`` model:
+    a row without a ``samples`` list, a sample that is not an object, a non-integer ``base_idx``).
     """
-    data = json.loads(meta_json)
-    if not isinstance(data, list):
-        raise ValueError("instability meta must be a JSON list of rows")
-    refs: list[SampleRef] = []
-    for row_index, row in enumerate(data):
-        samples = row.get("samples") if isinstance(row, dict) else None
-        if not isinstance(samples, list):
-            raise ValueError(f"instability meta row {row_index} has no 'samples' list")
-        for sample in samples:
-            if not isinstance(sample, dict):
-                raise ValueError(f"instability meta row {row_index} has a sample that is not an object")
-            sample_id = sample.get("sample_id")
-            source_file, source_line = sample.get("source_file"), _opt_int(sample.get("source_line"))
-            refs.append(
-                SampleRef(
-                    row=row_index,
-                    dataset=str(sample.get("dataset", "default")),
-                    base_idx=_opt_int(sample.get("base_idx")),
-                    sample_id=sample_id if isinstance(sample_id, int | str) else None,
-                    length=_opt_int(sample.get("length")),
-                    source_file=source_file if isinstance(source_file, str) and source_file else None,
-                    source_line=source_line if source_line is not None and source_line >= 1 else None,
-                )
-            )
-    return refs
+    try:
+        rows = InstabilityMeta.model_validate_json(meta_json, strict=True).root
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "/".join(str(p) for p in first["loc"]) or "<root>"
+        raise ValueError(
+            f"instability meta does not match instability_meta.schema.json at {where}: {first['msg']}"
+        ) from exc
+    return [
+        SampleRef(
+            row=row_index,
+            dataset=sample.dataset,
+            base_idx=sample.base_idx,
+            sample_id=sample.sample_id,
+            length=sample.length,
+            source_file=sample.source_file or None,
+            source_line=sample.source_line,
+        )
+        for row_index, row in enumerate(rows)
+        for sample in row.samples
+    ]
 
 
 def read_lines(path: Path, wanted: set[int]) -> dict[int, bytes]:

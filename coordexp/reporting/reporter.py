@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
 from coordexp.contracts import ContractViolation, check_metric_key
+from coordexp.generated.models.config import MetricsConfig
 from coordexp.reporting.aggregation import AggregationMode, Ratio, StepValue, WindowMetric, metric_for
 
 logger = logging.getLogger("coordexp")
 Mode = Literal["train", "eval"]
 T = TypeVar("T")
+DEFAULT_AGGREGATION: AggregationMode = MetricsConfig().aggregation  # custom.metrics.aggregation's default
 
 
 def trainer_mode(model: Any) -> Mode:
@@ -33,7 +35,7 @@ class MetricReporter:
     ``MeanMetric``): the unweighted mean of per-step values that runs logged before the option.
     """
 
-    def __init__(self, mode: str | None = None, aggregation: AggregationMode = "exact") -> None:
+    def __init__(self, mode: str | None = None, aggregation: AggregationMode = DEFAULT_AGGREGATION) -> None:
         self.mode = mode
         self.aggregation: AggregationMode = aggregation
         self._keys: tuple[str, ...] | None = None  # what register() was asked to install

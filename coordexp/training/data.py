@@ -25,7 +25,6 @@ malformed messages, an image it cannot read, any encode error), and a row with n
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any, overload
 from coordexp.coord_tokens.codec import COORD_BINS, invalid_coord_tokens
 from coordexp.data_collators.enrichers import SOURCE_FILE_KEY, SOURCE_LINE_KEY
 from coordexp.functional.targets import IGNORE_INDEX
+from coordexp.io.jsonl import read_jsonl_lines
 from coordexp.training.config import DataSection
 from coordexp.training.refused import RefusedRows
 
@@ -77,24 +77,15 @@ class SourceRow:
 
 
 def read_jsonl(path: Path) -> Iterator[SourceRow]:
-    # Binary, split on b"\n" only: the same line numbers the dump reader counts (text mode would
-    # also split on a lone "\r").
-    with path.open("rb") as handle:
-        for lineno, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                yield SourceRow(path, lineno, None, f"not UTF-8 ({exc.reason} at byte {exc.start})")
-                continue
-            except json.JSONDecodeError as exc:
-                yield SourceRow(path, lineno, None, f"not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(row, dict) or "messages" not in row:
-                yield SourceRow(path, lineno, None, "each row must be an object with 'messages'")
-                continue
-            yield SourceRow(path, lineno, row)
+    """Every non-blank line of a data file as a row, or why it is not one (the line numbers the
+    dump reader counts: :mod:`coordexp.io.jsonl`)."""
+    for line in read_jsonl_lines(path):
+        if line.problem is not None:
+            yield SourceRow(path, line.number, None, line.problem)
+        elif not isinstance(line.value, dict) or "messages" not in line.value:
+            yield SourceRow(path, line.number, None, "each row must be an object with 'messages'")
+        else:
+            yield SourceRow(path, line.number, line.value)
 
 
 def _assistant_texts(row: Mapping[str, Any]) -> Iterator[str]:

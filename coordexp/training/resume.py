@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from coordexp.config import ConfigError
+from coordexp.io.jsonl import read_jsonl_lines
 
 __all__ = [
     "checkpoint_step",
@@ -161,24 +162,15 @@ def _logged_step(record: Mapping[str, Any]) -> int:
 def _keep_lines(path: Path, keep: Any) -> int:
     """Rewrite ``path`` with the JSON lines ``keep`` accepts (a torn last line goes too); return the
     number of lines dropped. Written to a temporary file first, then renamed over the original."""
-    lines = path.read_bytes().split(b"\n")
     kept: list[bytes] = []
     dropped = 0
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if i == len(lines) - 1:  # unterminated tail of a killed write
-                dropped += 1
-                continue
-            kept.append(line)  # not ours to repair
-            continue
-        if isinstance(record, Mapping) and not keep(record):
+    for line in read_jsonl_lines(path):
+        if line.error is not None and not line.terminated:  # unterminated tail of a killed write
+            dropped += 1
+        elif line.error is None and isinstance(line.value, Mapping) and not keep(line.value):
             dropped += 1
         else:
-            kept.append(line)
+            kept.append(line.raw)  # a complete line that is not JSON is not ours to repair
     if dropped:
         tmp = path.with_name(path.name + ".resume-tmp")
         tmp.write_bytes(b"".join(line + b"\n" for line in kept))

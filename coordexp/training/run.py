@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coordexp.config import ConfigError, Stage1CustomConfig
+from coordexp.config import ConfigError, ContractsConfig, Stage1CustomConfig
 from coordexp.contracts import set_default_mode
 from coordexp.training.config import TrainConfig, dump_config, parse_config
 from coordexp.training.rank_failure import stop_all_ranks_on_error
@@ -145,7 +145,7 @@ def build_trainer(cfg: TrainConfig) -> Any:
     from coordexp.training.vl_support import is_multimodal_model_type, require_vl_dependencies
 
     stage1: Stage1CustomConfig = cfg.stage1()
-    set_default_mode(stage1.contracts.mode if stage1.contracts is not None else "warn")
+    set_default_mode((stage1.contracts or ContractsConfig()).mode)  # absent: the schema's default
     random.seed(cfg.seed)
 
     if is_multimodal_model_type(cfg.model.model_type):

@@ -15,16 +15,20 @@ class TokenTypeMetricsConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     enabled: bool = Field(
         False, description="Turn the token metrics (and the token-types enricher) on."
     )
-    include: list[str] = Field(
+    include: tuple[str, ...] = Field(
         ["lvis"],
         description="Dataset labels (lower-cased) whose samples get token types.",
+        validate_default=True,
     )
-    exclude: list[str] = Field(
-        [], description="Dataset labels never typed; wins over include."
+    exclude: tuple[str, ...] = Field(
+        [],
+        description="Dataset labels never typed; wins over include.",
+        validate_default=True,
     )
     log_top5: bool = Field(True, description="Also log top-5 accuracies.")
     coord_monitor_mass: bool = Field(
@@ -44,6 +48,7 @@ class CoordSoftCEW1Config(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     enabled: bool = Field(
         False,
@@ -83,9 +88,10 @@ class EarlyStopConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     enabled: bool = Field(False, description="Stop training on a configured reason.")
-    on_reasons: list[
+    on_reasons: tuple[
         Literal[
             "nonfinite_loss",
             "nonfinite_logits",
@@ -93,10 +99,12 @@ class EarlyStopConfig(BaseModel):
             "loss_spike",
             "zero_token_acc",
             "low_token_acc",
-        ]
+        ],
+        ...,
     ] = Field(
         ["nonfinite_loss", "nonfinite_logits"],
         description="Reasons that stop training.",
+        validate_default=True,
     )
 
 
@@ -107,6 +115,7 @@ class GuardConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     enabled: bool = Field(False, description="Turn the guard on.")
     guard_in_eval: bool = Field(False, description="Also guard evaluation steps.")
@@ -132,6 +141,7 @@ class ContractsConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     mode: Literal["strict", "warn", "off"] = Field(
         "warn",
@@ -146,6 +156,7 @@ class MetricsConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     aggregation: Literal["exact", "per_step_mean"] = Field(
         "exact",
@@ -160,6 +171,7 @@ class Stage1PassConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     materialize_logits: bool = Field(
         True,
@@ -174,6 +186,7 @@ class InstabilityMonitorConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
     enabled: bool = Field(
         False, description="Turn the monitor (and the instability-meta enricher) on."
@@ -216,19 +229,14 @@ class CustomConfig(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        frozen=True,
     )
-    token_type_metrics: TokenTypeMetricsConfig | None = Field(
-        default_factory=TokenTypeMetricsConfig
-    )
-    coord_soft_ce_w1: CoordSoftCEW1Config | None = Field(
-        default_factory=CoordSoftCEW1Config
-    )
-    instability_monitor: InstabilityMonitorConfig | None = Field(
-        default_factory=InstabilityMonitorConfig
-    )
-    contracts: ContractsConfig | None = Field(default_factory=ContractsConfig)
-    metrics: MetricsConfig | None = Field(default_factory=MetricsConfig)
-    stage1_pass: Stage1PassConfig | None = Field(default_factory=Stage1PassConfig)
+    token_type_metrics: TokenTypeMetricsConfig | None = None
+    coord_soft_ce_w1: CoordSoftCEW1Config | None = None
+    instability_monitor: InstabilityMonitorConfig | None = None
+    contracts: ContractsConfig | None = None
+    metrics: MetricsConfig | None = None
+    stage1_pass: Stage1PassConfig | None = None
 
 
 class Stage1Config(BaseModel):
@@ -238,5 +246,6 @@ class Stage1Config(BaseModel):
 
     model_config = ConfigDict(
         extra="allow",
+        frozen=True,
     )
-    custom: CustomConfig | None = Field(default_factory=CustomConfig)
+    custom: CustomConfig | None = None

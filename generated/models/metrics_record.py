@@ -335,7 +335,7 @@ class MetricsRecord(BaseModel):
     epoch: float | None = Field(None, description="Fractional epoch.", ge=0.0)
     token_acc: float | None = Field(
         None,
-        description="ms-swift top-1 accuracy over supervised tokens (ms-swift's compute_acc, into ms-swift's metric). ms-swift computes it from the logits; with custom.stage1_pass.materialize_logits: false, where ms-swift skips it for want of logits, coordexp's pass computes it from each row's argmax with the same definition.",
+        description="ms-swift top-1 accuracy over supervised tokens (ms-swift's compute_acc, into ms-swift's metric). ms-swift computes it from the logits; without materialised logits (custom.stage1_pass.materialize_logits: false), where ms-swift skips it for want of logits, coordexp's pass computes it from each row's argmax with the same definition and feeds it to the same metric.",
         ge=0.0,
         le=1.0,
     )

@@ -283,3 +283,17 @@ def test_tensorboard_only_run_is_checked(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_parser_prog() -> None:
     assert check_logs.build_parser().prog == "coordexp check-logs"
+
+
+def test_token_acc_is_range_checked_where_coordexp_computes_it() -> None:
+    """``token_acc`` is ms-swift's key; under ``logits_unmaterialised`` coordexp's pass computes its
+    value (the catalog's ``owner_when``), so check-logs holds the value to the catalog's range there."""
+    from coordexp.cli.check_logs import check_record
+    from coordexp.cli.logs import LogRecord
+
+    record = LogRecord("logging.jsonl", 1, 1, "train", {"token_acc": 1.5, "loss": 2.0})
+    assert check_record(record) == []  # ms-swift computes it: not coordexp's value to judge
+    found = check_record(record, conditions={"logits_unmaterialised"})
+    assert [(v.key, v.rule) for v in found] == [("token_acc", "out_of_range")]
+    ok = LogRecord("logging.jsonl", 2, 2, "train", {"token_acc": 0.5})
+    assert check_record(ok, conditions={"logits_unmaterialised"}) == []

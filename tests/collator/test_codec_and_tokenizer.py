@@ -85,7 +85,7 @@ def test_duplicate_coord_ids_raise() -> None:
 def test_validate_coord_ids_beyond_vocab() -> None:
     ids = list(range(100, 100 + COORD_BINS))
     validate_coord_ids(ids, 1100)
-    with pytest.raises(CoordVocabError, match="vocab of size 1099"):
+    with pytest.raises(CoordVocabError, match=r"beyond the logits' vocabulary \(1099\)"):
         validate_coord_ids(ids, 1099)
 
 

@@ -182,3 +182,23 @@ def test_a_logged_record_validates_against_the_metrics_schema() -> None:
     MetricsRecord.model_validate(record)
     errors = list(Draft202012Validator(METRICS_SCHEMA).iter_errors({"lvis/token_acc": 0.5}))
     assert errors
+
+
+def test_token_acc_owner_depends_on_materialised_logits() -> None:
+    """ms-swift writes ``token_acc`` from the logits; without them coordexp's pass writes it. The
+    catalog says so (``owner_when``) and a config's conditions decide which applies."""
+    from coordexp.config import Stage1CustomConfig
+    from coordexp.contracts.catalog import conditions_from_config, owner_under
+
+    assert cat.METRIC_SPECS["token_acc"].owner == "framework"
+    assert cat.METRIC_SPECS["token_acc"].owner_when == (("logits_unmaterialised", "coordexp"),)
+    on = Stage1CustomConfig.model_validate({"stage1_pass": {"materialize_logits": True}})
+    off = Stage1CustomConfig.model_validate({"stage1_pass": {"materialize_logits": False}})
+    assert "logits_unmaterialised" not in conditions_from_config(on)
+    assert "logits_unmaterialised" in conditions_from_config(off)
+    assert owner_under("token_acc", conditions_from_config(on)) == "framework"
+    assert owner_under("token_acc", conditions_from_config(off)) == "coordexp"
+    assert owner_under("loss", conditions_from_config(off)) == "framework"
+    assert owner_under("not/a_key", ()) is None
+    # Only token_acc changes owner with the mode.
+    assert [k for k, s in cat.METRIC_SPECS.items() if s.owner_when] == ["token_acc"]

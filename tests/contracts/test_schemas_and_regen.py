@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -197,7 +200,70 @@ def test_generated_package_is_importable_only_as_coordexp_generated() -> None:
 
     assert keys.COORD_DIAG_LOSS == "coord_diag/loss"
     assert Path(keys.__file__).resolve().parent == (ROOT / "generated").resolve()
-    src = [p for p in (ROOT / "coordexp").rglob("*.py")] + [ROOT / "tools" / "regen.py"]
+    src = [*(ROOT / "coordexp").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]  # regen.py, codegen/
     for path in src:
         text = path.read_text()
         assert "from generated" not in text and "import generated" not in text, path
+
+
+def _extras() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((ROOT / "schemas" / "batch_extras.schema.json").read_text())
+    return data
+
+
+def _tt(schema: dict[str, Any]) -> dict[str, Any]:
+    """The ``x-coordexp`` annotation of the ``token_types`` extra."""
+    ext: dict[str, Any] = schema["properties"]["token_types"]["x-coordexp"]
+    return ext
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: _tt(s).pop("producer"), "x-coordexp.producer is required"),
+        (lambda s: _tt(s)["value"].update(kind="blob"), "x-coordexp.value.kind must be one of"),
+        (lambda s: _tt(s)["value"].pop("dtype"), "a tensor extra needs its dtype"),
+        (lambda s: _tt(s).pop("feature"), "a feature-conditional extra must name its feature"),
+        (lambda s: _tt(s).update(producr="X"), "'producr' was unexpected"),
+        (lambda s: _tt(s).update(shape_like="nope"), "x-coordexp.shape_like 'nope'"),
+        (lambda s: _tt(s)["codes"]["values"]["DESC"].update(value=-1), "codes.values repeat a value"),
+        (lambda s: s["properties"]["token_types"].pop("x-coordexp"), "needs an x-coordexp annotation object"),
+        (lambda s: s.pop("x-coordexp-labels"), "x-coordexp-labels is required"),
+        (lambda s: s.update(additionalProperties=True), "additionalProperties must be false"),
+    ],
+)
+def test_bad_extra_annotations_are_refused(mutate: Callable[[dict[str, Any]], Any], message: str) -> None:
+    schema = _extras()
+    mutate(schema)
+    path = ROOT / "schemas" / "batch_extras.schema.json"
+    with pytest.raises(regen.SchemaError, match=re.escape(message)) as info:
+        regen.check_extras(schema, path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_deprecation_is_stated_consistently() -> None:
+    schema = json.loads((ROOT / "schemas" / "metrics.schema.json").read_text())
+    schema["properties"]["token_acc_top5"]["deprecated"] = True
+    with pytest.raises(regen.SchemaError, match=r"property 'token_acc_top5': .*needs x-coordexp\.stability"):
+        regen.check_catalog(schema, ROOT / "schemas" / "metrics.schema.json")
+
+
+@pytest.mark.parametrize(
+    ("owner_when", "message"),
+    [
+        (
+            {"no_such_condition": "coordexp"},
+            "x-coordexp.owner_when names unknown condition 'no_such_condition'",
+        ),
+        ({"logits_unmaterialised": "framework"}, "owner_when['logits_unmaterialised'] repeats the owner"),
+        (
+            {"logits_unmaterialised": "nobody"},
+            "owner_when.logits_unmaterialised must be one of ('coordexp', 'framework')",
+        ),
+    ],
+)
+def test_bad_owner_when_is_refused(owner_when: dict[str, str], message: str) -> None:
+    schema = json.loads((ROOT / "schemas" / "metrics.schema.json").read_text())
+    schema["properties"]["token_acc"]["x-coordexp"]["owner_when"] = owner_when
+    with pytest.raises(regen.SchemaError, match=re.escape(message)):
+        regen.check_catalog(schema, ROOT / "schemas" / "metrics.schema.json")

@@ -49,7 +49,7 @@ def test_coord_slice_validation() -> None:
     with pytest.raises(ValueError):
         CoordSlice(torch.tensor([1.0, 2.0]))
     CoordSlice.from_ids([5, 9]).check_vocab(10)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="beyond the logits' vocabulary"):
         CoordSlice.from_ids([5, 10]).check_vocab(10)
     assert CoordSlice.from_ids(torch.tensor([4, 5, 6])).start == 4
     coord = CoordSlice.from_ids([1, 2])

@@ -1394,6 +1394,12 @@ CASES: tuple[Case, ...] = (
         lambda: {3: data_support.out_of_range_coord_row()},
     ),
     _data_refused_case(
+        "data-missing-image",
+        "a row whose `images` names a file that does not exist beside its JSONL file",
+        "rows.jsonl:2: images: media file not found: 'images/missing.png' (relative paths resolve against",
+        lambda: {1: {**data_support.demo_rows(1)[0], "images": ["images/missing.png"]}},
+    ),
+    _data_refused_case(
         "data-refused-over-tolerance",
         "2 of 5 rows refused with `data.max_refused_fraction: 0.25`",
         "(2 of 5 train rows refused, data.max_refused_fraction is 0.25;",

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from coordexp.components.extras_alignment import cut_like_labels
-from coordexp.generated.batch_extras import TOKEN_TYPES_KEY, get_stashed_batch_extras
+from coordexp.contracts.stash import get_stashed_batch_extras
+from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
 from tests.components.stage1_fixtures import BatchSpec, StandInTrainer, ToyLM, make_batch, tokenizer
 from tests.hardening.support import TYPED_KEYS, custom, stage1_trainer
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +33,7 @@ def _schema_defs() -> dict[str, Any]:
 @pytest.mark.parametrize("def_name", sorted(_CLASSES))
 def test_settings_fields_match_the_schema(def_name: str) -> None:
     props = _schema_defs()[def_name]["properties"]
-    assert [f.name for f in dataclasses.fields(_CLASSES[def_name])] == list(props)
+    assert list(_CLASSES[def_name].model_fields) == list(props)
 
 
 def test_defaults_are_the_schema_file_defaults() -> None:

@@ -1,0 +1,1 @@
+"""Reading the files the project and ms-swift write (see :mod:`.jsonl`)."""
