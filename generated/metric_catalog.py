@@ -60,6 +60,7 @@ CONDITIONS: Final[Mapping[str, str]] = MappingProxyType(
         "token_types": "The batch carries token types for at least one supervised position.",
         "desc_targets": "At least one supervised position has GT type DESC.",
         "format_targets": "At least one supervised position has GT type FORMAT.",
+        "instability_monitor": "custom.instability_monitor.enabled is true: the monitor observes every step; it writes no metric key but may guard the loss or stop training.",
         "logits_unmaterialised": "custom.stage1_pass.materialize_logits is false: the Stage-1 pass runs from the final hidden states and the output head, and the full logits never exist.",
     }
 )

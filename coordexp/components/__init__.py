@@ -5,7 +5,7 @@ diagnostics), ``token_metrics`` (token-type accuracies and coord monitors) and
 ``instability_monitor``; :class:`Stage1Pipeline` runs them in a fixed order.
 """
 
-from coordexp.components.base import Component, PassRequest
+from coordexp.components.base import BaseComponent, Component, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
 from coordexp.components.instability import InstabilityMonitorComponent
@@ -15,6 +15,7 @@ from coordexp.components.token_metrics import TokenMetricsComponent
 
 __all__ = [
     "COMPONENT_ORDER",
+    "BaseComponent",
     "Component",
     "CoordLossComponent",
     "CoordObjectiveError",

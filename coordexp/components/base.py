@@ -1,4 +1,5 @@
-"""The component protocol and the request each component makes of the fused statistics pass."""
+"""The component protocol (every phase of a step a component may take part in, plus its link to the
+metric catalog) and the request each component makes of the fused statistics pass."""
 
 from __future__ import annotations
 
@@ -40,10 +41,59 @@ class PassRequest:
 
 
 class Component(Protocol):
-    """One Stage-1 behaviour. The pipeline calls the phases in a fixed order; see ``pipeline``."""
+    """One Stage-1 behaviour: its place in the metric catalog and its phases of a step.
+
+    The pipeline calls every phase on every component, in ``COMPONENT_ORDER`` (see ``pipeline``):
+
+    1. ``pass_request`` - what the component needs from the step's single pass over the logits;
+    2. (the objective: forward, coord loss or diagnostics pass - see ``objective``);
+    3. ``after_loss`` - the step's loss is final (before accumulation scaling): stage device values;
+    4. (the step's single device->host transfer);
+    5. ``reports`` / ``report`` - host side: turn the statistics into metric values (best-effort);
+    6. ``end_step`` - on every rank, every call, whatever ``report`` did.
+
+    Catalog link, which decides whether a config needs the component (``trainer_config.components_for``):
+    ``feature`` names the catalog ``feature`` of the keys it writes; ``objective_conditions`` the
+    conditions under which it acts on training even where it writes no key.
+    """
 
     name: ClassVar[str]
+    feature: ClassVar[str]
+    objective_conditions: ClassVar[frozenset[str]]
+    reads_logits: ClassVar[bool]
 
     def pass_request(self, ctx: StepContext) -> PassRequest | None: ...
 
+    def after_loss(self, ctx: StepContext) -> None: ...
+
+    def reports(self, ctx: StepContext) -> bool: ...
+
     def report(self, ctx: StepContext) -> None: ...
+
+    def end_step(self, ctx: StepContext) -> None: ...
+
+
+class BaseComponent:
+    """No-op defaults of every :class:`Component` phase; a component overrides the phases it joins."""
+
+    name: ClassVar[str]
+    feature: ClassVar[str]
+    objective_conditions: ClassVar[frozenset[str]] = frozenset()
+    reads_logits: ClassVar[bool] = True
+    """whether the component computes anything from the logits (then the one-pass seam is installed)"""
+
+    def pass_request(self, ctx: StepContext) -> PassRequest | None:
+        return None
+
+    def after_loss(self, ctx: StepContext) -> None:
+        return None
+
+    def reports(self, ctx: StepContext) -> bool:
+        """Whether ``report`` runs this step: by default when the pass produced statistics."""
+        return bool(ctx.stats)
+
+    def report(self, ctx: StepContext) -> None:
+        return None
+
+    def end_step(self, ctx: StepContext) -> None:
+        return None

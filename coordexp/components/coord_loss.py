@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from coordexp.components.base import PassRequest
+from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.pass_inputs import PassInputs
 from coordexp.config import CoordSoftCEW1Config
@@ -68,8 +68,10 @@ def _global(count: Tensor, trainer: Any) -> Tensor:
     return count
 
 
-class CoordLossComponent:
+class CoordLossComponent(BaseComponent):
     name: ClassVar[str] = "coord_soft_ce_w1"
+    feature: ClassVar[str] = "coord_soft_ce_w1"
+    objective_conditions: ClassVar[frozenset[str]] = frozenset({"coord_loss"})
 
     def __init__(self, cfg: CoordSoftCEW1Config) -> None:
         self.cfg = cfg

@@ -12,7 +12,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from coordexp.components.base import PassRequest
+from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.runtime import current_learning_rate
 from coordexp.config import InstabilityMonitorConfig
@@ -39,8 +39,10 @@ def differentiable_zero(model: Any, like: Tensor) -> Tensor:
     return (anchor * 0.0).to(device=like.device, dtype=like.dtype)
 
 
-class InstabilityMonitorComponent:
+class InstabilityMonitorComponent(BaseComponent):
     name: ClassVar[str] = "instability_monitor"
+    feature: ClassVar[str] = "instability_monitor"  # no catalog key: it guards the loss, stops training
+    objective_conditions: ClassVar[frozenset[str]] = frozenset({"instability_monitor"})
 
     def __init__(self, cfg: InstabilityMonitorConfig, trainer: Any) -> None:
         self.cfg = cfg
@@ -63,6 +65,14 @@ class InstabilityMonitorComponent:
 
     def pass_request(self, ctx: StepContext) -> PassRequest | None:
         return PassRequest()
+
+    def after_loss(self, ctx: StepContext) -> None:
+        if ctx.loss is not None:
+            # the monitor compares per-batch losses: undo the seam's accumulation division
+            ctx.device_values["loss"] = ctx.loss.detach().to(torch.float32) * ctx.loss_divisor
+
+    def reports(self, ctx: StepContext) -> bool:
+        return bool(ctx.stats) and "loss" in ctx.host
 
     def report(self, ctx: StepContext) -> None:
         s = ctx.host
@@ -88,11 +98,14 @@ class InstabilityMonitorComponent:
             self.stop_requested = True
             _set_stop_flags(ctx.trainer)
 
+    def end_step(self, ctx: StepContext) -> None:
+        self.agree_on_stop(ctx)
+
     def agree_on_stop(self, ctx: StepContext) -> None:
         """Make the ranks stop together: a stop seen by one rank only (its own bad batch) would
         leave the others waiting in their next collective for ever.
 
-        Called by the pipeline once per ``compute_loss`` on EVERY rank, whatever the step's
+        Called by the pipeline (``end_step``) once per ``compute_loss`` on EVERY rank, whatever the step's
         diagnostics did (never from ``report``, which may be skipped), and only when early stop is
         configured and the run is distributed: one MAX all-reduce of a one-element flag.
         """

@@ -1,6 +1,9 @@
 """One explicit, ordered pipeline of Stage-1 components behind a single ``compute_loss``.
 
 Order is fixed here, not by class order: runtime -> coord -> token metrics -> instability monitor.
+Each phase of a step is a loop over the components (the phases of :class:`~.base.Component`); what
+the step optimises is the pipeline's :class:`~.objective.Objective`, picked once (:func:`~.objective.
+objective_for`) - the only place the coord loss's ``enabled`` changes the step.
 
 One-pass path (an ms-swift trainer: the Stage-1 hook installs :class:`~coordexp.components.loss_seam.
 Stage1LossFunc` as its ``compute_loss_func``): ms-swift pops the labels, the model returns logits only,
@@ -9,14 +12,17 @@ autograd function over the logits (steps 2-5 below become that call). Two-pass p
 that seam, e.g. a stand-in): per step,
 
 1. take the batch extras (popped before the model sees them) and the ORIGINAL labels;
-2. coord (objective): mask coord targets in the labels the model sees, set the base-CE count;
+2. objective ``before_forward`` (coord loss: mask coord targets in the labels the model sees, set the
+   base-CE count);
 3. forward through the wrapped trainer's ``compute_loss`` (the model computes the base CE);
-4. ONE fused pass over the logits for every component's statistics - for the enabled coord loss the
-   same pass is the forward of its autograd function, which also adds the coord terms to the loss;
-5. coord: gradient-accumulation scaling of the train loss;
+4. objective ``two_pass``: ONE fused pass over the logits for every component's statistics (each
+   component's ``pass_request``) - for the enabled coord loss the same pass is the forward of its
+   autograd function, which also adds the coord terms to the loss;
+5. components ``after_loss`` (the monitor stages the loss), objective ``finish`` (coord loss:
+   gradient-accumulation scaling of the train loss);
 6. ONE device->host transfer of every statistic;
-7. host side: each component turns statistics into metric values (diagnostics best-effort), the
-   monitor may guard the loss or stop training; the reporter writes the values through the guard.
+7. host side: components ``report`` (diagnostics best-effort; the monitor may guard the loss or stop
+   training); the reporter writes the values through the guard; components ``end_step``.
 
 Beside it: :mod:`.trainer_config` (what the config sections ask, before a pipeline exists),
 :mod:`.coord_vocab` (the coord ids, checked against the logits) and :mod:`.pass_inputs` (what the
@@ -39,6 +45,7 @@ from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveErr
 from coordexp.components.coord_vocab import CoordVocab
 from coordexp.components.instability import InstabilityMonitorComponent
 from coordexp.components.loss_seam import Stage1LossFunc
+from coordexp.components.objective import CoordObjective, Objective, SeamCall, objective_for
 from coordexp.components.output_head import HeadCapture, capture_output_head, report_token_acc
 from coordexp.components.pass_inputs import MisalignedLogits, PassInputs, step_pass_inputs
 from coordexp.components.runtime import RuntimeComponent
@@ -49,23 +56,18 @@ from coordexp.components.trainer_config import (
     MONITOR,
     RUNTIME,
     TOKEN_METRICS,
+    TrainerSections,
+    active_components,
     config_section,
     find_tokenizer,
     materializes_logits,
     reads_logits,
 )
-from coordexp.config import (
-    CoordSoftCEW1Config,
-    InstabilityMonitorConfig,
-    MetricsConfig,
-    Stage1CustomConfig,
-    TokenTypeMetricsConfig,
-)
+from coordexp.config import MetricsConfig, Stage1CustomConfig
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.contracts.stash import BatchExtras
 from coordexp.diagnostics.warn_once import WarnOnce
-from coordexp.functional import DEFAULT_CHUNK_SIZE, STAT_KEYS, CoordSlice, ce_loss, stage1_stats
-from coordexp.functional.linear_pass import linear_ce_loss
+from coordexp.functional import DEFAULT_CHUNK_SIZE, STAT_KEYS, CoordSlice
 from coordexp.reporting import BestEffort, MetricReporter, trainer_mode
 
 # reads_logits, materializes_logits and the component names live in trainer_config since the split;
@@ -91,36 +93,32 @@ class Stage1Pipeline:
         self._warned = WarnOnce()  # failure kinds of the step's diagnostics
         metrics_cfg = config_section(trainer, "metrics_cfg", MetricsConfig) or MetricsConfig()
         self.reporter = MetricReporter(aggregation=metrics_cfg.aggregation)
-        self.runtime = RuntimeComponent() if RUNTIME in component_names else None
-        coord_cfg = (
-            config_section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config)
-            if COORD in component_names
-            else None
-        )
-        self.coord = CoordLossComponent(coord_cfg) if coord_cfg is not None else None
-        token_cfg = (
-            config_section(trainer, "token_type_metrics_cfg", TokenTypeMetricsConfig)
-            if TOKEN_METRICS in component_names
-            else None
+        # The mixins declare the components; the catalog says which of them the config needs.
+        sections = TrainerSections.of(trainer)
+        active = active_components(sections, component_names)
+        self.runtime = RuntimeComponent() if RUNTIME in active else None
+        self.coord = (
+            CoordLossComponent(sections.coord) if COORD in active and sections.coord is not None else None
         )
         self.token_metrics = (
-            TokenMetricsComponent(token_cfg) if token_cfg is not None and token_cfg.enabled else None
-        )
-        monitor_cfg = (
-            config_section(trainer, "instability_monitor_cfg", InstabilityMonitorConfig)
-            if MONITOR in component_names
+            TokenMetricsComponent(sections.tokens)
+            if TOKEN_METRICS in active and sections.tokens is not None
             else None
         )
         self.monitor = (
-            InstabilityMonitorComponent(monitor_cfg, trainer)
-            if monitor_cfg is not None and monitor_cfg.enabled
+            InstabilityMonitorComponent(sections.monitor, trainer)
+            if MONITOR in active and sections.monitor is not None
             else None
         )
+        self.components: tuple[Component, ...] = tuple(
+            c for c in (self.runtime, self.coord, self.token_metrics, self.monitor) if c is not None
+        )
+        self.objective: Objective = objective_for(self.coord, self.best_effort)
         self._active: StepContext | None = None  # the step whose forward is running (one-pass seam)
         self._head_capture: HeadCapture | None = None  # the swapped output head of that forward
         self.materialize_logits = materializes_logits(trainer)
         self.coord_vocab = (
-            CoordVocab(find_tokenizer(trainer), required=self.coord_loss_enabled)
+            CoordVocab(find_tokenizer(trainer), required=self.objective.strict)
             if self.coord is not None or self.token_metrics is not None
             else None
         )
@@ -140,12 +138,8 @@ class Stage1Pipeline:
         return keys_written_under(conditions_from_config(sections))
 
     @property
-    def components(self) -> list[Any]:
-        return [c for c in (self.runtime, self.coord, self.token_metrics, self.monitor) if c is not None]
-
-    @property
     def coord_loss_enabled(self) -> bool:
-        return self.coord is not None and self.coord.enabled
+        return isinstance(self.objective, CoordObjective)  # decided once, by ``objective_for``
 
     def coord_slice(self, device: torch.device, vocab_size: int | None = None) -> CoordSlice | None:
         """The coord ids on ``device``; checked against the logits' ``vocab_size`` when given."""
@@ -159,8 +153,8 @@ class Stage1Pipeline:
     # -- the step -----------------------------------------------------------------------------
     def _request(self, ctx: StepContext) -> PassRequest | None:
         request: PassRequest | None = None
-        for comp in (self.coord, self.token_metrics, self.monitor):
-            if comp is None or not self.best_effort.enabled(comp.name):
+        for comp in self.components:
+            if not self.best_effort.enabled(comp.name):
                 continue
             part = comp.pass_request(ctx)
             if part is not None:
@@ -188,15 +182,7 @@ class Stage1Pipeline:
             forward_num_items=num_items_in_batch,
         )
         one_pass = isinstance(getattr(trainer, "compute_loss_func", None), Stage1LossFunc)
-        if self.coord_loss_enabled:
-            # The vocab size is only known from the logits; ids are validated again after the forward.
-            # Both raise when the batch has no labels (before the forward, with a clear message).
-            coord = self.coord_slice(ctx.labels.device) if ctx.labels is not None else None
-            assert self.coord is not None
-            if one_pass:
-                self.coord.require(ctx, coord)
-            else:
-                self.coord.prepare(ctx, coord)
+        self.objective.before_forward(ctx, self.coord_slice, one_pass)
 
         self._active = ctx
         try:
@@ -210,18 +196,14 @@ class Stage1Pipeline:
             self._head_capture = None
         ctx.loss, ctx.outputs = loss, outputs
         if not ctx.fused:
-            if self.coord_loss_enabled:
-                ctx.device_values["base_loss"] = loss.detach().to(torch.float32)
             self._statistics(ctx)
-        if ctx.loss is not None and self.monitor is not None:
-            # the monitor compares per-batch losses: undo the seam's accumulation division
-            ctx.device_values["loss"] = ctx.loss.detach().to(torch.float32) * ctx.loss_divisor
-        if self.coord is not None:
-            self.coord.scale_for_accumulation(ctx)
+        for comp in self.components:
+            comp.after_loss(ctx)
+        self.objective.finish(ctx)
         self._to_host(ctx)
         self._host_phase(ctx)
-        if self.monitor is not None:
-            self.monitor.agree_on_stop(ctx)  # every rank, every call: a collective when distributed
+        for comp in self.components:
+            comp.end_step(ctx)  # every rank, every call (the monitor's stop agreement is a collective)
         assert ctx.loss is not None
         return ctx.loss, outputs
 
@@ -258,25 +240,8 @@ class Stage1Pipeline:
         inputs = self._pass_inputs(ctx, logits, request, strict=True, vocab=vocab)
         assert inputs is not None
         preds = None if head is None else torch.empty_like(inputs.targets)
-        if self.coord_loss_enabled:
-            assert self.coord is not None
-            value, stats = self.coord.fused_loss(ctx, inputs, head=head, preds=preds)
-            per_batch = True
-        else:
-            accepts = bool(getattr(trainer, "model_accepts_loss_kwargs", False))
-            count = num_items_in_batch if accepts else None
-            options: dict[str, Any] = dict(
-                denominator=count,
-                coord=inputs.coord,
-                coord_cfg=request.coord_cfg if self.best_effort.enabled(COORD) else None,
-                types=inputs.types,
-                **inputs.options,
-            )
-            if head is None:
-                value, stats = ce_loss(inputs.logits, inputs.targets, **options)
-            else:
-                value, stats = linear_ce_loss(inputs.logits, head, inputs.targets, preds=preds, **options)
-            per_batch = count is None
+        seam = SeamCall(head=head, preds=preds, num_items_in_batch=num_items_in_batch)
+        value, stats, per_batch = self.objective.fused(ctx, inputs, request, seam)
         if preds is not None:
             report_token_acc(trainer, ctx.mode, preds, labels)
             outputs["logits"] = None  # they never existed: ms-swift skips its own token_acc
@@ -316,47 +281,22 @@ class Stage1Pipeline:
             return None
 
     def _statistics(self, ctx: StepContext) -> None:
+        """Two-pass path, after the model's forward: the objective's pass over the logits."""
         request = self._request(ctx)
         logits = getattr(ctx.outputs, "logits", None)
         if ctx.labels is None or not isinstance(logits, Tensor):
-            if self.coord_loss_enabled:
-                missing = "the batch has no labels" if ctx.labels is None else "the model returned no logits"
-                raise CoordObjectiveError(f"custom.coord_soft_ce_w1.enabled is true but {missing}")
+            self.objective.missing_inputs(
+                "the batch has no labels" if ctx.labels is None else "the model returned no logits"
+            )
             return
-        if request is None and not self.coord_loss_enabled:
-            return
+        strict = self.objective.strict
+        if request is None and not strict:
+            return  # no component asked for statistics and the objective needs none
         request = request or PassRequest()
-        inputs = self._pass_inputs(ctx, logits, request, strict=self.coord_loss_enabled)
+        inputs = self._pass_inputs(ctx, logits, request, strict=strict)
         if inputs is None:
             return
-        if self.coord_loss_enabled:
-            assert self.coord is not None
-            try:
-                ctx.stats = self.coord.add_coord_loss(ctx, inputs)
-            except CoordObjectiveError:
-                raise
-            except Exception as exc:
-                raise CoordObjectiveError(
-                    f"custom.coord_soft_ce_w1: the enabled coord loss failed ({type(exc).__name__}: {exc}); "
-                    "refusing to train on without it"
-                ) from exc
-            return
-        # the coord diagnostics, unless the coord component is disabled (no usable coord vocabulary)
-        diagnose_coord = self.best_effort.enabled(COORD) and inputs.coord is not None
-        coord_cfg = request.coord_cfg if diagnose_coord else None
-
-        def diagnostics() -> dict[str, Tensor]:
-            with torch.no_grad():
-                return stage1_stats(
-                    inputs.logits.detach(),
-                    inputs.targets,
-                    coord=inputs.coord,
-                    types=inputs.types,
-                    coord_cfg=coord_cfg,
-                    **inputs.options,
-                )
-
-        stats = self.best_effort.run("stage1_statistics", diagnostics)
+        stats = self.objective.two_pass(ctx, inputs, request)
         if stats is not None:
             ctx.stats = stats
 
@@ -371,12 +311,7 @@ class Stage1Pipeline:
         ctx.host = dict(zip(names, stacked.to("cpu", copy=True).tolist(), strict=True))
 
     def _host_phase(self, ctx: StepContext) -> None:
-        has_stats = bool(ctx.stats)
-        reporting: list[Component] = [] if self.runtime is None else [self.runtime]
-        if has_stats:
-            reporting += [c for c in (self.coord, self.token_metrics) if c is not None]
-            if self.monitor is not None and "loss" in ctx.host:
-                reporting.append(self.monitor)
+        reporting = [c for c in self.components if c.reports(ctx)]  # decided before any report runs
         for comp in reporting:
             self.best_effort.run(comp.name, functools.partial(comp.report, ctx))
         self.reporter.write(ctx.trainer, ctx.mode, ctx.metrics, ctx.dataset_labels)

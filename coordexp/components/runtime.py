@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from coordexp.components.base import PassRequest
+from coordexp.components.base import BaseComponent
 from coordexp.components.context import StepContext
 from coordexp.generated import metric_keys as K
 
@@ -30,11 +30,13 @@ def accumulation_steps(trainer: Any) -> tuple[int, int]:
     return configured, current
 
 
-class RuntimeComponent:
+class RuntimeComponent(BaseComponent):
     name: ClassVar[str] = "runtime"
+    feature: ClassVar[str] = "runtime"
+    reads_logits: ClassVar[bool] = False
 
-    def pass_request(self, ctx: StepContext) -> PassRequest | None:
-        return None
+    def reports(self, ctx: StepContext) -> bool:
+        return True  # learning rate and accumulation are known without any statistics
 
     def report(self, ctx: StepContext) -> None:
         lr = current_learning_rate(ctx.trainer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from coordexp.components.base import PassRequest
+from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.config import TokenTypeMetricsConfig
 from coordexp.generated import metric_keys as K
@@ -41,8 +41,9 @@ def _ratio(out: dict[str, StepValue], key: str, num: float, den: float) -> None:
         out[key] = Ratio(num, den)
 
 
-class TokenMetricsComponent:
+class TokenMetricsComponent(BaseComponent):
     name: ClassVar[str] = "token_metrics"
+    feature: ClassVar[str] = "token_type_metrics"
 
     def __init__(self, cfg: TokenTypeMetricsConfig) -> None:
         self.cfg = cfg

@@ -106,4 +106,7 @@ def conditions_from_config(custom: Stage1CustomConfig | None) -> frozenset[str]:
             held.add("token_top5")
         if tokens.coord_monitor_mass:
             held.add("coord_monitor_mass")
+    monitor = custom.instability_monitor
+    if monitor is not None and monitor.enabled:
+        held.add("instability_monitor")
     return frozenset(held)

@@ -1,6 +1,6 @@
 """Stage-1 collation: ms-swift's collator plus the diagnostics batch extras."""
 
-from coordexp.data_collators.dataset_metrics import (
+from coordexp.data_collators.collator import (
     DatasetMetricsCollator,
     EnricherWarning,
     build_dataset_metrics_collator,

@@ -5,7 +5,7 @@ Each enricher declares the extras keys it writes (``emits``) and whether it is `
 collated ``batch`` (a dict of tensors from the base collator) and ``raw``, the list the base
 collator was given: sample dicts (padded / padding-free) or packs, i.e. lists of sample dicts.
 
-How the source row's fields reach a sample dict: see ``coordexp.data_collators.dataset_metrics``;
+How the source row's fields reach a sample dict: see ``coordexp.data_collators.collator``;
 ``sample_fields`` reads them from the encoded sample's ``_extra_kwargs`` (ms-swift with
 ``remove_unused_columns=False``) or from its top-level keys.
 """

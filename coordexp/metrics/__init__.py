@@ -1,1 +1,2 @@
-"""Stage-1 trainer mixins (``coordexp.metrics.dataset_metrics``)."""
+"""Stage-1 metrics: the old home of the trainer mixins (``coordexp.metrics.dataset_metrics`` is now
+a facade over :mod:`coordexp.trainer`)."""

@@ -215,3 +215,61 @@ def test_subset_without_coord_mixin_has_no_coord_keys(tmp_path: Path) -> None:
         custom_with(True), spec, tmp_path, mixins=(AggregateTokenTypeMetricsMixin, GradAccumLossScaleMixin)
     )
     assert set(trainer.logged()) == RUNTIME | TOKEN_ALWAYS | TYPED
+
+
+# -- the catalog decides: keys written and components built, cell by cell --------------------------------
+def _variant(coord: str, tokens: str, monitor: bool) -> dict[str, Any]:
+    """A ``custom:`` block: coord section absent/diag/on/on_nogate, token metrics off/on/plain, monitor."""
+    custom = custom_with(coord.startswith("on"))
+    if coord == "absent":
+        del custom["coord_soft_ce_w1"]
+    elif coord == "on_nogate":
+        custom["coord_soft_ce_w1"]["gate_weight"] = 0.0
+    if tokens == "off":
+        custom["token_type_metrics"]["enabled"] = False
+    elif tokens == "plain":  # on, without top-5 and coord-vocab mass
+        custom["token_type_metrics"].update(log_top5=False, coord_monitor_mass=False)
+    custom["instability_monitor"]["enabled"] = monitor
+    return custom
+
+
+CATALOG_CELLS = [
+    (coord, tokens, monitor)
+    for coord in ("absent", "diag", "on", "on_nogate")
+    for tokens in ("off", "on", "plain")
+    for monitor in (True, False)
+]
+
+
+@BASES
+@pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
+@pytest.mark.parametrize(("coord", "tokens", "monitor"), CATALOG_CELLS)
+def test_catalog_decides_keys_and_components(
+    coord: str, tokens: str, monitor: bool, with_types: bool, base: type[StandInTrainer], tmp_path: Path
+) -> None:
+    from coordexp.components.trainer_config import components_for
+    from coordexp.config import load_custom_config
+    from coordexp.contracts.catalog import TOKEN_TYPE_CONDITIONS, conditions_from_config, keys_written_under
+
+    custom = _variant(coord, tokens, monitor)
+    trainer, _, _ = run_step(custom, BatchSpec(packed=False, with_types=with_types), tmp_path, base=base)
+    conditions = conditions_from_config(load_custom_config(custom))
+    if not with_types:  # a batch condition the config cannot know: this batch carries no token types
+        conditions -= TOKEN_TYPE_CONDITIONS
+    assert set(trainer.logged("train")) == keys_written_under(conditions)
+    derived = components_for(load_custom_config(custom))
+    assert [c.name for c in trainer.stage1_pipeline().components] == derived
+    assert sorted(type(trainer).stage1_components()) == sorted(derived)
+
+
+def test_components_derived_from_the_catalog_match_the_sections() -> None:
+    """What the catalog derives is what each section says (a hand-written reference, not a catalog read)."""
+    from coordexp.components.trainer_config import components_for
+    from coordexp.config import load_custom_config
+
+    for coord, tokens, monitor in CATALOG_CELLS:
+        expected = ["runtime"]
+        expected += ["coord_soft_ce_w1"] if coord != "absent" else []
+        expected += ["token_metrics"] if tokens != "off" else []
+        expected += ["instability_monitor"] if monitor else []
+        assert components_for(load_custom_config(_variant(coord, tokens, monitor))) == expected

@@ -1,0 +1,45 @@
+"""Assembling the Stage-1 trainer class from a ``custom:`` block (what the training entry does).
+
+Which mixins go in front of the base class is the catalog's answer (``components_for``, re-exported
+here from :mod:`coordexp.components.trainer_config`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from coordexp.components.trainer_config import components_for
+from coordexp.config import Stage1CustomConfig, load_custom_config
+from coordexp.trainer.mixins import MIXIN_BY_COMPONENT, DatasetMetricsCollatorMixin
+
+__all__ = ["build_trainer_cls", "components_for"]
+
+
+def build_trainer_cls(
+    base_trainer_cls: type,
+    custom_cfg: Mapping[str, Any] | Stage1CustomConfig | None,
+    *,
+    instability_source_files: Mapping[str, str] | None = None,
+) -> type:
+    """Compose the Stage-1 trainer class from ``custom:`` the way the training entry does.
+
+    The class carries the config sections as class attributes (``coord_soft_ce_w1_cfg`` ...), so
+    instances read them without extra constructor arguments.
+    """
+    custom = custom_cfg if isinstance(custom_cfg, Stage1CustomConfig) else load_custom_config(custom_cfg)
+    names = components_for(custom)
+    mixins = tuple(MIXIN_BY_COMPONENT[name] for name in names)
+    attrs: dict[str, Any] = {
+        "coord_soft_ce_w1_cfg": custom.coord_soft_ce_w1,
+        "token_type_metrics_cfg": custom.token_type_metrics,
+        "instability_monitor_cfg": custom.instability_monitor,
+        "metrics_cfg": custom.metrics,
+        "stage1_pass_cfg": custom.stage1_pass,
+        # Sample dumps read each row at the source file and line kept from loading; this label ->
+        # file mapping only serves samples whose meta has no source position (meta built elsewhere).
+        "instability_source_files": dict(instability_source_files or {}),
+        "__module__": __name__,
+        "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(names)}.",
+    }
+    bases = (*mixins, DatasetMetricsCollatorMixin, base_trainer_cls)
+    return type(f"Stage1{base_trainer_cls.__name__}", bases, attrs)
