@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,25 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     tmp.replace(path)  # never leave a half-written file under the final name
 
 
+RowsFor = Callable[[str, str, int], Iterable[dict[str, Any]]]
+"""(split, label, n) -> the rows of that file"""
+
+
+def write_demo_splits(
+    out_dir: str | Path, rows_for: RowsFor, *, n_train: int, n_val: int, labels: Sequence[str]
+) -> DemoDatasetFiles:
+    """Write ``{train,val}_{label}.jsonl`` under ``out_dir`` from ``rows_for`` (both demos' layout)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[Path]] = {split: [] for split in SPLITS}
+    for split, n in (("train", n_train), ("val", n_val)):
+        for label in labels:
+            path = demo_dataset_path(out, split, label)
+            write_jsonl(path, rows_for(split, label, n))
+            files[split].append(path)
+    return DemoDatasetFiles(train_files=tuple(files["train"]), val_files=tuple(files["val"]))
+
+
 def build_demo_dataset(
     out_dir: str | Path,
     *,
@@ -154,12 +173,10 @@ def build_demo_dataset(
     labels: Sequence[str] = DATASET_LABELS,
 ) -> DemoDatasetFiles:
     """Write ``{train,val}_{label}.jsonl`` under ``out_dir``; ``n_train``/``n_val`` are rows per file."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, list[Path]] = {split: [] for split in SPLITS}
-    for split, n in (("train", n_train), ("val", n_val)):
-        for label in labels:
-            path = demo_dataset_path(out, split, label)
-            write_jsonl(path, make_rows(label, split, n, seed=seed))
-            files[split].append(path)
-    return DemoDatasetFiles(train_files=tuple(files["train"]), val_files=tuple(files["val"]))
+    return write_demo_splits(
+        out_dir,
+        lambda split, label, n: make_rows(label, split, n, seed=seed),
+        n_train=n_train,
+        n_val=n_val,
+        labels=labels,
+    )

@@ -7,12 +7,16 @@ hub access, which is what the offline demo training run and the tests rely on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
-from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
-__all__ = ["build_demo_config", "build_demo_model"]
+__all__ = ["build_demo_config", "build_demo_model", "save_seeded_model"]
+
+ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
 
 def build_demo_config(
@@ -58,37 +62,32 @@ def build_demo_config(
 
 
 def build_demo_model(
-    save_dir: str | Path,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    seed: int = 0,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int | None = None,
-    max_position_embeddings: int = 2048,
-    vocab_size: int | None = None,
+    save_dir: str | Path, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **sizes: Any
 ) -> Qwen3ForCausalLM:
-    """Build a seeded random-init ``Qwen3ForCausalLM`` and save it into ``save_dir``.
+    """Build a seeded random-init ``Qwen3ForCausalLM`` and save it into ``save_dir``; ``sizes`` are
+    :func:`build_demo_config`'s keywords (hidden size, layers, heads, vocab, ...).
 
     ``save_dir`` should be the folder the tokenizer was saved to, so that one folder is the whole
     checkpoint. The weights depend only on ``seed`` and the sizes; the caller's global torch RNG is
     left untouched (``fork_rng``) so building assets never shifts the seed of a later training run.
     """
-    config = build_demo_config(
-        tokenizer,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        vocab_size=vocab_size,
-    )
+    config = build_demo_config(tokenizer, **sizes)
+    return save_seeded_model(Qwen3ForCausalLM, config, tokenizer, save_dir, seed=seed)
+
+
+def save_seeded_model(
+    model_cls: Callable[[Any], ModelT],
+    config: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    save_dir: str | Path,
+    *,
+    seed: int,
+) -> ModelT:
+    """``model_cls(config)`` with weights from ``seed`` alone (the caller's torch RNG untouched),
+    generation ids from the tokenizer, saved into ``save_dir``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config)
+        model = model_cls(config)
     model.eval()
     # The tokenizer has no bos; generation stops on the chat template's end-of-turn token.
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -42,8 +42,26 @@ CHAT_TEMPLATE = (
 
 _COLORS = ("red", "blue", "green", "black", "white", "yellow", "gray", "brown", "orange", "silver")
 _NOUNS = (
-    "car", "person", "dog", "cat", "bicycle", "truck", "bus", "chair", "table", "tree", "cup",
-    "bottle", "bird", "horse", "boat", "traffic light", "umbrella", "backpack", "laptop", "phone",
+    "car",
+    "person",
+    "dog",
+    "cat",
+    "bicycle",
+    "truck",
+    "bus",
+    "chair",
+    "table",
+    "tree",
+    "cup",
+    "bottle",
+    "bird",
+    "horse",
+    "boat",
+    "traffic light",
+    "umbrella",
+    "backpack",
+    "laptop",
+    "phone",
 )
 _PROMPTS = (
     "Detect all objects in the image and output their bounding boxes as JSON.",

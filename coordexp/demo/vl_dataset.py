@@ -21,7 +21,7 @@ from typing import Any
 
 from coordexp.coord_tokens.codec import COORD_BINS, coord_token
 from coordexp.coord_tokens.payload import serialize_payload
-from coordexp.demo.dataset import DATASET_LABELS, SPLITS, DemoDatasetFiles, demo_dataset_path, write_jsonl
+from coordexp.demo.dataset import DATASET_LABELS, DemoDatasetFiles, write_demo_splits
 
 __all__ = ["IMAGE_SIZES", "VL_CATEGORIES", "build_vl_dataset", "make_vl_row"]
 
@@ -105,15 +105,12 @@ def build_vl_dataset(
 ) -> DemoDatasetFiles:
     """Write ``{train,val}_{label}.jsonl`` and their images under ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, list[Path]] = {split: [] for split in SPLITS}
-    for split, n in (("train", n_train), ("val", n_val)):
-        for label in labels:
-            if label not in VL_CATEGORIES:
-                raise ValueError(f"unknown dataset label {label!r}; expected one of {sorted(VL_CATEGORIES)}")
-            rng = random.Random(f"coordexp-demo-vl:{seed}:{split}:{label}")
-            path = demo_dataset_path(out, split, label)
-            rows = [make_vl_row(rng, label, split, i, out) for i in range(n)]
-            write_jsonl(path, rows)
-            files[split].append(path)
-    return DemoDatasetFiles(train_files=tuple(files["train"]), val_files=tuple(files["val"]))
+    unknown = [label for label in labels if label not in VL_CATEGORIES]
+    if unknown:
+        raise ValueError(f"unknown dataset label {unknown[0]!r}; expected one of {sorted(VL_CATEGORIES)}")
+
+    def rows_for(split: str, label: str, n: int) -> list[dict[str, Any]]:
+        rng = random.Random(f"coordexp-demo-vl:{seed}:{split}:{label}")
+        return [make_vl_row(rng, label, split, i, out) for i in range(n)]
+
+    return write_demo_splits(out, rows_for, n_train=n_train, n_val=n_val, labels=labels)

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from tokenizers import AddedToken, Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
+from coordexp.demo.model import save_seeded_model
 from coordexp.demo.tokenizer import BPE_VOCAB_SIZE, add_coord_tokens, train_bpe
 
 __all__ = [
@@ -212,13 +212,6 @@ def build_vl_model(save_dir: str | Path, tokenizer: PreTrainedTokenizerFast, *, 
     tokenizer's folder); the caller's torch RNG is left untouched."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    config = build_vl_config(tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config)
-    model.eval()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(save_dir))
-    return model
+    return save_seeded_model(
+        Qwen3VLForConditionalGeneration, build_vl_config(tokenizer), tokenizer, save_dir, seed=seed
+    )
