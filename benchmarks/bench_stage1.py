@@ -65,40 +65,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-import warnings
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from benchmarks.measure import _sync, count_syncs, peak_bytes, time_steps
+from benchmarks.stage1_reference import check_stack
+from benchmarks.stage1_steps import build_packed_batch, make_steps
 from coordexp.functional import (
-    IGNORE_INDEX,
-    TYPE_COORD,
-    TYPE_DESC,
-    TYPE_FORMAT,
-    TYPE_IGNORE,
     CoordLossConfig,
-    CoordSlice,
-    SyncCounter,
-    coord_loss,
-    next_token_targets,
-    next_token_types,
     stage1_pass,
-    stage1_stats,
-    stats_to_host,
 )
 
 COORD_BINS = 1000
@@ -122,344 +107,14 @@ QWEN3_1_7B = {
 }
 
 
-# --------------------------------------------------------------------------------------------- batch
-
-
-@dataclass
-class Batch:
-    logits: Tensor
-    """``[L, V]``, row ``i`` scores ``targets[i]``"""
-    targets: Tensor
-    types: Tensor
-    coord: CoordSlice
-    samples: int
-    supervised_frac: float
-    coord_frac: float
-
-
-def build_packed_batch(
-    length: int, vocab: int, device: torch.device, dtype: torch.dtype, seed: int = 0
-) -> Batch:
-    """One packed row of ``length`` tokens: samples of 160..640 tokens, each ~21% prompt (ignored) and
-    an answer of JSON-like objects ``3 format, 2-3 desc, 4 coord, 2 format`` (~35% coord)."""
-    if vocab <= COORD_BINS + 16:
-        raise ValueError(f"vocab must exceed {COORD_BINS + 16} (the coord block sits at its end)")
-    gen = torch.Generator().manual_seed(seed)
-    start = vocab - COORD_BINS
-    labels: list[int] = []
-    types: list[int] = []
-    samples = 0
-
-    def rand(hi: int) -> int:
-        return int(torch.randint(0, hi, (1,), generator=gen))
-
-    while len(labels) < length:
-        samples += 1
-        size = 160 + rand(481)
-        prompt = round(0.21 * size)
-        labels += [IGNORE_INDEX] * prompt
-        types += [TYPE_IGNORE] * prompt
-        answer: list[tuple[int, int]] = []
-        while len(answer) < size - prompt:
-            answer += [(TYPE_FORMAT, rand(start)) for _ in range(3)]
-            answer += [(TYPE_DESC, rand(start)) for _ in range(2 + rand(2))]
-            answer += [(TYPE_COORD, start + rand(COORD_BINS)) for _ in range(4)]
-            answer += [(TYPE_FORMAT, rand(start)) for _ in range(2)]
-        answer = answer[: size - prompt]
-        labels += [tok for _, tok in answer]
-        types += [typ for typ, _ in answer]
-    label_t = torch.tensor(labels[:length]).unsqueeze(0)
-    type_t = torch.tensor(types[:length]).unsqueeze(0)
-    targets = next_token_targets(label_t)
-    shifted_types = next_token_types(type_t)
-    logits = torch.randn(length, vocab, generator=gen) * 2.0
-    sup = targets != IGNORE_INDEX
-    boost = torch.where(sup & (torch.rand(length, generator=gen) < 0.6), 6.0, 0.0)
-    logits.scatter_add_(1, targets.clamp(min=0).unsqueeze(1), boost.unsqueeze(1))
-    n_sup = int(sup.sum())
-    n_coord = int((sup & (targets >= start)).sum())
-    return Batch(
-        logits=logits.to(device=device, dtype=dtype),
-        targets=targets.to(device),
-        types=shifted_types.to(device),
-        coord=CoordSlice.from_ids(range(start, vocab), device=device),
-        samples=samples,
-        supervised_frac=n_sup / length,
-        coord_frac=n_coord / max(n_sup, 1),
-    )
-
-
-# ------------------------------------------------------------------------------------------ variants
-
-Step = Callable[[], dict[str, float]]
-
-
-def make_steps(batch: Batch, cfg: CoordLossConfig, chunk_size: int) -> dict[str, Step]:
-    """One callable per variant; each is a full step (forward, backward, the one host transfer)."""
-    logits, targets, types, coord = batch.logits, batch.targets, batch.types, batch.coord
-
-    def leaf() -> Tensor:
-        return logits.detach().requires_grad_(True)
-
-    def base() -> dict[str, float]:
-        x = leaf()
-        F.cross_entropy(x, targets, ignore_index=IGNORE_INDEX).backward()
-        return {}
-
-    def stack_on() -> dict[str, float]:
-        x = leaf()
-        loss, stats = coord_loss(
-            x, targets, coord, cfg, base_ce=True, types=types, top5=True, mass=True, chunk_size=chunk_size
-        )
-        loss.backward()
-        return stats_to_host({**stats, "loss": loss.detach()})
-
-    def metric_stats() -> dict[str, Tensor]:
-        return stage1_stats(
-            logits,
-            targets,
-            coord=coord,
-            types=types,
-            top5=True,
-            mass=True,
-            coord_cfg=cfg,
-            chunk_size=chunk_size,
-        )
-
-    def stack_off() -> dict[str, float]:
-        x = leaf()
-        loss = F.cross_entropy(x, targets, ignore_index=IGNORE_INDEX)
-        loss.backward()
-        return stats_to_host({**metric_stats(), "loss": loss.detach()})
-
-    def metrics() -> dict[str, float]:
-        return stats_to_host(metric_stats())
-
-    return {"base": base, "stack_on": stack_on, "stack_off": stack_off, "metrics": metrics}
-
-
 HOST_TRANSFERS = {"base": 0, "stack_on": 1, "stack_off": 1, "metrics": 1}
 
 
 # ------------------------------------------------------------------------------------------ measures
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(steps: dict[str, Step], repeats: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per step, variants interleaved within each repetition (drift hits all alike)."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():  # warm-up
-        step()
-    for _ in range(repeats):
-        for name, step in steps.items():
-            _sync(device)
-            begin = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - begin)
-    return times
-
-
-def count_syncs(step: Step, name: str, device: torch.device) -> dict[str, Any]:
-    """Host syncs of one step: the dispatch-mode count (+ the stats transfer on CPU, see the docstring);
-    on a GPU also the warnings of ``torch.cuda.set_sync_debug_mode``."""
-    with SyncCounter(count_host_copies=True) as counter:
-        step()
-    result: dict[str, Any] = {"ops": dict(counter.ops)}
-    count = counter.count
-    if device.type == "cpu":
-        count += HOST_TRANSFERS[name]
-    result["count"] = count
-    if device.type == "cuda":
-        _sync(device)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                step()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        result["cuda_sync_debug"] = sum("synchroniz" in str(w.message) for w in caught)
-    return result
-
-
-class TensorBytesTracker(TorchDispatchMode):
-    """Traced peak of tensor bytes alive: every storage an aten op creates counts from its creation
-    until it is freed (a ``weakref.finalize`` on the storage). Results that share the storage of an
-    input (views, in-place and ``out=`` ops, ``detach``) are not new allocations."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._alive: dict[int, int] = {}
-        self.allocations: list[tuple[str, torch.dtype, int]] = []
-        """``(op, dtype, bytes)`` of every new storage, in order (to count the logits-sized ones)"""
-
-    def _release(self, key: int) -> None:
-        self.live -= self._alive.pop(key, 0)
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        inputs = {
-            value.untyped_storage().data_ptr()
-            for value in tree_flatten((args, kwargs))[0]
-            if isinstance(value, Tensor)
-        }
-        out = func(*args, **kwargs)
-        for value in tree_flatten(out)[0]:
-            if not isinstance(value, Tensor):
-                continue
-            storage = value.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or key in self._alive or key in inputs:  # a view / in-place / out= result
-                continue
-            self._alive[key] = nbytes
-            self.allocations.append((func.overloadpacket.__name__, value.dtype, nbytes))
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._release, key)
-        return out
-
-
-def peak_bytes(step: Step, device: torch.device) -> int:
-    """Peak bytes the step allocates above what was allocated before it (see the docstring)."""
-    if device.type == "cuda":
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with TensorBytesTracker() as tracker:
-        step()
-    return tracker.peak
-
 
 # ------------------------------------------------------------------------------------------- checks
-
-
-def _sanitize(x: Tensor) -> Tensor:
-    return torch.nan_to_num(x, nan=0.0, posinf=1e4, neginf=-1e4).clamp(-1e4, 1e4)
-
-
-def reference_coord_loss(logits: Tensor, targets: Tensor, start: int, cfg: CoordLossConfig) -> Tensor:
-    """Plain-torch coord loss (boolean indexing, syncs allowed): weighted Σ over coord rows / n_coord."""
-    rows = (targets >= start) & (targets < start + COORD_BINS)
-    u = _sanitize(logits[rows].float())
-    bins = targets[rows] - start
-    z = u[:, start : start + COORD_BINS] / cfg.temperature
-    logp = torch.log_softmax(z, dim=-1)
-    grid = torch.arange(COORD_BINS, device=u.device, dtype=torch.float32)
-    dist = grid.unsqueeze(0) - bins.unsqueeze(1).float()
-    q = torch.exp(-0.5 * (dist / cfg.target_sigma) ** 2)
-    if cfg.target_truncate is not None:
-        q = torch.where(dist.abs() > cfg.target_truncate, 0.0, q)
-    q = q / q.sum(-1, keepdim=True)
-    soft_ce = -(q * logp).sum(-1)
-    w1 = (logp.exp().cumsum(-1) - q.cumsum(-1)).abs().sum(-1) / COORD_BINS
-    ce = -logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
-    gate = (torch.logsumexp(u / cfg.temperature, -1) - torch.logsumexp(z, -1)).clamp(min=0)
-    total = (
-        cfg.soft_ce_weight * soft_ce.sum()
-        + cfg.w1_weight * w1.sum()
-        + cfg.ce_weight * ce.sum()
-        + cfg.gate_weight * gate.sum()
-    )
-    return total / max(int(rows.sum()), 1)
-
-
-def text_ce(logits: Tensor, targets: Tensor, start: int, rows: int = 1024) -> float:
-    """``F.cross_entropy`` (mean, fp32) over the non-coord targets, a few rows at a time."""
-    text = torch.where(targets >= start, IGNORE_INDEX, targets)
-    total, count = 0.0, int((text != IGNORE_INDEX).sum())
-    for i in range(0, logits.shape[0], rows):
-        part = logits[i : i + rows].float()
-        total += float(F.cross_entropy(part, text[i : i + rows], ignore_index=IGNORE_INDEX, reduction="sum"))
-    return total / max(count, 1)
-
-
-def reference_loss(logits: Tensor, targets: Tensor, start: int, cfg: CoordLossConfig) -> Tensor:
-    """Base CE over the non-coord targets (``F.cross_entropy``) + the reference coord loss."""
-    text = torch.where(targets >= start, IGNORE_INDEX, targets)
-    n_text = max(int((text != IGNORE_INDEX).sum()), 1)
-    base = F.cross_entropy(logits.float(), text, ignore_index=IGNORE_INDEX, reduction="sum") / n_text
-    return base + reference_coord_loss(logits, targets, start, cfg)
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-def _close(got: float, want: float, rtol: float) -> bool:
-    return math.isfinite(got) and abs(got - want) <= rtol * max(abs(want), 1.0)
-
-
-def check_stack(batch: Batch, cfg: CoordLossConfig, chunk_size: int, check_rows: int) -> list[Check]:
-    """The stack against the base path and the plain reference (see the module docstring)."""
-    logits, targets, coord = batch.logits, batch.targets, batch.coord
-    start = logits.shape[-1] - COORD_BINS
-    leaf = logits.detach().requires_grad_(True)
-    loss, stats = coord_loss(
-        leaf,
-        targets,
-        coord,
-        cfg,
-        base_ce=True,
-        types=batch.types,
-        top5=True,
-        mass=True,
-        chunk_size=chunk_size,
-    )
-    host = stats_to_host({**stats, "loss": loss.detach()})
-    base = text_ce(logits, targets, start)
-    coord_ref = float(reference_coord_loss(logits, targets, start, cfg))
-    checks = [
-        Check(
-            "base_ce_sum / n_base == F.cross_entropy(non-coord targets)",
-            _close(host["base_ce_sum"] / max(host["n_base"], 1.0), base, 1e-4),
-            f"{host['base_ce_sum'] / max(host['n_base'], 1.0):.6f} vs {base:.6f}",
-        ),
-        Check(
-            "loss - coord part == F.cross_entropy(non-coord targets)",
-            _close(host["loss"] - coord_ref, base, 1e-4),
-            f"{host['loss'] - coord_ref:.6f} vs {base:.6f} (coord part {coord_ref:.6f})",
-        ),
-    ]
-    first = int((targets != IGNORE_INDEX).to(torch.int8).argmax())  # skip the leading prompt
-    first = max(0, min(first, logits.shape[0] - check_rows))
-    rows = min(check_rows, logits.shape[0] - first)
-    part = logits[first : first + rows].detach()
-    part_targets = targets[first : first + rows]
-    leaf = part.clone().requires_grad_(True)
-    loss_part, _ = coord_loss(leaf, part_targets, coord, cfg, base_ce=True, chunk_size=chunk_size)
-    loss_part.backward()
-    ref_leaf = part.float().requires_grad_(True)
-    ref_loss = reference_loss(ref_leaf, part_targets, start, cfg)
-    ref_loss.backward()
-    assert leaf.grad is not None and ref_leaf.grad is not None
-    fp32 = logits.dtype == torch.float32
-    rtol, atol = (1e-4, 1e-6) if fp32 else (2e-2, 1e-5)
-    diff = (leaf.grad.float() - ref_leaf.grad).abs()
-    bad = diff > atol + rtol * ref_leaf.grad.abs()
-    got, want = float(loss_part.detach()), float(ref_loss.detach())
-    checks.append(
-        Check(
-            f"gradient == autograd of the reference on rows {first}..{first + rows - 1}",
-            not bool(bad.any()) and _close(got, want, 1e-4),
-            f"max |diff| {float(diff.max()):.3g}, loss {got:.6f} vs {want:.6f}",
-        )
-    )
-    return checks
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -645,7 +300,7 @@ def run(args: argparse.Namespace) -> tuple[list[LengthResult], bool]:
             name: statistics.median(t / b for t, b in zip(ts, times["base"], strict=True))
             for name, ts in times.items()
         }
-        syncs = {name: count_syncs(step, name, device) for name, step in steps.items()}
+        syncs = {name: count_syncs(step, device, HOST_TRANSFERS[name]) for name, step in steps.items()}
         peaks = {name: peak_bytes(step, device) for name, step in steps.items()}
         grad_bytes = batch.logits.numel() * batch.logits.element_size()
         model_ms = None

@@ -60,7 +60,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_stage1 import TensorBytesTracker, device_name
+from benchmarks.bench_stage1 import device_name
+from benchmarks.measure import TensorBytesTracker
 from coordexp.functional import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, SyncCounter
 
 VARIANTS = ("plain", "metrics", "coord_on")

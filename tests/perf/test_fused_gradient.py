@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.bench_stage1 import TensorBytesTracker, build_packed_batch
+from benchmarks.measure import TensorBytesTracker
+from benchmarks.stage1_steps import build_packed_batch
 from coordexp.functional import CoordLossConfig, coord_loss
 
 CFG = CoordLossConfig(ce_weight=0.2, temperature=0.9)

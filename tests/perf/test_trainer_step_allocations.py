@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.bench_stage1 import TensorBytesTracker
+from benchmarks.measure import TensorBytesTracker
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
 from coordexp.training import build_trainer, demo_config, parse_config
 
