@@ -148,7 +148,8 @@ def _resolve_media(row: dict[str, Any], base: Path) -> str | None:
             new, problem = _resolve_media_path(text, base)
             if problem is not None:
                 return f"{field}: {problem}"
-            resolved.append({**item, key: new} if key else new)
+            # {"path": ...} (the HF Image form without bytes) becomes the path ms-swift loads.
+            resolved.append(new if not key or not item.get("bytes") else {**item, key: new})
         row[field] = resolved if isinstance(value, list) else resolved[0]
     return None
 

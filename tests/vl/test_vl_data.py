@@ -57,16 +57,27 @@ def test_relative_images_resolve_against_the_data_file(
     vl_assets: DemoAssets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, rows = _copy_data(vl_assets, tmp_path / "data", 4)
+    # Odd but legal forms: the HF Image dict without bytes, two images in one turn, an absolute path.
+    rows[1] = {**rows[1], "images": [{"path": rows[1]["images"][0]}]}
+    first, second = rows[2]["images"][0], rows[3]["images"][0]
+    two_tags = "<image><image>" + rows[2]["messages"][0]["content"].removeprefix("<image>")
+    rows[2] = {
+        **rows[2],
+        "images": [first, second],
+        "messages": [{"role": "user", "content": two_tags}, rows[2]["messages"][1]],
+    }
+    rows[3] = {**rows[3], "images": [str((path.parent / second).resolve())]}
     _write(path, rows)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the working directory has no images/ folder
     encoded = _build(_template(vl_assets), [path], tmp_path / "run")
     assert len(encoded) == 4
+    assert [len(enc["image_grid_thw"]) for enc in encoded] == [1, 1, 2, 1]
     for enc in encoded:
         grid = enc["image_grid_thw"]
         image_tokens = sum(1 for t in enc["input_ids"] if t == 151655)
-        assert image_tokens == int(grid.prod()) // 4  # 2x2 merge
+        assert image_tokens == int(grid.prod(dim=-1).sum()) // 4  # 2x2 merge
         assert all(
             label == -100 for t, label in zip(enc["input_ids"], enc["labels"], strict=True) if t == 151655
         )
