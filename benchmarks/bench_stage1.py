@@ -94,7 +94,7 @@ LABELS = {
     "stack_off": "stack, coord off",
     "metrics": "metrics only",
 }
-QWEN3_1_7B = {
+QWEN3_1_7B: dict[str, Any] = {
     "hidden_size": 2048,
     "intermediate_size": 6144,
     "num_hidden_layers": 28,
@@ -127,7 +127,8 @@ def build_model(vocab: int, device: torch.device) -> Any:
     config = Qwen3Config(vocab_size=vocab, max_position_embeddings=65536, use_cache=False, **QWEN3_1_7B)
     config._attn_implementation = "sdpa"
     with torch.device(device):
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+        model: Any = Qwen3ForCausalLM(config)
+        model = model.to(torch.bfloat16)
     model.gradient_checkpointing_enable()
     model.train()
     return model
