@@ -42,7 +42,6 @@ class PassInputs:
         return self.request.options(self.chunk_size)
 
 
-
 def _usable_token_types(token_types: Any, labels: Tensor) -> bool:
     """Token types the pass can use: an integer tensor shaped like the labels. Anything else (a
     collator without the contract guard, a misaligned cut) means "no types" for the step."""

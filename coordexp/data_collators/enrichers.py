@@ -119,7 +119,10 @@ def sample_dataset_label(sample: Sample) -> str:
     meta = fields.get("metadata")
     meta = meta if isinstance(meta, Mapping) else {}
     for value in (
-        meta.get("_fusion_source"), meta.get("dataset"), fields.get("dataset"), fields.get("dataset_name")
+        meta.get("_fusion_source"),
+        meta.get("dataset"),
+        fields.get("dataset"),
+        fields.get("dataset_name"),
     ):
         label = _text(value)
         if label is not None:
@@ -320,8 +323,12 @@ class TokenTypesEnricher:
             return ignore_types(labels.numel(), device=labels.device)
         suffix, specials = self._lazy_init()
         types = compute_token_types(
-            tokenizer=self.tokenizer, payload=payload, labels=labels, attention_mask=attention_mask,
-            suffix_tokens=suffix, special_ids=specials,
+            tokenizer=self.tokenizer,
+            payload=payload,
+            labels=labels,
+            attention_mask=attention_mask,
+            suffix_tokens=suffix,
+            special_ids=specials,
         )
         return ignore_types(labels.numel(), device=labels.device) if types is None else types
 

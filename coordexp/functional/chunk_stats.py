@@ -349,4 +349,3 @@ class ChunkStats:
                 work.index_add_(-1, coord.ids, coord_grad)
         if work is not out:
             out.copy_(work)
-

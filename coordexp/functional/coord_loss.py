@@ -146,4 +146,3 @@ def ce_loss(
     plan = ce_loss_plan(coord, coord_cfg, LogitsInfo.of(logits), options)
     loss = _CoordLossFunction.apply(logits, targets, types, None, denominator, plan)
     return loss, plan.stats
-

@@ -26,8 +26,14 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo_tok")
     tok = build_demo_tokenizer(out)
     Qwen3Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, architectures=["Qwen3ForCausalLM"],
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        architectures=["Qwen3ForCausalLM"],
     ).save_pretrained(out)
     return out
 
@@ -46,7 +52,9 @@ def make_template(tokenizer: Any) -> Callable[..., Any]:
 
     def make(*, packing: bool = False, remove_unused_columns: bool = False) -> Any:
         template = get_template(
-            tokenizer, template_type="qwen3_nothinking", max_length=MAX_LENGTH,
+            tokenizer,
+            template_type="qwen3_nothinking",
+            max_length=MAX_LENGTH,
             remove_unused_columns=remove_unused_columns,
         )
         template.set_mode("train")

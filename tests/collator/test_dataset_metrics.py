@@ -46,8 +46,10 @@ def _meta(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _expected_types(template: Any, sample: dict[str, Any]) -> torch.Tensor:
     types = compute_token_types(
-        tokenizer=template.tokenizer, payload=sample["_extra_kwargs"]["assistant_payload"],
-        labels=torch.tensor(sample["labels"]), suffix_tokens=resolve_suffix_ids(template),
+        tokenizer=template.tokenizer,
+        payload=sample["_extra_kwargs"]["assistant_payload"],
+        labels=torch.tensor(sample["labels"]),
+        suffix_tokens=resolve_suffix_ids(template),
     )
     assert types is not None
     return types
@@ -120,9 +122,9 @@ def test_left_padding(make_template: Callable[..., Any], make_row: RowFactory) -
         _coord_positions_are_coord(template, labels[i], types[i])
 
 
-def _packed(make_template: Callable[..., Any], make_row: RowFactory, datasets: list[list[str]]) -> tuple[
-    Any, list[list[dict[str, Any]]]
-]:
+def _packed(
+    make_template: Callable[..., Any], make_row: RowFactory, datasets: list[list[str]]
+) -> tuple[Any, list[list[dict[str, Any]]]]:
     template = make_template(packing=True)
     seed = 0
     packs = []

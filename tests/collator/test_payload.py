@@ -24,9 +24,7 @@ def test_exact_text_and_spans() -> None:
     payload = {"objects": [{"desc": "red car", "bbox_2d": [coord_token(12), coord_token(40), 3, 4.5]}]}
     text, types = typed_serialization(payload)
     assert text == serialize_payload(payload)
-    assert text == (
-        '{"objects": [{"desc": "red car", "bbox_2d": ["<|coord_12|>", "<|coord_40|>", 3, 4.5]}]}'
-    )
+    assert text == ('{"objects": [{"desc": "red car", "bbox_2d": ["<|coord_12|>", "<|coord_40|>", 3, 4.5]}]}')
     assert len(types) == len(text)
     assert char_types_by_span(text, types) == [
         ('{"objects": [{"desc": ', F),
@@ -71,8 +69,12 @@ def test_desc_escapes_and_non_ascii() -> None:
 
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 2000), st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8), st.integers(0, 999).map(coord_token),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2000),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.integers(0, 999).map(coord_token),
 )
 _keys = st.one_of(st.sampled_from(["desc", "bbox_2d", "poly", "objects", "x"]), st.text(max_size=5))
 _json = st.recursive(

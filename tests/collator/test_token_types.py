@@ -23,8 +23,10 @@ IGN, D, C, F = int(TokenType.IGNORE), int(TokenType.DESC), int(TokenType.COORD),
 
 def _types(template: Any, encoded: dict[str, Any], payload: Any, labels: Any = None) -> torch.Tensor | None:
     return compute_token_types(
-        tokenizer=template.tokenizer, payload=payload,
-        labels=torch.tensor(encoded["labels"] if labels is None else labels), attention_mask=None,
+        tokenizer=template.tokenizer,
+        payload=payload,
+        labels=torch.tensor(encoded["labels"] if labels is None else labels),
+        attention_mask=None,
         suffix_tokens=resolve_suffix_ids(template),
     )
 
@@ -95,7 +97,7 @@ def test_special_tail(
     eos, pad = tok.eos_token_id, tok.pad_token_id
     for tail in ([eos], [pad, eos] * (MAX_SPECIAL_TAIL // 2)):
         types = _types(template, enc, row["assistant_payload"], labels=[*enc["labels"], *tail])
-        assert types is not None and types[-len(tail):].tolist() == [F] * len(tail)
+        assert types is not None and types[-len(tail) :].tolist() == [F] * len(tail)
     too_long = [eos] * (MAX_SPECIAL_TAIL + 1)
     assert _types(template, enc, row["assistant_payload"], labels=[*enc["labels"], *too_long]) is None
     word = tok("car", add_special_tokens=False)["input_ids"][0]
@@ -113,8 +115,11 @@ def test_padding_and_attention_mask(
     padded = [-100] * 3 + enc["labels"]  # left padding
     mask = [0] * 3 + [1] * n
     types = compute_token_types(
-        tokenizer=template.tokenizer, payload=row["assistant_payload"], labels=torch.tensor(padded),
-        attention_mask=torch.tensor(mask), suffix_tokens=resolve_suffix_ids(template),
+        tokenizer=template.tokenizer,
+        payload=row["assistant_payload"],
+        labels=torch.tensor(padded),
+        attention_mask=torch.tensor(mask),
+        suffix_tokens=resolve_suffix_ids(template),
     )
     plain = _types(template, enc, row["assistant_payload"])
     assert types is not None and plain is not None
@@ -186,7 +191,9 @@ def test_suffix_tokens_as_ms_swift_writes_them(
     encoded = encode(row)
     expected = _types(template, encoded, row["assistant_payload"])
     got = compute_token_types(
-        tokenizer=tok, payload=row["assistant_payload"], labels=torch.tensor(encoded["labels"]),
+        tokenizer=tok,
+        payload=row["assistant_payload"],
+        labels=torch.tensor(encoded["labels"]),
         suffix_tokens=suffix,
     )
     assert expected is not None and got is not None
@@ -196,6 +203,8 @@ def test_suffix_tokens_as_ms_swift_writes_them(
 def test_suffix_naming_an_undefined_attribute_is_a_clear_error(template: Any) -> None:
     with pytest.raises(ValueError, match="template suffix names 'no_such_token_id'"):
         compute_token_types(
-            tokenizer=template.tokenizer, payload={"objects": []}, labels=torch.tensor([1, 2]),
+            tokenizer=template.tokenizer,
+            payload={"objects": []},
+            labels=torch.tensor([1, 2]),
             suffix_tokens=[["no_such_token_id"]],
         )

@@ -113,9 +113,7 @@ def run_step(
     return trainer, loss, model
 
 
-BASES = pytest.mark.parametrize(
-    "base", [StandInTrainer, SwiftLikeTrainer], ids=["two_pass", "one_pass_seam"]
-)
+BASES = pytest.mark.parametrize("base", [StandInTrainer, SwiftLikeTrainer], ids=["two_pass", "one_pass_seam"])
 
 
 @BASES

@@ -603,6 +603,7 @@ def _pack_fallback(obs: Observed) -> None:
 
 # ---------------------------------------------------------------- the matrix
 
+
 def _refused_option_case(case_id: str, input_: str, fragment: str, **options: Any) -> Case:
     """A training option the one-pass Stage-1 loss cannot honour: refused while the trainer is built
     (ms-swift's ``create_loss_and_eval_metric``), before any step."""
