@@ -9,12 +9,17 @@ import argparse
 import difflib
 import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import coordexp
 
+if TYPE_CHECKING:
+    from coordexp.demo.build import DemoKind
+
 
 def _train(argv: Sequence[str]) -> int:
+    from coordexp.demo.build import DEMO_KINDS
+
     parser = argparse.ArgumentParser(
         prog="coordexp train",
         description="Train with the Stage-1 components through ms-swift. Without CONFIG: the embedded demo.",
@@ -22,9 +27,10 @@ def _train(argv: Sequence[str]) -> int:
     parser.add_argument("config", nargs="?", help="training YAML (model, data, training, custom)")
     parser.add_argument(
         "--demo",
-        choices=("text", "vl"),
-        help="without CONFIG: which embedded demo (text: a tiny Qwen3, the default; "
-        "vl: a tiny Qwen3-VL with generated images, needs the vl extra)",
+        choices=tuple(DEMO_KINDS),
+        help="without CONFIG: which embedded demo ("
+        + "; ".join(f"{kind}: {spec.description}" for kind, spec in DEMO_KINDS.items())
+        + "; text is the default, vl needs the vl extra)",
     )
     args = parser.parse_args(list(argv))
     if args.config and args.demo:
@@ -35,14 +41,15 @@ def _train(argv: Sequence[str]) -> int:
     try:
         from coordexp.training import demo_config, load_config, train
 
-        kind: Literal["text", "vl"] = args.demo or "text"
-        if not args.config and kind == "vl":  # before minutes of building, not after
-            from coordexp.training.vl_support import require_vl_dependencies
+        kind: DemoKind = args.demo or "text"
+        if not args.config:  # a VL demo checks its dependencies before the build, not after
+            from coordexp.training.vl_support import is_multimodal_model_type, require_vl_dependencies
 
-            require_vl_dependencies("the --demo vl model (a tiny Qwen3-VL)")
+            if is_multimodal_model_type(DEMO_KINDS[kind].model_type):
+                require_vl_dependencies(f"the --demo {kind} model ({DEMO_KINDS[kind].description})")
         cfg = load_config(args.config) if args.config else demo_config(kind=kind)
         if not args.config:
-            print(f"[coordexp] no config given: running the embedded demo ({DEMO_DESCRIPTIONS[kind]})")
+            print(f"[coordexp] no config given: running the embedded demo ({DEMO_KINDS[kind].description})")
         train(cfg)
     except ConfigError as exc:  # one line per error, each naming the file and key
         for line in str(exc).splitlines():
@@ -54,10 +61,6 @@ def _train(argv: Sequence[str]) -> int:
     return 0
 
 
-DEMO_DESCRIPTIONS = {
-    "text": "tiny Qwen3, synthetic data",
-    "vl": "tiny Qwen3-VL, generated images with boxes",
-}
 USAGE = (
     "usage: coordexp {train,check-logs,report} ...\n\n"
     "  train [CONFIG.yaml]   train (no config: the embedded demo; --demo vl: the VL one)\n"

@@ -16,16 +16,25 @@ torch/transformers are imported.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from coordexp.demo.dataset import DATASET_LABELS, build_demo_dataset, demo_dataset_path
 from coordexp.demo.model import build_demo_model
 from coordexp.demo.tokenizer import build_demo_tokenizer
 
-__all__ = ["BUILDER_VERSION", "DEMO_KINDS", "DemoAssets", "DemoKind", "build_demo_assets", "load_demo_assets"]
+__all__ = [
+    "BUILDER_VERSION",
+    "DEMO_KINDS",
+    "DemoAssets",
+    "DemoKind",
+    "DemoKindSpec",
+    "build_demo_assets",
+    "load_demo_assets",
+]
 
 DemoKind = Literal["text", "vl"]
 
@@ -34,20 +43,39 @@ BUILDER_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODEL_SUBDIR = "model"
 DATA_SUBDIR = "data"
-# Rows per (split, label) file; small enough for a CPU demo run, large enough for a few epochs.
-N_TRAIN = 96
-N_VAL = 16
 # Files whose presence means the checkpoint folder is complete (the tokenizer writes more).
 _CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
-def _build_text(root: Path, seed: int) -> None:
+@dataclass(frozen=True)
+class DemoKindSpec:
+    """Everything that differs between the embedded demos, said once: how to build it, how ms-swift
+    loads it, its size, where ``train --demo`` puts it and how long it trains."""
+
+    build: Callable[[Path, int, DemoKindSpec], None]
+    description: str
+    root: Path
+    """the default folder of ``train --demo KIND`` (relative to the working directory)"""
+    model_type: str
+    template_type: str
+    n_train: int
+    """rows per (split, label) file"""
+    n_val: int
+    schedule: Mapping[str, Any]
+    """the demo run's ``training:`` keys that differ between demos"""
+    extra_files: tuple[str, ...] = ()
+    """checkpoint files besides ``_CHECKPOINT_FILES`` whose presence means a complete build"""
+
+
+def _build_text(root: Path, seed: int, spec: DemoKindSpec) -> None:
     tokenizer = build_demo_tokenizer(root / MODEL_SUBDIR, seed=seed)
     build_demo_model(root / MODEL_SUBDIR, tokenizer, seed=seed)
-    build_demo_dataset(root / DATA_SUBDIR, seed=seed, n_train=N_TRAIN, n_val=N_VAL, labels=DATASET_LABELS)
+    build_demo_dataset(
+        root / DATA_SUBDIR, seed=seed, n_train=spec.n_train, n_val=spec.n_val, labels=DATASET_LABELS
+    )
 
 
-def _build_vl(root: Path, seed: int) -> None:
+def _build_vl(root: Path, seed: int, spec: DemoKindSpec) -> None:
     # Imported here: the text demo needs no vision code.
     from coordexp.demo.vl_dataset import build_vl_dataset
     from coordexp.demo.vl_model import build_vl_model, build_vl_processor, build_vl_tokenizer
@@ -55,26 +83,50 @@ def _build_vl(root: Path, seed: int) -> None:
     tokenizer = build_vl_tokenizer(root / MODEL_SUBDIR, seed=seed)
     build_vl_processor(root / MODEL_SUBDIR, tokenizer)
     build_vl_model(root / MODEL_SUBDIR, tokenizer, seed=seed)
-    build_vl_dataset(root / DATA_SUBDIR, seed=seed, n_train=N_TRAIN_VL, n_val=N_VAL_VL, labels=DATASET_LABELS)
+    build_vl_dataset(
+        root / DATA_SUBDIR, seed=seed, n_train=spec.n_train, n_val=spec.n_val, labels=DATASET_LABELS
+    )
 
 
-@dataclass(frozen=True)
-class _KindSpec:
-    build: Callable[[Path, int], None]
-    model_type: str
-    template_type: str
-    n_train: int
-    n_val: int
-    extra_files: tuple[str, ...] = ()
-
-
-# The VL demo has fewer rows: each VL step is slower (vision tower, 152k-wide logits).
-N_TRAIN_VL = 32
-N_VAL_VL = 8
-DEMO_KINDS: dict[str, _KindSpec] = {
-    "text": _KindSpec(_build_text, "qwen3", "qwen3_nothinking", N_TRAIN, N_VAL),
-    "vl": _KindSpec(_build_vl, "qwen3_vl", "qwen3_vl", N_TRAIN_VL, N_VAL_VL, ("processor_config.json",)),
-}
+DEMO_KINDS: Mapping[DemoKind, DemoKindSpec] = MappingProxyType(
+    {
+        # Rows: small enough for a CPU demo run, large enough for a few epochs.
+        "text": DemoKindSpec(
+            _build_text,
+            description="tiny Qwen3, synthetic data",
+            root=Path("coordexp_demo"),
+            model_type="qwen3",
+            template_type="qwen3_nothinking",
+            n_train=96,
+            n_val=16,
+            schedule={
+                "max_steps": 24,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 2,
+                "eval_steps": 8,
+                "save_steps": 24,
+            },
+        ),
+        # Fewer rows and steps: a VL step is slower (vision tower, a 152k-wide output layer).
+        "vl": DemoKindSpec(
+            _build_vl,
+            description="tiny Qwen3-VL, generated images with boxes",
+            root=Path("coordexp_demo_vl"),
+            model_type="qwen3_vl",
+            template_type="qwen3_vl",
+            n_train=32,
+            n_val=8,
+            schedule={
+                "max_steps": 8,
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 2,
+                "eval_steps": 4,
+                "save_steps": 8,
+            },
+            extra_files=("processor_config.json",),
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -162,7 +214,7 @@ def build_demo_assets(root: str | Path, *, seed: int = 0, kind: DemoKind = "text
     # Drop a stale manifest first: a crash in the middle of this rebuild must not look complete.
     manifest_path.unlink(missing_ok=True)
     assets = _assets(root, seed, kind)
-    DEMO_KINDS[kind].build(root, seed)
+    DEMO_KINDS[kind].build(root, seed, DEMO_KINDS[kind])
     manifest = {
         "spec": _spec(seed, kind),
         "model_dir": MODEL_SUBDIR,

@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # the demo builders import torch: only when a demo runs
     from coordexp.demo.build import DemoKind
 
 CONFIG_FILENAME = "coordexp_config.yaml"
-DEMO_ROOT = Path("coordexp_demo")
 
 
 @dataclass(frozen=True)
@@ -32,33 +31,13 @@ class RunResult:
     eval_metrics: dict[str, Any]
 
 
-DEMO_ROOTS: dict[str, Path] = {"text": DEMO_ROOT, "vl": Path("coordexp_demo_vl")}
-# What differs between the demos' training sections: a VL step is slower (vision tower and a
-# 152k-wide output layer), so the VL demo trains fewer, smaller steps.
-_DEMO_SCHEDULES: dict[str, dict[str, Any]] = {
-    "text": {
-        "max_steps": 24,
-        "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 2,
-        "eval_steps": 8,
-        "save_steps": 24,
-    },
-    "vl": {
-        "max_steps": 8,
-        "per_device_train_batch_size": 2,
-        "gradient_accumulation_steps": 2,
-        "eval_steps": 4,
-        "save_steps": 8,
-    },
-}
-
-
 def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "text") -> TrainConfig:
     """Every Stage-1 feature on, on an embedded default: ``text`` (a tiny Qwen3) or ``vl`` (a tiny
     Qwen3-VL with generated images); about a minute on 2 CPU cores."""
-    from coordexp.demo import build_demo_assets
+    from coordexp.demo.build import DEMO_KINDS, build_demo_assets
 
-    root = (DEMO_ROOTS[kind] if root is None else root).resolve()
+    spec = DEMO_KINDS[kind]
+    root = (spec.root if root is None else root).resolve()
     assets = build_demo_assets(root / "assets", seed=seed, kind=kind)
     raw = {
         "model": {
@@ -74,7 +53,7 @@ def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "te
         },
         "training": {
             "output_dir": str(root / "run"),
-            **_DEMO_SCHEDULES[kind],
+            **spec.schedule,
             "per_device_eval_batch_size": 4,
             "learning_rate": 3e-3,
             "warmup_steps": 2,
