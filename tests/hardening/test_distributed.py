@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -38,28 +36,16 @@ import yaml
 from coordexp.generated import metric_keys as K
 from coordexp.monitor.events import read_jsonl
 from tests.hardening.support import TYPED_KEYS
+from tests.processes import child_env, torchrun
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 WORLD = 2
 RUN_TIMEOUT_S = 240
 SPAWN_TIMEOUT_S = 120
 COORD_DIAG = {K.COORD_DIAG_LOSS, K.COORD_DIAG_W1, K.COORD_DIAG_COORD_TOKENS}
 TYPED = {K.DESC_TOKEN_FRAC, K.FORMAT_TOKEN_FRAC, K.FORMAT_TOKEN_ACC}
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
 
 
 def _write_config(tmp_path: Path) -> Path:
@@ -92,13 +78,10 @@ def _write_config(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_real_swift_ddp_run(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-        "--nproc_per_node", str(WORLD), str(SCRIPT), str(config), str(tmp_path),
-    ]  # fmt: skip
+    cmd = torchrun(str(SCRIPT), str(config), str(tmp_path), nproc=WORLD)
     try:
         proc = subprocess.run(
-            cmd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=tmp_path
+            cmd, env=child_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=tmp_path
         )
     except subprocess.TimeoutExpired as exc:  # torchrun's group is killed with it
         pytest.fail(f"2-rank run did not finish in {RUN_TIMEOUT_S} s (hang?):\n{str(exc.stderr)[-4000:]}")
@@ -201,13 +184,10 @@ def test_a_strict_violation_on_one_rank_stops_every_rank_with_its_error(tmp_path
     raw = yaml.safe_load(config.read_text(encoding="utf-8"))
     raw["training"]["ddp_timeout"] = PG_TIMEOUT_S
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-        "--nproc_per_node", str(WORLD), str(FAILURE_SCRIPT), str(config), str(tmp_path),
-    ]  # fmt: skip
+    cmd = torchrun(str(FAILURE_SCRIPT), str(config), str(tmp_path), nproc=WORLD)
     try:
         proc = subprocess.run(
-            cmd, env=_env(), capture_output=True, text=True, timeout=FAILURE_RUN_TIMEOUT_S, cwd=tmp_path
+            cmd, env=child_env(), capture_output=True, text=True, timeout=FAILURE_RUN_TIMEOUT_S, cwd=tmp_path
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(

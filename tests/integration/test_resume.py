@@ -15,7 +15,6 @@ from the checkpoint) and the same sample dumps.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,10 +27,10 @@ import yaml
 
 from coordexp.monitor.events import read_jsonl
 from coordexp.training import TrainConfig, train
+from tests.processes import child_env
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("killed_run_script.py")
 KILL_AFTER_STEP = 5
 CHECKPOINT_STEP = 3
@@ -88,10 +87,9 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(
 
     config = tmp_path / "killed.yaml"
     config.write_text(yaml.safe_dump(_config(make_config, run_b).model_dump(mode="json")), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), str(config), str(KILL_AFTER_STEP)],
-        env={**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,8 @@ import pytest
 import yaml
 
 from coordexp.cli import check_logs
+from tests.processes import REPO, child_env, torchrun
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("sharded_train_script.py")
 EXAMPLES = REPO / "examples"
 RUN_TIMEOUT_S = 420  # the first DeepSpeed run JIT-builds a small communication op (~1 min)
@@ -49,18 +48,6 @@ if importlib.util.find_spec("deepspeed") is None:
     pytest.skip("deepspeed is not installed (the 'deepspeed' extra)", allow_module_level=True)
 
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-    )
-    return env
 
 
 def zero_config(stage: int) -> dict[str, Any]:
@@ -97,11 +84,8 @@ def write_config(root: Path, name: str, stage: int | None, **training: Any) -> P
 
 def launch(config: Path, out: Path) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(SCRIPT), str(config), str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    cmd = torchrun(str(SCRIPT), str(config), str(out))
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     return [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
 
@@ -224,11 +208,8 @@ def test_zero3_without_materialised_logits_is_refused_on_every_rank(root: Path) 
     """``custom.stage1_pass.materialize_logits: false`` computes the logits outside the head's forward,
     where ZeRO-3 has not gathered the head weight: refused at start, one line, exit code 2, every rank."""
     config = _without_logits(write_config(root, "zero3_no_logits", 3))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "coordexp", "train", str(config),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    cmd = torchrun("-m", "coordexp", "train", str(config))
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert proc.returncode != 0
     message = "custom.stage1_pass.materialize_logits=false with DeepSpeed ZeRO-3"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("coordexp train: error:")]

@@ -11,9 +11,7 @@ train as plain DDP and exit 0. ``coordexp train`` refuses that, in one line, at 
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +19,8 @@ import torch
 import yaml
 
 from coordexp.cli.main import main
+from tests.processes import child_env, torchrun
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("fsdp_refusal_script.py")
 FSDP = {"fsdp": True, "fsdp_config": {"version": 2}}
 
@@ -56,18 +54,9 @@ def test_fsdp_without_gpu_stops_at_load_in_one_line(
 @pytest.mark.slow
 def test_two_ranks_where_accelerate_drops_fsdp_stop_with_one_line(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+    proc = subprocess.run(
+        torchrun(str(SCRIPT), str(config)), env=child_env(), capture_output=True, text=True, timeout=240
     )
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(SCRIPT), str(config),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0
     lines = [
         ln
