@@ -91,7 +91,7 @@ class Stage1Pipeline:
         self.chunk_size = chunk_size
         self.best_effort = BestEffort()
         self._warned = WarnOnce()  # failure kinds of the step's diagnostics
-        metrics_cfg = config_section(trainer, "metrics_cfg", MetricsConfig) or MetricsConfig()
+        metrics_cfg = config_section(trainer, "metrics") or MetricsConfig()
         self.reporter = MetricReporter(aggregation=metrics_cfg.aggregation)
         # The mixins declare the components; the catalog says which of them the config needs.
         sections = TrainerSections.of(trainer)

@@ -11,8 +11,9 @@ conditions (:func:`coordexp.contracts.catalog.conditions_from_config`), or one o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from coordexp.components.base import BaseComponent
@@ -23,6 +24,7 @@ from coordexp.components.token_metrics import TokenMetricsComponent
 from coordexp.config import (
     CoordSoftCEW1Config,
     InstabilityMonitorConfig,
+    MetricsConfig,
     Stage1CustomConfig,
     Stage1PassConfig,
     TokenTypeMetricsConfig,
@@ -37,6 +39,7 @@ __all__ = [
     "MONITOR",
     "RUNTIME",
     "TOKEN_METRICS",
+    "TRAINER_SECTIONS",
     "TrainerSections",
     "active_components",
     "components_for",
@@ -46,6 +49,8 @@ __all__ = [
     "materializes_logits",
     "owned_keys",
     "reads_logits",
+    "section_attr",
+    "trainer_section_attrs",
 ]
 
 COMPONENT_CLASSES: tuple[type[BaseComponent], ...] = (
@@ -78,10 +83,33 @@ def components_for(custom: Stage1CustomConfig | None) -> list[str]:
     return list(components_under(conditions_from_config(custom)))
 
 
-def config_section(trainer: Any, attr: str, cls: Any) -> Any:
-    """The trainer's ``attr`` section as ``cls`` (None when the trainer has none)."""
-    raw = getattr(trainer, attr, None)
-    return None if raw is None else cls.from_mapping(raw)
+# The custom.* sections a Stage-1 trainer class carries, each as the class attribute ``<section>_cfg``
+# (see ``coordexp.trainer.assembly``), with the public model each is read as.
+TRAINER_SECTIONS: Mapping[str, Any] = MappingProxyType(
+    {
+        "coord_soft_ce_w1": CoordSoftCEW1Config,
+        "token_type_metrics": TokenTypeMetricsConfig,
+        "instability_monitor": InstabilityMonitorConfig,
+        "metrics": MetricsConfig,
+        "stage1_pass": Stage1PassConfig,
+    }
+)
+
+
+def section_attr(section: str) -> str:
+    """The trainer class attribute that carries ``custom.<section>``."""
+    return f"{section}_cfg"
+
+
+def trainer_section_attrs(custom: Stage1CustomConfig) -> dict[str, Any]:
+    """The class attributes of a Stage-1 trainer built for ``custom``."""
+    return {section_attr(section): getattr(custom, section) for section in TRAINER_SECTIONS}
+
+
+def config_section(trainer: Any, section: str) -> Any:
+    """The trainer's ``custom.<section>`` as its public model (None when the trainer has none)."""
+    raw = getattr(trainer, section_attr(section), None)
+    return None if raw is None else TRAINER_SECTIONS[section].from_mapping(raw)
 
 
 @dataclass(frozen=True)
@@ -96,10 +124,10 @@ class TrainerSections:
     @classmethod
     def of(cls, trainer: Any) -> TrainerSections:
         return cls(
-            coord=config_section(trainer, "coord_soft_ce_w1_cfg", CoordSoftCEW1Config),
-            tokens=config_section(trainer, "token_type_metrics_cfg", TokenTypeMetricsConfig),
-            monitor=config_section(trainer, "instability_monitor_cfg", InstabilityMonitorConfig),
-            stage1_pass=config_section(trainer, "stage1_pass_cfg", Stage1PassConfig),
+            coord=config_section(trainer, "coord_soft_ce_w1"),
+            tokens=config_section(trainer, "token_type_metrics"),
+            monitor=config_section(trainer, "instability_monitor"),
+            stage1_pass=config_section(trainer, "stage1_pass"),
         )
 
     def custom(self) -> Stage1CustomConfig:
@@ -127,7 +155,7 @@ def reads_logits(trainer: Any, component_names: frozenset[str]) -> bool:
 def materializes_logits(trainer: Any) -> bool:
     """``custom.stage1_pass.materialize_logits`` of a trainer (default true), from its config section
     alone (readable while the trainer is being built, before its pipeline exists)."""
-    cfg = config_section(trainer, "stage1_pass_cfg", Stage1PassConfig)
+    cfg = config_section(trainer, "stage1_pass")
     return bool((cfg or Stage1PassConfig()).materialize_logits)  # absent: the schema's default
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from coordexp.components.trainer_config import components_for
+from coordexp.components.trainer_config import components_for, trainer_section_attrs
 from coordexp.config import Stage1CustomConfig, load_custom_config
 from coordexp.trainer.mixins import MIXIN_BY_COMPONENT, DatasetMetricsCollatorMixin
 
@@ -30,11 +30,7 @@ def build_trainer_cls(
     names = components_for(custom)
     mixins = tuple(MIXIN_BY_COMPONENT[name] for name in names)
     attrs: dict[str, Any] = {
-        "coord_soft_ce_w1_cfg": custom.coord_soft_ce_w1,
-        "token_type_metrics_cfg": custom.token_type_metrics,
-        "instability_monitor_cfg": custom.instability_monitor,
-        "metrics_cfg": custom.metrics,
-        "stage1_pass_cfg": custom.stage1_pass,
+        **trainer_section_attrs(custom),
         # Sample dumps read each row at the source file and line kept from loading; this label ->
         # file mapping only serves samples whose meta has no source position (meta built elsewhere).
         "instability_source_files": dict(instability_source_files or {}),
