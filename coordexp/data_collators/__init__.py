@@ -9,9 +9,9 @@ from coordexp.data_collators.enrichers import (
     DatasetMetaEnricher,
     Enricher,
     InstabilityMetaEnricher,
-    TokenTypesEnricher,
 )
 from coordexp.data_collators.token_types import TokenType, compute_token_types, dataset_included
+from coordexp.data_collators.typing_enricher import TokenTypesEnricher
 
 __all__ = [
     "DatasetMetaEnricher",

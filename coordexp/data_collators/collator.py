@@ -52,9 +52,9 @@ from coordexp.data_collators.enrichers import (
     DatasetMetaEnricher,
     Enricher,
     InstabilityMetaEnricher,
-    TokenTypesEnricher,
     cfg_setting,
 )
+from coordexp.data_collators.typing_enricher import TokenTypesEnricher
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
 

@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
 import torch
 
-from coordexp.data_collators.token_types import (
-    compute_packed_token_types,
-    compute_token_types,
-    dataset_included,
-    ignore_types,
-    resolve_suffix_ids,
-    tail_special_ids,
-)
-from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import (
     DATASET_LABELS_KEY,
     DATASET_SEGMENTS_KEY,
     INSTABILITY_META_JSON_KEY,
     PACK_NUM_SAMPLES_KEY,
-    TOKEN_TYPES_KEY,
 )
 from coordexp.generated.models.config import InstabilityMonitorConfig, TokenTypeMetricsConfig
 
@@ -59,6 +49,11 @@ META_FIELDS: Final = frozenset(
 # (coordexp.training.data) as top-level keys no row field can shadow, for instability dumps.
 SOURCE_FILE_KEY: Final = "coordexp_source_file"
 SOURCE_LINE_KEY: Final = "coordexp_source_line"
+# The row's assistant answer texts (one per assistant turn; multimodal content: its text parts
+# joined) and the data.answer_format to read them with, put there by the loader: token types are
+# derived from the text the labels were made from. Top-level keys, never model inputs.
+ANSWER_TEXTS_KEY: Final = "coordexp_answer_texts"
+ANSWER_FORMAT_KEY: Final = "coordexp_answer_format"
 
 Sample = Mapping[str, Any]
 Rows = list[list[Sample]]
@@ -130,7 +125,8 @@ def sample_dataset_label(sample: Sample) -> str:
     return DEFAULT_LABEL
 
 
-def _is_line(value: object) -> bool:
+def is_source_line(value: object) -> bool:
+    """A usable SOURCE_LINE_KEY value: a 1-based int."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
@@ -205,11 +201,6 @@ def _restart_counts(batch: Mapping[str, Any], n_rows: int) -> list[int]:
     return [1] * n_rows
 
 
-def _sample_labels(sample: Sample) -> torch.Tensor:
-    labels = sample.get("labels")
-    return torch.as_tensor([] if labels is None else labels, dtype=torch.int64).reshape(-1)
-
-
 # ---------------------------------------------------------------- enrichers
 
 
@@ -263,7 +254,7 @@ class InstabilityMetaEnricher:
             "length": sample_length(sample),
             # Where the dump reader finds the row (None: not loaded by coordexp's loader).
             "source_file": source_file if isinstance(source_file, str) else None,
-            "source_line": source_line if _is_line(source_line) else None,
+            "source_line": source_line if is_source_line(source_line) else None,
         }
 
     def row_meta(self, row: Sequence[Sample]) -> dict[str, Any]:
@@ -281,95 +272,9 @@ class InstabilityMetaEnricher:
         batch[INSTABILITY_META_JSON_KEY] = json.dumps(entries, sort_keys=True, ensure_ascii=True)
 
 
-class TokenTypesEnricher:
-    """token_types: per-position GT types aligned to ``labels`` (see ``token_types``)."""
-
-    name = "token_types"
-    emits = frozenset({TOKEN_TYPES_KEY})
-    optional = True
-
-    def __init__(
-        self,
-        template: Any,
-        include: Iterable[str] = DEFAULT_INCLUDE,
-        exclude: Iterable[str] = DEFAULT_EXCLUDE,
-    ) -> None:
-        self.template = template
-        self.include = tuple(include)
-        self.exclude = tuple(exclude)
-        self._suffix: list[int] | None = None
-        self._specials: frozenset[int] | None = None
-        self._warned = WarnOnce()
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.template.tokenizer
-
-    def _lazy_init(self) -> tuple[list[int], frozenset[int]]:
-        # Resolved on first use: the template's tokenizer is final by then, and each costs a
-        # tokenizer round trip we do not want per sample.
-        if self._suffix is None or self._specials is None:
-            self._suffix = resolve_suffix_ids(self.template)
-            self._specials = tail_special_ids(self.tokenizer)
-        return self._suffix, self._specials
-
-    def sample_types(
-        self, sample: Sample, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Types for one sample's labels; IGNORE when excluded, without payload, or on mismatch."""
-        fields = sample_fields(sample)
-        payload = fields.get(PAYLOAD_FIELD)
-        if payload is None or not dataset_included(sample_dataset_label(sample), self.include, self.exclude):
-            return ignore_types(labels.numel(), device=labels.device)
-        suffix, specials = self._lazy_init()
-        types = compute_token_types(
-            tokenizer=self.tokenizer,
-            payload=payload,
-            labels=labels,
-            attention_mask=attention_mask,
-            suffix_tokens=suffix,
-            special_ids=specials,
-        )
-        return ignore_types(labels.numel(), device=labels.device) if types is None else types
-
-    def _check_payloads_reach_us(self, rows: Rows) -> None:
-        # The usual misconfiguration: swift dropped the row's extra fields. Say so once, since the
-        # only symptom would be rows that are silently all IGNORE.
-        if self._warned.seen("no_payload"):
-            return
-        if any(PAYLOAD_FIELD in sample_fields(s) for row in rows for s in row):
-            return
-        self._warned.log(
-            "no_payload",
-            logger,
-            "token types: no sample carries %r, so every row is IGNORE; keep the source fields with "
-            "remove_unused_columns=False (template / swift CLI)",
-            PAYLOAD_FIELD,
-        )
-
-    def __call__(self, batch: dict[str, Any], raw: list[Any]) -> None:
-        labels = batch.get("labels")
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
-            return  # nothing supervised to type (e.g. an inference batch): skip quietly
-        out = torch.full_like(labels, -1, dtype=torch.int64)
-        rows = group_rows(batch, raw)
-        if rows is None:
-            batch[TOKEN_TYPES_KEY] = out  # rows unknown: all IGNORE means "no types"
-            return
-        self._check_payloads_reach_us(rows)
-        mask = batch.get("attention_mask")
-        mask = mask if isinstance(mask, torch.Tensor) and mask.shape == labels.shape else None
-        for i, row in enumerate(rows):
-            if len(row) == 1:
-                # One sample per row: type the collated row itself, whatever the padding side.
-                out[i] = self.sample_types(row[0], labels[i], None if mask is None else mask[i])
-            else:
-                parts = [self.sample_types(s, _sample_labels(s)) for s in row]
-                out[i] = compute_packed_token_types(parts, labels.shape[-1]).to(labels.device)
-        batch[TOKEN_TYPES_KEY] = out
-
-
 __all__ = [
+    "ANSWER_FORMAT_KEY",
+    "ANSWER_TEXTS_KEY",
     "DEFAULT_LABEL",
     "EXTRA_KWARGS_KEY",
     "META_FIELDS",
@@ -380,11 +285,11 @@ __all__ = [
     "DatasetMetaEnricher",
     "Enricher",
     "InstabilityMetaEnricher",
-    "TokenTypesEnricher",
     "batch_num_rows",
     "cfg_get",
     "cfg_setting",
     "group_rows",
+    "is_source_line",
     "row_label",
     "sample_dataset_label",
     "sample_fields",

@@ -1,11 +1,17 @@
 """Per-position ground-truth token types (``token_types`` batch extra).
 
-A sample's supervised tokens are typed by re-serialising its ``assistant_payload`` with per-character
-types (``typed_serialization``), tokenising that text like the template does (no special tokens) and
-giving every token the majority type of its characters. The template's end-of-turn suffix tokens are
-FORMAT. The result is used only when the token ids equal the supervised label ids exactly (plus at
-most ``MAX_SPECIAL_TAIL`` extra supervised special tokens, typed FORMAT): a row is never given wrong
-types, only none (all IGNORE).
+A sample's supervised tokens are typed from the assistant answer text the labels were made from:
+the text is parsed (:func:`coordexp.answers.parse_answer`, ``data.answer_format``: JSON or
+CoordJSON) into one type per character, tokenised like the template does (no special tokens, with
+offsets) and every token gets the majority type of its characters. A sample without answer text
+(not loaded by coordexp's loader) is typed from its ``assistant_payload`` re-serialised
+(``typed_serialization``: today's writer's text, typed identically). The template's end-of-turn
+suffix tokens are FORMAT. The result is used only when the token ids equal the supervised label ids
+exactly (plus at most ``MAX_SPECIAL_TAIL`` extra supervised special tokens, typed FORMAT): a row is
+never given wrong types, only none (all IGNORE); :func:`typing_outcome` says why.
+
+Several assistant turns: every turn is typed and joined, each followed by the suffix; when that does
+not match the labels (earlier turns unsupervised), the last turn alone is tried.
 
 Majority tie rule: the lowest ``TokenType`` value wins (DESC < COORD < FORMAT), i.e. content beats
 scaffolding. Byte-level BPE often merges a separator with content (``' "'`` before a description,
@@ -20,6 +26,7 @@ from typing import Any
 
 import torch
 
+from coordexp.answers import AnswerFormat, parse_answer
 from coordexp.coord_tokens.codec import COORD_BINS, coord_token
 from coordexp.coord_tokens.payload import TokenType, typed_serialization
 from coordexp.generated.batch_extras import IGNORE_INDEX
@@ -37,7 +44,9 @@ __all__ = [
     "resolve_suffix_ids",
     "suffix_token_ids",
     "tail_special_ids",
+    "text_token_ids",
     "typed_token_ids",
+    "typing_outcome",
 ]
 
 
@@ -67,7 +76,11 @@ def _majority(char_types: Sequence[int], start: int, end: int) -> int:
 
 def typed_token_ids(tokenizer: Any, payload: Mapping[str, Any]) -> tuple[list[int], list[int]]:
     """Token ids of the payload's answer text and one type per token (majority of its characters)."""
-    text, char_types = typed_serialization(payload)
+    return text_token_ids(tokenizer, *typed_serialization(payload))
+
+
+def text_token_ids(tokenizer: Any, text: str, char_types: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` (no special tokens) and one type per token (majority of its characters)."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = [int(i) for i in enc["input_ids"]]
     types = [_majority(char_types, int(s), int(e)) for s, e in enc["offset_mapping"]]
@@ -150,47 +163,130 @@ def _align(
     return types + [_FORMAT] * len(rest)
 
 
-def compute_token_types(
+AnswerTexts = str | Sequence[str]
+NOT_ALIGNED = "the typed answer's tokens are not the supervised label ids (+ end-of-turn suffix)"
+
+
+def _format_name(answer_format: str) -> str:
+    return {"json": "JSON", "coordjson": "CoordJSON"}.get(answer_format, "JSON or CoordJSON")
+
+
+def _text_candidates(
+    tokenizer: Any, texts: Sequence[str], answer_format: AnswerFormat, suffix: list[int]
+) -> tuple[list[tuple[list[int], list[int]]], str | None]:
+    """(ids, types) to try against the labels: all turns joined by the suffix, then the last turn
+    alone; or the reason there is none."""
+    if not texts:
+        return [], "no assistant answer text"
+    turns: list[tuple[list[int], list[int]] | None] = []
+    first_problem: str | None = None
+    for text in texts:
+        parsed = parse_answer(text, answer_format)
+        if parsed.char_types is None or parsed.problems:
+            turns.append(None)
+            first_problem = first_problem or f"not a {_format_name(answer_format)} answer: {parsed.problem}"
+            continue
+        turns.append(text_token_ids(tokenizer, text, parsed.char_types))
+    candidates: list[tuple[list[int], list[int]]] = []
+    if all(t is not None for t in turns):
+        ids: list[int] = []
+        types: list[int] = []
+        for i, turn in enumerate(turns):
+            assert turn is not None
+            ids += turn[0] + (suffix if i < len(turns) - 1 else [])
+            types += turn[1] + ([_FORMAT] * len(suffix) if i < len(turns) - 1 else [])
+        candidates.append((ids, types))
+    last = turns[-1]
+    if last is not None and len(turns) > 1:
+        candidates.append(last)
+    return candidates, None if candidates else first_problem
+
+
+def _payload_candidates(tokenizer: Any, payload: Any) -> tuple[list[tuple[list[int], list[int]]], str | None]:
+    base = _as_payload(payload)
+    if base is None:
+        return [], "no answer text and no usable assistant_payload"
+    stripped = _drop_none(base)
+    candidates = []
+    for candidate in (base, stripped) if stripped != base else (base,):
+        try:
+            candidates.append(typed_token_ids(tokenizer, candidate))
+        except (TypeError, ValueError):  # unserialisable payload (odd flat poly, bad keys): no types
+            return [], "assistant_payload cannot be serialised"
+    return candidates, None
+
+
+def typing_outcome(
     *,
     tokenizer: Any,
-    payload: Any,
     labels: torch.Tensor | Sequence[int],
+    answer_texts: AnswerTexts | None = None,
+    answer_format: AnswerFormat = "auto",
+    payload: Any = None,
     attention_mask: torch.Tensor | Sequence[int] | None = None,
     suffix_tokens: SuffixTokens | None = None,
     special_ids: Collection[int] | None = None,
-) -> torch.Tensor | None:
-    """Token types aligned to one sample's 1-D ``labels``, or None when the payload does not match.
+) -> tuple[torch.Tensor | None, str | None]:
+    """(types aligned to the 1-D ``labels``, None) or (None, why the sample cannot be typed).
 
-    Unsupervised positions (``labels == -100`` or ``attention_mask == 0``) are IGNORE. ``special_ids``
-    (the allowed tail tokens) defaults to ``tail_special_ids(tokenizer)``; pass it when calling often.
-    ``suffix_tokens`` is the template's end-of-turn suffix, as ids or as ms-swift writes a template
-    suffix (see :func:`suffix_token_ids`); pass ids (``resolve_suffix_ids``) when calling often.
+    ``answer_texts`` (the assistant turns' texts, or one text) are typed when given; otherwise the
+    ``payload``. Unsupervised positions (``labels == -100`` or ``attention_mask == 0``) are IGNORE.
     """
     labels_t = torch.as_tensor(labels).reshape(-1)
     supervised = labels_t != IGNORE_INDEX
     if attention_mask is not None:
         supervised &= torch.as_tensor(attention_mask, device=labels_t.device).reshape(-1) != 0
-    base = _as_payload(payload)
-    if base is None or not bool(supervised.any()):
-        return None
-    sup_ids = [int(i) for i in labels_t[supervised].tolist()]
+    if not bool(supervised.any()):
+        return None, "nothing supervised"
     suffix = suffix_token_ids(tokenizer, suffix_tokens)
+    if answer_texts is not None:
+        texts = [answer_texts] if isinstance(answer_texts, str) else list(answer_texts)
+        candidates, problem = _text_candidates(tokenizer, texts, answer_format, suffix)
+    else:
+        candidates, problem = _payload_candidates(tokenizer, payload)
+    if problem is not None:
+        return None, problem
+    sup_ids = [int(i) for i in labels_t[supervised].tolist()]
     specials = tail_special_ids(tokenizer) if special_ids is None else special_ids
-    aligned: list[int] | None = None
-    stripped = _drop_none(base)
-    for candidate in (base, stripped) if stripped != base else (base,):
-        try:
-            ids, types = typed_token_ids(tokenizer, candidate)
-        except (TypeError, ValueError):  # unserialisable payload (odd flat poly, bad keys): no types
-            return None
+    for ids, types in candidates:
         aligned = _align(sup_ids, ids, types, suffix, specials)
         if aligned is not None:
-            break
-    if aligned is None:
-        return None
-    out = ignore_types(labels_t.numel(), device=labels_t.device)
-    out[supervised] = torch.tensor(aligned, dtype=torch.int64, device=labels_t.device)
-    return out
+            out = ignore_types(labels_t.numel(), device=labels_t.device)
+            out[supervised] = torch.tensor(aligned, dtype=torch.int64, device=labels_t.device)
+            return out, None
+    return None, NOT_ALIGNED
+
+
+def compute_token_types(
+    *,
+    tokenizer: Any,
+    payload: Any = None,
+    labels: torch.Tensor | Sequence[int],
+    attention_mask: torch.Tensor | Sequence[int] | None = None,
+    suffix_tokens: SuffixTokens | None = None,
+    special_ids: Collection[int] | None = None,
+    answer_texts: AnswerTexts | None = None,
+    answer_format: AnswerFormat = "auto",
+) -> torch.Tensor | None:
+    """Token types aligned to one sample's 1-D ``labels``, or None when they cannot be derived.
+
+    Typed from ``answer_texts`` when given (the assistant text the labels were made from), else from
+    ``payload`` re-serialised. ``special_ids`` (the allowed tail tokens) defaults to
+    ``tail_special_ids(tokenizer)``; pass it when calling often. ``suffix_tokens`` is the template's
+    end-of-turn suffix, as ids or as ms-swift writes a template suffix (see
+    :func:`suffix_token_ids`); pass ids (``resolve_suffix_ids``) when calling often.
+    """
+    types, _ = typing_outcome(
+        tokenizer=tokenizer,
+        labels=labels,
+        answer_texts=answer_texts,
+        answer_format=answer_format,
+        payload=payload,
+        attention_mask=attention_mask,
+        suffix_tokens=suffix_tokens,
+        special_ids=special_ids,
+    )
+    return types
 
 
 def compute_packed_token_types(per_sample: Sequence[torch.Tensor], row_length: int) -> torch.Tensor:

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ValidationError
 import coordexp.config as config
 import coordexp.monitor.settings as settings
 from coordexp.components.coord_loss import loss_config
-from coordexp.data_collators.enrichers import InstabilityMetaEnricher, TokenTypesEnricher
+from coordexp.data_collators.enrichers import InstabilityMetaEnricher
+from coordexp.data_collators.typing_enricher import TokenTypesEnricher
 from coordexp.functional import CoordLossConfig
 from coordexp.generated.models import config as generated
 
