@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from coordexp.answers import AnswerFormat
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.config.schema import format_validation_error
 from coordexp.training.arguments import validate_training_arguments
@@ -51,6 +52,11 @@ class DataSection(_Strict):
         le=1.0,
         description="Fraction of a split's rows that may be refused (listed with file:line); above it the "
         "run stops. 0: any refused row stops the run.",
+    )
+    answer_format: AnswerFormat = Field(
+        "auto",
+        description="How assistant answers are read for token types: json (any valid JSON answer), "
+        "coordjson (strict CoordJSON) or auto (per row: valid JSON as JSON, else CoordJSON).",
     )
 
 

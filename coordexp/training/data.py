@@ -21,6 +21,11 @@ A row that cannot be trained on as written is refused, with its ``file:line`` an
 lookalike outside the 1000 bins in an assistant message (the tokenizer would split it into plain
 text and train it as such), a media file that does not exist, a row the template refuses (too long,
 malformed messages, an image it cannot read, any encode error), and a row with nothing supervised.
+
+Each encoded dict also carries its assistant answer texts and ``data.answer_format``
+(``ANSWER_TEXTS_KEY`` / ``ANSWER_FORMAT_KEY``): token types are read from the text the labels were
+made from. With ``custom.token_type_metrics`` on, rows that cannot be typed are listed
+(``coordexp.training.untyped``).
 """
 
 from __future__ import annotations
@@ -32,12 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
+from coordexp.answers import AnswerFormat
 from coordexp.coord_tokens.codec import COORD_BINS, invalid_coord_tokens
-from coordexp.data_collators.enrichers import SOURCE_FILE_KEY, SOURCE_LINE_KEY
+from coordexp.data_collators.enrichers import (
+    ANSWER_FORMAT_KEY,
+    ANSWER_TEXTS_KEY,
+    SOURCE_FILE_KEY,
+    SOURCE_LINE_KEY,
+)
 from coordexp.functional.targets import IGNORE_INDEX
 from coordexp.io.jsonl import read_jsonl_lines
 from coordexp.training.config import DataSection
 from coordexp.training.refused import RefusedRows
+from coordexp.training.untyped import TypingSetup, UntypedRows, answer_texts
 
 logger = logging.getLogger("coordexp")
 
@@ -182,8 +194,11 @@ def encode_rows(
     split: str,
     refused: RefusedRows,
     max_samples: int | None = None,
+    answer_format: AnswerFormat = "auto",
+    untyped: UntypedRows | None = None,
 ) -> list[dict[str, Any]]:
-    """Encode every row (up to ``max_samples`` kept ones); refusals go to ``refused``."""
+    """Encode every row (up to ``max_samples`` kept ones); refusals go to ``refused``, rows the
+    token-type metrics cannot type to ``untyped``."""
     encoded: list[dict[str, Any]] = []
     refused.begin(split)
     for name in files:
@@ -201,18 +216,24 @@ def encode_rows(
                     enc[field] = src.row[field]
             enc[SOURCE_FILE_KEY] = source_file
             enc[SOURCE_LINE_KEY] = src.line
+            enc[ANSWER_TEXTS_KEY], enc[ANSWER_FORMAT_KEY] = answer_texts(src.row), answer_format
+            if untyped is not None:
+                untyped.check(source_file, src.line, split, src.row, enc["labels"])
             refused.keep(split)
             encoded.append(enc)
     return encoded
 
 
 def build_datasets(
-    template: Any, data: DataSection, *, packing_length: int, output_dir: Path
+    template: Any, data: DataSection, *, packing_length: int, output_dir: Path, token_types: Any = None
 ) -> tuple[Any, Any | None]:
     """Train and eval datasets for the trainer (a list for padded / padding_free, a swift
-    PackingDataset for packing); raises ``DataError`` when more rows are refused than tolerated."""
+    PackingDataset for packing); raises ``DataError`` when more rows are refused than tolerated, or
+    when ``token_types`` (``custom.token_type_metrics``) is on and an included dataset's train rows
+    cannot be typed."""
     packed = data.layout == "packing"
     refused = RefusedRows()
+    untyped = UntypedRows(TypingSetup.for_run(template, token_types, data.answer_format))
 
     def encode(files: Sequence[str], split: str) -> list[dict[str, Any]]:
         rows = encode_rows(
@@ -221,6 +242,8 @@ def build_datasets(
             split=split,
             refused=refused,
             max_samples=data.max_samples,
+            answer_format=data.answer_format,
+            untyped=untyped,
         )
         logger.info("coordexp: encoded %d %s rows", len(rows), split)
         return rows
@@ -228,6 +251,7 @@ def build_datasets(
     train_rows = encode(data.train, "train")
     val_rows = encode(data.val, "val") if data.val else None
     refused.enforce(data.max_refused_fraction, output_dir)
+    untyped.enforce(output_dir)
 
     def as_dataset(rows: list[dict[str, Any]]) -> Any:
         if not packed:

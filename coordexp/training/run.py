@@ -170,7 +170,11 @@ def build_trainer(cfg: TrainConfig) -> Any:
 
     # Every row carries its source file and line, so sample dumps need no label -> file mapping.
     train_ds, eval_ds = build_datasets(
-        template, cfg.data, packing_length=packing_length, output_dir=Path(args.output_dir)
+        template,
+        cfg.data,
+        packing_length=packing_length,
+        output_dir=Path(args.output_dir),
+        token_types=stage1.token_type_metrics,
     )
     trainer_cls = build_trainer_cls(Seq2SeqTrainer, stage1)
     trainer = trainer_cls(
