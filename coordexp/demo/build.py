@@ -1,7 +1,9 @@
 """Build (or reuse) the complete offline demo: tokenizer + tiny model + JSONL dataset.
 
-Two kinds: ``text`` (a tiny Qwen3, the default) and ``vl`` (a tiny Qwen3-VL with generated images,
-see :mod:`coordexp.demo.vl_model` and :mod:`coordexp.demo.vl_dataset`). Layout under ``root``::
+Three kinds: ``text`` (a tiny Qwen3, the default), ``coordjson`` (the same model and rows, answered
+in CoordJSON: both field orders, ``bbox_2d`` and ``poly``, some rows without ``assistant_payload``)
+and ``vl`` (a tiny Qwen3-VL with generated images, see :mod:`coordexp.demo.vl_model` and
+:mod:`coordexp.demo.vl_dataset`). Layout under ``root``::
 
     manifest.json          what was built, of which kind, from which seed; written LAST
     model/                 tokenizer (+ processor) files + config.json + model.safetensors
@@ -22,7 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from coordexp.demo.dataset import DATASET_LABELS, build_demo_dataset, demo_dataset_path
+from coordexp.answers import AnswerFormat
+from coordexp.demo.dataset import DATASET_LABELS, DemoAnswer, build_demo_dataset, demo_dataset_path
 from coordexp.demo.model import build_demo_model
 from coordexp.demo.tokenizer import build_demo_tokenizer
 
@@ -36,7 +39,7 @@ __all__ = [
     "load_demo_assets",
 ]
 
-DemoKind = Literal["text", "vl"]
+DemoKind = Literal["text", "coordjson", "vl"]
 
 # Bump whenever the tokenizer, model or dataset generation changes, so stale assets get rebuilt.
 BUILDER_VERSION = 1
@@ -65,13 +68,21 @@ class DemoKindSpec:
     """the demo run's ``training:`` keys that differ between demos"""
     extra_files: tuple[str, ...] = ()
     """checkpoint files besides ``_CHECKPOINT_FILES`` whose presence means a complete build"""
+    answer_format: AnswerFormat = "auto"
+    """the demo run's ``data.answer_format``"""
 
 
 def _build_text(root: Path, seed: int, spec: DemoKindSpec) -> None:
     tokenizer = build_demo_tokenizer(root / MODEL_SUBDIR, seed=seed)
     build_demo_model(root / MODEL_SUBDIR, tokenizer, seed=seed)
+    answer: DemoAnswer = "coordjson" if spec.answer_format == "coordjson" else "json"
     build_demo_dataset(
-        root / DATA_SUBDIR, seed=seed, n_train=spec.n_train, n_val=spec.n_val, labels=DATASET_LABELS
+        root / DATA_SUBDIR,
+        seed=seed,
+        n_train=spec.n_train,
+        n_val=spec.n_val,
+        labels=DATASET_LABELS,
+        answer=answer,
     )
 
 
@@ -106,6 +117,24 @@ DEMO_KINDS: Mapping[DemoKind, DemoKindSpec] = MappingProxyType(
                 "eval_steps": 8,
                 "save_steps": 24,
             },
+        ),
+        # The text demo answered in CoordJSON: same model, same objects, same schedule.
+        "coordjson": DemoKindSpec(
+            _build_text,
+            description="tiny Qwen3, synthetic data answered in CoordJSON",
+            root=Path("coordexp_demo_coordjson"),
+            model_type="qwen3",
+            template_type="qwen3_nothinking",
+            n_train=96,
+            n_val=16,
+            schedule={
+                "max_steps": 24,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 2,
+                "eval_steps": 8,
+                "save_steps": 24,
+            },
+            answer_format="coordjson",
         ),
         # Fewer rows and steps: a VL step is slower (vision tower, a 152k-wide output layer).
         "vl": DemoKindSpec(

@@ -20,14 +20,16 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from coordexp.coord_tokens.codec import COORD_BINS, coord_token
+from coordexp.answers import FieldOrder, write_coordjson
+from coordexp.coord_tokens.codec import COORD_BINS, coord_token, parse_coord_token
 from coordexp.coord_tokens.payload import serialize_payload
 
 __all__ = [
     "DATASET_LABELS",
     "SPLITS",
+    "DemoAnswer",
     "DemoDatasetFiles",
     "build_demo_dataset",
     "demo_dataset_path",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 DATASET_LABELS: tuple[str, ...] = ("lvis", "coco")
+DemoAnswer = Literal["json", "coordjson"]
 SPLITS: tuple[str, ...] = ("train", "val")
 
 # Category names per label. LVIS gets the long tail, multi-word names and one non-ASCII name so the
@@ -128,13 +131,40 @@ def _make_row(rng: random.Random, label: str, split: str, base_idx: int) -> dict
     }
 
 
-def make_rows(label: str, split: str, n: int, *, seed: int = 0) -> Iterator[dict[str, Any]]:
+def as_coordjson(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with a CoordJSON answer: one geometry per record (``poly`` for every other object
+    that has one, else ``bbox_2d``), ``desc_first`` on odd rows and ``geometry_first`` on even ones,
+    and every third row without ``assistant_payload`` (the others get the payload of that answer).
+    Deterministic from ``base_idx``: no random draw, so the objects are the JSON demo's."""
+    index = int(row["base_idx"])
+    order: FieldOrder = "desc_first" if index % 2 else "geometry_first"
+    records = []
+    for j, obj in enumerate(row["assistant_payload"]["objects"]):
+        kind = "poly" if "poly" in obj and (index + j) % 2 else "bbox_2d"
+        records.append((obj["desc"], kind, [parse_coord_token(t) or 0 for t in obj[kind]]))
+    out = {k: v for k, v in row.items() if k not in ("messages", "assistant_payload")}
+    answer = {"role": "assistant", "content": write_coordjson(records, field_order=order)}
+    out["messages"] = [row["messages"][0], answer]
+    if index % 3:
+        pairs = [(desc, [coord_token(b) for b in bins], kind) for desc, kind, bins in records]
+        objects = [
+            {"desc": d, k: bins} if order == "desc_first" else {k: bins, "desc": d} for d, bins, k in pairs
+        ]
+        out["assistant_payload"] = {"objects": objects}
+    return out
+
+
+def make_rows(
+    label: str, split: str, n: int, *, seed: int = 0, answer: DemoAnswer = "json"
+) -> Iterator[dict[str, Any]]:
     """Rows of one (split, label) file. Deterministic: a string-seeded RNG per file, so files do not
-    depend on each other or on the order they are built in."""
+    depend on each other or on the order they are built in. ``answer`` ``coordjson``: the same rows
+    answered in CoordJSON (:func:`as_coordjson`)."""
     if label not in _CATEGORIES:  # checked here, not lazily at the first row
         raise ValueError(f"unknown dataset label {label!r}; expected one of {DATASET_LABELS}")
     rng = random.Random(f"coordexp-demo:{seed}:{split}:{label}")
-    return (_make_row(rng, label, split, i) for i in range(n))
+    rows = (_make_row(rng, label, split, i) for i in range(n))
+    return (as_coordjson(r) for r in rows) if answer == "coordjson" else rows
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -171,11 +201,12 @@ def build_demo_dataset(
     n_train: int = 96,
     n_val: int = 16,
     labels: Sequence[str] = DATASET_LABELS,
+    answer: DemoAnswer = "json",
 ) -> DemoDatasetFiles:
     """Write ``{train,val}_{label}.jsonl`` under ``out_dir``; ``n_train``/``n_val`` are rows per file."""
     return write_demo_splits(
         out_dir,
-        lambda split, label, n: make_rows(label, split, n, seed=seed),
+        lambda split, label, n: make_rows(label, split, n, seed=seed, answer=answer),
         n_train=n_train,
         n_val=n_val,
         labels=labels,

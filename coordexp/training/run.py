@@ -32,8 +32,9 @@ class RunResult:
 
 
 def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "text") -> TrainConfig:
-    """Every Stage-1 feature on, on an embedded default: ``text`` (a tiny Qwen3) or ``vl`` (a tiny
-    Qwen3-VL with generated images); about a minute on 2 CPU cores."""
+    """Every Stage-1 feature on, on an embedded default: ``text`` (a tiny Qwen3), ``coordjson`` (the
+    same, answered in CoordJSON) or ``vl`` (a tiny Qwen3-VL with generated images); about a minute
+    on 2 CPU cores."""
     from coordexp.demo.build import DEMO_KINDS, build_demo_assets
 
     spec = DEMO_KINDS[kind]
@@ -50,6 +51,7 @@ def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "te
             "train": [str(p) for p in assets.train_files],
             "val": [str(p) for p in assets.val_files],
             "layout": "padded",
+            "answer_format": spec.answer_format,
         },
         "training": {
             "output_dir": str(root / "run"),

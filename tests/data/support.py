@@ -123,18 +123,26 @@ def encode_splits(
     layout: str = "padded",
     max_refused_fraction: float = 0.0,
     max_length: int = MAX_LENGTH,
+    token_types: Any = None,
+    answer_format: str = "auto",
 ) -> tuple[Any, Any]:
-    """The real ``build_datasets`` over these files (raises ``DataError`` on refused rows)."""
+    """The real ``build_datasets`` over these files (raises ``DataError`` on refused rows, or on
+    untypeable train datasets when ``token_types`` (a ``custom.token_type_metrics`` section) is on)."""
     data = DataSection.model_validate(
         {
             "train": [str(p) for p in train],
             "val": [str(p) for p in val],
             "layout": layout,
             "max_refused_fraction": max_refused_fraction,
+            "answer_format": answer_format,
         }
     )
     return build_datasets(
-        template(layout, max_length), data, packing_length=max_length, output_dir=output_dir
+        template(layout, max_length),
+        data,
+        packing_length=max_length,
+        output_dir=output_dir,
+        token_types=token_types,
     )
 
 
