@@ -15,7 +15,8 @@ by the nearest key: an object nested in a geometry array resets it, and the item
 ``desc`` are not DESC.
 
 Objects: every JSON object holding a ``desc`` or a geometry key is a record, in the order its text
-starts; its geometry elements are flattened in written order (``[[x, y], ...]`` pairs included).
+starts; its desc is stripped (as CoordJSON's); its geometry elements are flattened in written order
+(``[[x, y], ...]`` pairs included).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class _Walker:
         if DESC_KEY in out or geometries:
             desc = out.get(DESC_KEY)
             self.records.append(
-                AnswerObject(desc if isinstance(desc, str) else None, tuple(geometries), start, end)
+                AnswerObject(desc.strip() if isinstance(desc, str) else None, tuple(geometries), start, end)
             )
         return out, end
 
