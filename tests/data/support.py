@@ -28,6 +28,7 @@ from coordexp.monitor import InstabilityMonitor, StepObservation
 from coordexp.training.config import DataSection
 from coordexp.training.data import build_datasets
 from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
+from coordexp.training.untyped import UNTYPED_ROWS_FILENAME
 
 __all__ = [
     "Written",
@@ -250,6 +251,26 @@ def refused_scenario(
             (str(path.resolve()), i + 1, "train") for i in sorted(bad)
         ]
         assert all(r["reason"] and "\n" not in r["reason"] for r in records)
+
+
+def untyped_scenario(tmp: Path, name: str, answers: Sequence[str]) -> None:
+    """Write one CoordJSON demo row per answer text to ``<name>.jsonl`` (no ``assistant_payload``),
+    encode them with token types on (raises the ``DataError`` it gets: no train row can be typed),
+    and check the untyped-rows file lists every row with its file:line."""
+    rows = []
+    for answer, row in zip(
+        answers, make_rows("lvis", "train", len(answers), answer="coordjson"), strict=True
+    ):
+        row.pop("assistant_payload", None)
+        rows.append({**row, "messages": [row["messages"][0], {"role": "assistant", "content": answer}]})
+    path = tmp / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    run = tmp / "run"
+    try:
+        encode_splits([path], output_dir=run, token_types={"enabled": True, "include": ["lvis"]})
+    finally:
+        records = [json.loads(x) for x in (run / UNTYPED_ROWS_FILENAME).read_text().splitlines()]
+        assert [(r["line"], r["kind"]) for r in records] == [(i + 1, "untyped") for i in range(len(rows))]
 
 
 def label_via_metadata(label: str) -> Callable[[dict[str, Any]], None]:

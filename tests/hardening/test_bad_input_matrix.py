@@ -255,6 +255,20 @@ def _data_refused_case(
     return Case(case_id, "data", input_, Raises(DataError, fragment), run)
 
 
+def _data_untyped_case(case_id: str, input_: str, answer: str, fragment: str) -> Case:
+    """A CoordJSON answer the grammar refuses, as the only row of a dataset with token types on:
+    listed in coordexp_untyped_rows.jsonl, and the run stops (no train row of lvis can be typed)."""
+
+    def run(h: H) -> Observed:
+        data_support.untyped_scenario(h.tmp_path, "rows", [answer])
+        return Observed()
+
+    return Case(case_id, "data", input_, Raises(DataError, f"rows.jsonl:1: no token types: {fragment}"), run)
+
+
+_BOX = "[<|coord_1|>, <|coord_2|>, <|coord_30|>, <|coord_40|>]"
+
+
 def _write_set_up(
     folder: Path, training: str = "", *, train: str = "train.jsonl", model: str = "model"
 ) -> Path:
@@ -733,7 +747,7 @@ CASES: tuple[Case, ...] = (
         "collator-payload-mismatch",
         "collator",
         "one sample's assistant_payload does not re-serialise to its supervised label ids",
-        SkipsWarnsOnce(present=TYPED_KEYS | RUNTIME_KEYS),
+        SkipsWarnsOnce(present=TYPED_KEYS | RUNTIME_KEYS, warns="gets no token types"),
         lambda h: _collate_and_step(h, _mismatched_payload()),
         _check_types_row_ignored(1),
     ),
@@ -1406,6 +1420,37 @@ CASES: tuple[Case, ...] = (
         "(2 of 5 train rows refused, data.max_refused_fraction is 0.25;",
         lambda: {1: data_support.user_turn_only_row(), 4: data_support.too_long_row()},
         max_refused_fraction=0.25,
+    ),
+    # -- data: answers the CoordJSON grammar refuses get no token types (listed, file:line) ------
+    _data_untyped_case(
+        "data-untyped-bare-coord-outside-geometry",
+        "a CoordJSON answer with a bare coord token in the objects array, outside any geometry array",
+        '{"objects": [{"desc": "cat", "bbox_2d": ' + _BOX + "}, <|coord_5|>]}",
+        "not a JSON or CoordJSON answer: parse_failed: expected a record or ']' in the objects array",
+    ),
+    _data_untyped_case(
+        "data-untyped-nested-geometry",
+        "a CoordJSON `bbox_2d` written as nested pairs `[[x1, y1], [x2, y2]]`",
+        '{"objects": [{"desc": "cat", "bbox_2d": [[<|coord_1|>, <|coord_2|>], [<|coord_3|>, <|coord_4|>]]}]}',
+        "not a JSON or CoordJSON answer: objects[0]: wrong_arity: bbox_2d[0] is not a coord token",
+    ),
+    _data_untyped_case(
+        "data-untyped-wrong-element-count",
+        "a CoordJSON `bbox_2d` with 3 elements",
+        '{"objects": [{"desc": "cat", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_3|>]}]}',
+        "not a JSON or CoordJSON answer: objects[0]: wrong_arity: bbox_2d has 3 elements, not 4",
+    ),
+    _data_untyped_case(
+        "data-untyped-unterminated-record",
+        "a CoordJSON answer cut inside its last record",
+        '{"objects": [{"desc": "cat", "bbox_2d": ' + _BOX + '}, {"desc": "dog", "bbox_2d": [<|coord_1|>',
+        "not a JSON or CoordJSON answer: objects[1]: dropped_incomplete_tail: the record is not closed",
+    ),
+    _data_untyped_case(
+        "data-untyped-desc-with-newline",
+        "a CoordJSON desc holding a newline (`\\n`)",
+        '{"objects": [{"desc": "red\\ncat", "bbox_2d": ' + _BOX + "}]}",
+        "not a JSON or CoordJSON answer: objects[0]: bad_desc: desc 'red\\ncat' holds a newline",
     ),
     # -- set-up: the training section, model folder and data files, checked before any load -----
     _set_up_case(
