@@ -63,7 +63,7 @@ def _train(argv: Sequence[str]) -> int:
 
 USAGE = (
     "usage: coordexp {train,check-logs,report} ...\n\n"
-    "  train [CONFIG.yaml]   train (no config: the embedded demo; --demo vl: the VL one)\n"
+    "  train [CONFIG.yaml]   train (no config: the embedded demo; --demo coordjson / vl: the others)\n"
     "  check-logs RUN_DIR    check a run's logged keys against the metric catalog\n"
     "  report RUN_DIR        plot loss composition and diagnostics (PNG + CSV)\n"
     "  --version             print the installed version"
