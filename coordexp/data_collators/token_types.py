@@ -174,8 +174,8 @@ def _format_name(answer_format: str) -> str:
 def _text_candidates(
     tokenizer: Any, texts: Sequence[str], answer_format: AnswerFormat, suffix: list[int]
 ) -> tuple[list[tuple[list[int], list[int]]], str | None]:
-    """(ids, types) to try against the labels: all turns joined by the suffix, then the last turn
-    alone; or the reason there is none."""
+    """(ids, types) to try against the labels (all turns joined by the suffix, then the last turn
+    alone) and the first turn's parse problem, if any."""
     if not texts:
         return [], "no assistant answer text"
     turns: list[tuple[list[int], list[int]] | None] = []
@@ -188,18 +188,19 @@ def _text_candidates(
             continue
         turns.append(text_token_ids(tokenizer, text, parsed.char_types))
     candidates: list[tuple[list[int], list[int]]] = []
-    if all(t is not None for t in turns):
+    typed = [t for t in turns if t is not None]
+    if len(typed) == len(turns):
         ids: list[int] = []
         types: list[int] = []
-        for i, turn in enumerate(turns):
-            assert turn is not None
-            ids += turn[0] + (suffix if i < len(turns) - 1 else [])
-            types += turn[1] + ([_FORMAT] * len(suffix) if i < len(turns) - 1 else [])
+        for i, (turn_ids, turn_types) in enumerate(typed):
+            between = i < len(typed) - 1  # every turn but the last ends with the suffix
+            ids += turn_ids + (suffix if between else [])
+            types += turn_types + ([_FORMAT] * len(suffix) if between else [])
         candidates.append((ids, types))
     last = turns[-1]
     if last is not None and len(turns) > 1:
         candidates.append(last)
-    return candidates, None if candidates else first_problem
+    return candidates, first_problem
 
 
 def _payload_candidates(tokenizer: Any, payload: Any) -> tuple[list[tuple[list[int], list[int]]], str | None]:
@@ -244,7 +245,7 @@ def typing_outcome(
         candidates, problem = _text_candidates(tokenizer, texts, answer_format, suffix)
     else:
         candidates, problem = _payload_candidates(tokenizer, payload)
-    if problem is not None:
+    if not candidates:
         return None, problem
     sup_ids = [int(i) for i in labels_t[supervised].tolist()]
     specials = tail_special_ids(tokenizer) if special_ids is None else special_ids
@@ -254,7 +255,7 @@ def typing_outcome(
             out = ignore_types(labels_t.numel(), device=labels_t.device)
             out[supervised] = torch.tensor(aligned, dtype=torch.int64, device=labels_t.device)
             return out, None
-    return None, NOT_ALIGNED
+    return None, problem or NOT_ALIGNED
 
 
 def compute_token_types(
