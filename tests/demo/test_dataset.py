@@ -74,3 +74,28 @@ def test_rows_deterministic_and_independent_per_file() -> None:
 def test_unknown_label_fails_at_call() -> None:
     with pytest.raises(ValueError, match="unknown dataset label"):
         make_rows("objects365", "train", 1)
+
+
+def test_coordjson_rows_cover_both_orders_both_geometries_and_no_payload() -> None:
+    from coordexp.answers import parse_answer
+    from coordexp.answers.compare import payload_disagreement
+
+    orders, kinds, with_payload = set(), set(), []
+    for label in DATASET_LABELS:
+        json_rows = list(make_rows(label, "train", 24))
+        for json_row, row in zip(json_rows, make_rows(label, "train", 24, answer="coordjson"), strict=True):
+            text = row["messages"][1]["content"]
+            parsed = parse_answer(text, "coordjson")
+            assert parsed.typed, (text, parsed.problems)
+            # the same objects as the JSON demo row, one geometry each
+            assert [o.desc for o in parsed.objects] == [
+                o["desc"] for o in json_row["assistant_payload"]["objects"]
+            ]
+            orders |= {text.startswith('{"objects": [{"desc"')} if parsed.objects else set()
+            kinds |= {o.kind for o in parsed.objects}
+            with_payload.append("assistant_payload" in row)
+            if "assistant_payload" in row:
+                assert payload_disagreement(row["assistant_payload"], parsed.objects) is None
+                assert payload_disagreement(json_row["assistant_payload"], parsed.objects) is None
+    assert orders == {True, False} and kinds == {"bbox_2d", "poly"}
+    assert any(with_payload) and not all(with_payload)
