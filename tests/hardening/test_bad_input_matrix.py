@@ -1265,6 +1265,12 @@ CASES: tuple[Case, ...] = (
         lambda r: r["data"].update(layout="ragged"),
     ),
     _config_case(
+        "config-unknown-answer-format",
+        "`data.answer_format: yaml`",
+        "data.answer_format: must be one of 'auto', 'json' or 'coordjson'",
+        lambda r: r["data"].update(answer_format="yaml"),
+    ),
+    _config_case(
         "config-model-path-missing",
         "`model:` without `path`",
         "model.path: Field required",
