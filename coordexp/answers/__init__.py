@@ -16,6 +16,7 @@ from coordexp.answers.model import (
     CoordSlot,
     Geometry,
     ParsedAnswer,
+    slot_token_groups,
     typed_runs,
 )
 from coordexp.answers.parse import parse_answer
@@ -32,6 +33,7 @@ __all__ = [
     "parse_answer",
     "parse_coordjson",
     "parse_json_answer",
+    "slot_token_groups",
     "typed_runs",
     "write_coordjson",
 ]

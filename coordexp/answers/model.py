@@ -120,6 +120,25 @@ class ParsedAnswer:
         return [tuple(s for g in o.geometries for s in g.slots) for o in self.objects]
 
 
+def slot_token_groups(
+    groups: Sequence[Sequence[CoordSlot]], offsets: Sequence[tuple[int, int]]
+) -> list[list[int]]:
+    """Each object's coord slots as token indices: the token whose ``(start, end)`` character
+    offsets (a tokenizer's ``offset_mapping`` of the same text) holds the slot's first character.
+    A slot no token holds (offsets of another text) raises ``ValueError``."""
+    starts = sorted((int(s), i) for i, (s, e) in enumerate(offsets) if int(e) > int(s))
+    out: list[list[int]] = []
+    for group in groups:
+        indices = []
+        for slot in group:
+            found = [i for s, i in starts if s <= slot.start < int(offsets[i][1])]
+            if not found:
+                raise ValueError(f"no token holds the coord slot at characters {slot.start}..{slot.end}")
+            indices.append(found[0])
+        out.append(indices)
+    return out
+
+
 def coord_bin(value: object) -> int | None:
     """The bin of a geometry element: a coord token string or an int in 0..999; else None."""
     if isinstance(value, str):
@@ -155,5 +174,6 @@ __all__ = [
     "ParsedFormat",
     "coord_bin",
     "scan_json_string",
+    "slot_token_groups",
     "typed_runs",
 ]

@@ -133,3 +133,19 @@ def test_todays_writer_is_typed_exactly_as_before(payload: dict[str, Any]) -> No
     assert text == serialize_payload(payload)
     parsed = parse_answer(text, "json")
     assert parsed.typed and list(parsed.char_types or ()) == expected
+
+
+def test_coord_slots_map_to_the_coord_tokens_of_each_object(tokenizer: Any) -> None:
+    from coordexp.answers import slot_token_groups, write_coordjson
+
+    text = write_coordjson([("cat", "bbox_2d", [12, 56, 200, 512])]).removesuffix("]}")
+    text += ', {"poly": [' + ", ".join(f"<|coord_{k}|>" for k in range(1, 7)) + '], "desc": "dog"}]}'
+    assert parse_answer(text).typed
+    parsed = parse_answer(text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    groups = slot_token_groups(parsed.coord_slot_groups(), enc["offset_mapping"])
+    ids = enc["input_ids"]
+    assert [[parse_coord_token(tokenizer.convert_ids_to_tokens(ids[i])) for i in g] for g in groups] == [
+        [12, 56, 200, 512],
+        [1, 2, 3, 4, 5, 6],
+    ]
