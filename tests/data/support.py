@@ -26,7 +26,7 @@ from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import INSTABILITY_META_JSON_KEY
 from coordexp.monitor import InstabilityMonitor, StepObservation
 from coordexp.training.config import DataSection
-from coordexp.training.data import build_datasets
+from coordexp.training.datasets import build_datasets
 from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
 
 __all__ = [

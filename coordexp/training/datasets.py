@@ -1,0 +1,100 @@
+"""The train and eval datasets of a run: the pre-pass (or its cache), the refused-rows check, then
+lazy rows (padded, padding_free) or ms-swift's ``PackingDataset`` over them (packing).
+
+:func:`build_datasets` runs under ``main_process_first`` (``TrainingArguments.main_process_first(
+local=True)`` in a run): the first process of each node runs the pre-pass and writes the cache while
+the others wait, then they read the cache. What a user sees, per split::
+
+    [coordexp] indexing train rows: 2 files, 12.3 MB, 4 processes
+    indexing train rows: 100%|████| 20000/20000 [00:09<00:00, 2150.31 rows/s]
+    [coordexp] train rows: 20,000 kept, 0 refused, indexed in 9.3 s (2,150 rows/s); cache <path>
+    [coordexp] train rows: 20,000 kept, 0 refused, from the cache <path> (0.04 s)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from coordexp.training.config import DataSection
+from coordexp.training.index_cache import cache_key, cache_path, default_cache_dir, load_index, save_index
+from coordexp.training.lazy_rows import LazyRows
+from coordexp.training.refused import RefusedRows
+from coordexp.training.row_index import RowIndex, build_index, scan_file
+
+logger = logging.getLogger("coordexp")
+
+
+def index_split(
+    template: Any, files: Sequence[str], split: str, data: DataSection, *, progress: bool = True
+) -> RowIndex:
+    """The split's row index: from the cache when it holds this data for this template, else from
+    the pre-pass (then cached)."""
+    start = time.perf_counter()
+    scans = [scan_file(os.path.abspath(name)) for name in files]
+    key = cache_key(template, scans, getattr(template, "max_length", None))
+    path = cache_path(Path(data.cache_dir) if data.cache_dir else default_cache_dir(), split, key)
+    index = load_index(path, key)
+    if index is not None:
+        print(
+            f"[coordexp] {split} rows: {len(index):,} kept, {len(index.refused):,} refused, "
+            f"from the cache {path} ({time.perf_counter() - start:.2f} s)"
+        )
+        return index
+    lines = sum(len(s.line_starts) for s in scans)
+    megabytes = sum(s.size for s in scans) / 1e6
+    print(
+        f"[coordexp] indexing {split} rows: {len(scans)} file(s), {megabytes:.1f} MB, "
+        f"{data.num_proc} process(es)"
+    )
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=lines, desc=f"indexing {split} rows", unit=" rows", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        index = build_index(template, scans, num_proc=data.num_proc, progress=bar.update)
+    seconds = time.perf_counter() - start
+    save_index(path, key, index)
+    rate = (len(index) + len(index.refused)) / max(seconds, 1e-9)
+    print(
+        f"[coordexp] {split} rows: {len(index):,} kept, {len(index.refused):,} refused, "
+        f"indexed in {seconds:.1f} s ({rate:,.0f} rows/s); cache {path}"
+    )
+    return index
+
+
+def build_datasets(
+    template: Any,
+    data: DataSection,
+    *,
+    packing_length: int,
+    output_dir: Path,
+    main_process_first: AbstractContextManager[Any] | None = None,
+) -> tuple[Any, Any | None]:
+    """Train and eval datasets for the trainer (:class:`LazyRows`, or a swift ``PackingDataset``
+    over them for packing); raises ``DataError`` when more rows are refused than tolerated."""
+    refused = RefusedRows()
+    indexes: dict[str, RowIndex] = {}
+    with main_process_first or contextlib.nullcontext():
+        for split, files in (("train", data.train), ("val", data.val)):
+            if files:
+                indexes[split] = index_split(template, files, split, data).truncated(data.max_samples)
+                indexes[split].record(refused, split)
+    refused.enforce(data.max_refused_fraction, output_dir)
+
+    def as_dataset(index: RowIndex) -> Any:
+        rows = LazyRows(template, index)
+        if data.layout != "packing":
+            return rows
+        from swift.dataset import PackingDataset
+
+        return PackingDataset(template, rows, packing_length=packing_length)
+
+    val = indexes.get("val")
+    return as_dataset(indexes["train"]), None if val is None else as_dataset(val)
