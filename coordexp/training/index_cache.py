@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def load_index(path: Path, key: str) -> RowIndex | None:
             if meta.get("key") != key:
                 return None
             arrays = {name: np.array(stored[f"row_{name}"]) for name in _ARRAYS}
-    except (OSError, ValueError, KeyError, UnicodeDecodeError):  # missing, partial, foreign
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # missing, partial, foreign
         return None
     return RowIndex(
         files=list(meta["files"]),
