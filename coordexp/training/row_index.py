@@ -137,25 +137,29 @@ class _Chunk:
     end: int  # byte offset after its last line
 
 
-@dataclass
+@dataclass(frozen=True)
 class _ChunkResult:
-    offset: list[int] = field(default_factory=list)
-    line: list[int] = field(default_factory=list)
-    length: list[int] = field(default_factory=list)
-    label: list[str] = field(default_factory=list)
-    refused: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    """A chunk's kept rows as arrays (what a worker sends back is as compact as what is kept)."""
+
+    offset: np.ndarray
+    line: np.ndarray
+    length: np.ndarray
+    label: np.ndarray  # index into labels
+    labels: list[str]
+    refused: list[tuple[int, str]]  # (line, reason)
 
 
 _TEMPLATE: Any = None  # the template a forked worker inherits (set before the pool starts)
 
 
 def _check_chunk(chunk: _Chunk) -> _ChunkResult:
-    result = _ChunkResult()
+    kept: list[tuple[int, int, int, str]] = []  # offset, line, length, label
+    refused: list[tuple[int, str]] = []
     path = Path(chunk.path)
-    with open(chunk.path, "rb") as handle:
-        handle.seek(int(chunk.starts[0]))
-        data = handle.read(chunk.end - int(chunk.starts[0]))
     base = int(chunk.starts[0])
+    with open(chunk.path, "rb") as handle:
+        handle.seek(base)
+        data = handle.read(chunk.end - base)
     bounds = [int(s) - base for s in chunk.starts] + [len(data)]
     for k in range(len(chunk.starts)):
         raw = data[bounds[k] : bounds[k + 1]]
@@ -166,13 +170,19 @@ def _check_chunk(chunk: _Chunk) -> _ChunkResult:
         line = parse_jsonl_line(path, number, raw[:-1] if terminated else raw, terminated, last=False)
         check = check_row(_TEMPLATE, source_row(line), chunk.path)
         if check.reason is not None:
-            result.refused.append((number, check.reason))
-            continue
-        result.offset.append(base + bounds[k])
-        result.line.append(number)
-        result.length.append(check.length)
-        result.label.append(check.label)
-    return result
+            refused.append((number, check.reason))
+        else:
+            kept.append((base + bounds[k], number, check.length, check.label))
+    labels = sorted({row[3] for row in kept})
+    label_id = {label: i for i, label in enumerate(labels)}
+    return _ChunkResult(
+        offset=np.array([row[0] for row in kept], dtype=np.int64),
+        line=np.array([row[1] for row in kept], dtype=np.int32),
+        length=np.array([row[2] for row in kept], dtype=np.int32),
+        label=np.array([label_id[row[3]] for row in kept], dtype=np.int32),
+        labels=labels,
+        refused=refused,
+    )
 
 
 def _init_worker() -> None:
@@ -229,19 +239,23 @@ def build_index(
             progress(len(chunk.starts))
     finally:
         _TEMPLATE = None
-    labels = sorted({label for part in parts for label in part.label})
+    labels = sorted({label for part in parts for label in part.labels})
     label_id = {label: i for i, label in enumerate(labels)}
 
     def column(name: str, dtype: type) -> np.ndarray:
-        return np.array([v for part in parts for v in getattr(part, name)], dtype=dtype)
+        return np.concatenate([getattr(part, name) for part in parts] or [np.zeros(0, dtype)]).astype(dtype)
 
     return RowIndex(
         files=[s.path for s in scans],
-        file=np.concatenate(file_ids) if file_ids else np.zeros(0, dtype=np.int32),
+        file=np.concatenate(file_ids or [np.zeros(0, dtype=np.int32)]),
         offset=column("offset", np.int64),
         line=column("line", np.int32),
         length=column("length", np.int32),
-        label=np.array([label_id[v] for part in parts for v in part.label], dtype=np.int32),
+        # each chunk's label ids, mapped to the split's sorted labels
+        label=np.concatenate(
+            [np.array([label_id[x] for x in part.labels], dtype=np.int32)[part.label] for part in parts]
+            or [np.zeros(0, dtype=np.int32)]
+        ),
         labels=labels,
         refused=refused,
     )

@@ -123,6 +123,7 @@ def encode_splits(
     layout: str = "padded",
     max_refused_fraction: float = 0.0,
     max_length: int = MAX_LENGTH,
+    cache_dir: Path | None = None,
 ) -> tuple[Any, Any]:
     """The real ``build_datasets`` over these files (raises ``DataError`` on refused rows)."""
     data = DataSection.model_validate(
@@ -131,6 +132,7 @@ def encode_splits(
             "val": [str(p) for p in val],
             "layout": layout,
             "max_refused_fraction": max_refused_fraction,
+            "cache_dir": None if cache_dir is None else str(cache_dir),
         }
     )
     return build_datasets(
