@@ -20,6 +20,7 @@ function with the template through dill in every worker, and keep each encoded r
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -213,8 +214,14 @@ def _results(chunks: list[_Chunk], num_proc: int) -> Iterator[_ChunkResult]:
         return
     # The forked workers would otherwise each warn that the tokenizer's thread pool was forked.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with multiprocessing.get_context("fork").Pool(min(num_proc, len(chunks)), _init_worker) as pool:
-        yield from pool.imap(_check_chunk, chunks)
+    # Frozen objects are never visited by the collector, so a worker does not copy the pages of
+    # the parent's heap (the template, the model) just to scan them.
+    gc.freeze()
+    try:
+        with multiprocessing.get_context("fork").Pool(min(num_proc, len(chunks)), _init_worker) as pool:
+            yield from pool.imap(_check_chunk, chunks)
+    finally:
+        gc.unfreeze()
 
 
 def build_index(
