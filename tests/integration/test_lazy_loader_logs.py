@@ -37,12 +37,21 @@ def eager_and_lazy_logs(
     return logged_values(lazy), logged_values(eager)
 
 
-@pytest.mark.parametrize("layout", ["padded", "packing"])
+@pytest.mark.parametrize(
+    ("layout", "workers"),
+    [("padded", 0), ("packing", 0), ("padded", 2)],
+    ids=["padded", "packing", "workers"],
+)
 def test_the_text_demo_logs_what_the_eager_loader_logged(
-    layout: str, make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
+    layout: str, workers: int, make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With DataLoader workers (the lazy rows encoded and collated in them) the values are still the
+    eager loader's in the training process."""
+
     def make(name: str) -> TrainConfig:
-        cfg = make_config(layout=layout)
+        cfg = make_config(
+            layout=layout, training={"dataloader_num_workers": workers if name == "lazy" else 0}
+        )
         cfg.training["output_dir"] = str(Path(cfg.training["output_dir"]).with_name(f"{name}_{layout}"))
         return cfg
 
