@@ -3,12 +3,20 @@ lazy rows (padded, padding_free) or ms-swift's ``PackingDataset`` over them (pac
 
 :func:`build_datasets` runs under ``main_process_first`` (``TrainingArguments.main_process_first(
 local=True)`` in a run): the first process of each node runs the pre-pass and writes the cache while
-the others wait, then they read the cache. What a user sees, per split::
+the others wait, then they read the cache. What a user sees, per split (the last line on a cache
+hit: a restart, a second run, the node's other ranks)::
 
-    [coordexp] indexing train rows: 2 files, 12.3 MB, 4 processes
-    indexing train rows: 100%|████| 20000/20000 [00:09<00:00, 2150.31 rows/s]
-    [coordexp] train rows: 20,000 kept, 0 refused, indexed in 9.3 s (2,150 rows/s); cache <path>
-    [coordexp] train rows: 20,000 kept, 0 refused, from the cache <path> (0.04 s)
+    [coordexp] indexing train rows: 2 file(s), 0.2 MB, 2 process(es)
+    indexing train rows: 100%|██████████| 192/192 [00:00<00:00, 1177.31 rows/s]
+    [coordexp] train rows: 192 kept, 0 refused, indexed in 0.2 s (1,177 rows/s); cache <path>
+    [coordexp] train rows: 192 kept, 0 refused, from the cache <path> (0.00 s)
+
+What is reused, and what is not: HF's ``main_process_first`` (once per node), ms-swift's
+``PackingDataset`` (binpacking over the ``lengths`` column, unchanged), tqdm (the progress bar).
+Not reused: ``datasets.Dataset.map(num_proc=...)`` and its Arrow cache (it pickles the template into
+each worker and would store every encoded row: token lists, and media tensors turned into nested
+lists), and ms-swift's ``LazyLLMDataset`` (on an encode error it serves another, random row: the
+data and the order would change silently, where this loader refuses with ``file:line``).
 """
 
 from __future__ import annotations
@@ -83,9 +91,13 @@ def build_datasets(
     indexes: dict[str, RowIndex] = {}
     with main_process_first or contextlib.nullcontext():
         for split, files in (("train", data.train), ("val", data.val)):
-            if files:
-                indexes[split] = index_split(template, files, split, data).truncated(data.max_samples)
-                indexes[split].record(refused, split)
+            if not files:
+                continue
+            index = index_split(template, files, split, data)
+            indexes[split] = index.truncated(data.max_samples)
+            if len(indexes[split]) < len(index):
+                print(f"[coordexp] {split} rows: the first {len(indexes[split]):,} used (data.max_samples)")
+            indexes[split].record(refused, split)
     refused.enforce(data.max_refused_fraction, output_dir)
 
     def as_dataset(index: RowIndex) -> Any:

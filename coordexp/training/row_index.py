@@ -3,7 +3,7 @@ measures the good ones, in ``data.num_proc`` processes; what it keeps per row is
 
 Per kept row: the file (an index into ``files``), the byte offset and 1-based line of its JSON line,
 its encoded length (what ``PackingDataset`` bins on) and its dataset label (an index into ``labels``),
-each a numpy array: about 22 bytes a row, no token lists, no tensors. Refused rows are kept as
+each a numpy array: 24 bytes a row, no token lists, no tensors. Refused rows are kept as
 ``(file, line, reason)``. :mod:`coordexp.training.lazy_rows` encodes a row again when a batch asks.
 
 Each row goes through :func:`check_row`, the one place where per-row checks run: it encodes the row

@@ -37,7 +37,7 @@ def test_the_data_benchmark_runs_on_tiny_sizes(tmp_path: Path) -> None:
         (60, 2, "first"),
         (60, 2, "second"),
     ]
-    assert all(r["rows"] == r["rows_written"] and r["batch_rows"] == 4 for r in report["results"])
+    assert all(r["rows"] <= r["rows_written"] and r["batch_rows"] == 4 for r in report["results"])
     assert all(r["peak_pss_mb"] > 0 and r["peak_rss_mb"] > 0 for r in report["results"])
     assert len(report["targets"]) == 3  # memory growth, the speed-up of 2 processes, the cache
     assert "| target | measured | met |" in md.read_text()
