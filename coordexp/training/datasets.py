@@ -22,7 +22,6 @@ data and the order would change silently, where this loader refuses with ``file:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -35,8 +34,6 @@ from coordexp.training.index_cache import cache_key, cache_path, default_cache_d
 from coordexp.training.lazy_rows import LazyRows
 from coordexp.training.refused import RefusedRows
 from coordexp.training.row_index import RowIndex, build_index, scan_file
-
-logger = logging.getLogger("coordexp")
 
 
 def index_split(
