@@ -16,7 +16,7 @@ largest ``num_proc`` case on the same cache. Measured:
 - ``startup_s``: from before the template load to the first batch; ``index_s``: ``build_datasets``
   alone (scan, pre-pass or cache read, refused-rows check);
 - ``peak_pss_mb``: the peak proportional set size of the process tree (the case's process and its
-  pre-pass workers), sampled every 20 ms from /proc (PSS, not RSS: forked workers share their
+  pre-pass workers), sampled every 100 ms from /proc (PSS, not RSS: forked workers share their
   parent's pages, and RSS would count those once per process);
 - ``peak_rss_mb``: the case process's own peak RSS (``ru_maxrss``), comparable to the issue's table.
 
@@ -156,7 +156,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], _pss_mb(_tree(proc.pid)))
-            time.sleep(0.02)
+            time.sleep(0.1)  # reading smaps_rollup costs CPU the case would lose
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -240,10 +240,12 @@ def check_targets(
             _find(results, "text", max(text), one, "first"),
         )
         if lo and hi:
-            growth = (hi["peak_pss_mb"] - lo["peak_pss_mb"]) / ((max(text) - min(text)) / 100_000)
+            # one process (num_proc 1): its peak RSS is the tree's; PSS would move with whatever
+            # other processes map the same libraries
+            growth = (hi["peak_rss_mb"] - lo["peak_rss_mb"]) / ((max(text) - min(text)) / 100_000)
             targets.append(
                 {
-                    "target": "text: peak memory growth <= 50 MB per 100k rows",
+                    "target": "text: peak RSS growth <= 50 MB per 100k rows (num_proc 1)",
                     "value": f"{growth:.1f} MB per 100k",
                     "met": growth <= 50,
                 }
@@ -251,10 +253,10 @@ def check_targets(
     if len(vl) >= 2:
         lo, hi = _find(results, "vl", min(vl), one, "first"), _find(results, "vl", max(vl), one, "first")
         if lo and hi:
-            diff = hi["peak_pss_mb"] - lo["peak_pss_mb"]
+            diff = hi["peak_rss_mb"] - lo["peak_rss_mb"]
             targets.append(
                 {
-                    "target": f"vl: peak memory within 200 MB from {min(vl):,} to {max(vl):,} rows",
+                    "target": f"vl: peak RSS within 200 MB from {min(vl):,} to {max(vl):,} rows (num_proc 1)",
                     "value": f"{diff:+.0f} MB",
                     "met": abs(diff) <= 200,
                 }
