@@ -8,6 +8,7 @@ is loaded: the ``training:`` section is checked against ms-swift's trainer argum
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,16 @@ class DataSection(_Strict):
         description="How assistant answers are read for token types: json (any valid JSON answer), "
         "coordjson (strict CoordJSON) or auto (per row: valid JSON as JSON, else CoordJSON).",
     )
+    num_proc: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)),
+        ge=1,
+        description="Processes of the pre-pass that refuses and measures rows; default the visible cores.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Folder of the pre-pass cache; default $COORDEXP_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/coordexp/row_index (~/.cache/coordexp/row_index).",
+    )
 
 
 class TrainConfig(_Strict):
@@ -90,6 +101,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 data[split] = [fix(p) if isinstance(p, str) else p for p in data[split]]
             elif isinstance(data.get(split), str):
                 data[split] = [fix(data[split])]
+        if isinstance(data.get("cache_dir"), str):
+            data["cache_dir"] = fix(data["cache_dir"])
     training = raw.get("training")
     if isinstance(training, dict) and isinstance(training.get("output_dir"), str):
         training["output_dir"] = fix(training["output_dir"])

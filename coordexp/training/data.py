@@ -1,11 +1,10 @@
-"""Rows from JSONL files, encoded by the ms-swift template, with the fields the enrichers need.
+"""One row of a JSONL file, from its line to the encoded dict the collator gets; the same code for
+the pre-pass (:mod:`coordexp.training.row_index`) and the lazy dataset (:mod:`coordexp.training.lazy_rows`).
 
 ``template.encode`` keeps only token ids and labels (and, for vision-language templates, the media
 tensors), so the row fields the collator's enrichers read (payload, dataset label, ids) are merged
 back into each encoded dict; ms-swift's collator ignores them and the metrics collator strips them
-before the base collator runs. Packing hands the encoded rows to ms-swift's ``PackingDataset`` as
-they are (:class:`EncodedRows`), never through Arrow: Arrow would turn the media tensors into nested
-lists that ``packing_row`` cannot take, and add ``"poly": None`` to objects without polygons.
+before the base collator runs.
 
 Media paths (``images``, ``videos``, ``audios``) that are relative resolve against the folder of
 the JSONL file they are written in, not the working directory, so a data folder can move as a
@@ -24,18 +23,16 @@ malformed messages, an image it cannot read, any encode error), and a row with n
 
 Each encoded dict also carries its assistant answer texts and ``data.answer_format``
 (``ANSWER_TEXTS_KEY`` / ``ANSWER_FORMAT_KEY``): token types are read from the text the labels were
-made from. With ``custom.token_type_metrics`` on, rows that cannot be typed are listed
+made from. With ``custom.token_type_metrics`` on, the pre-pass lists the rows that cannot be typed
 (``coordexp.training.untyped``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from coordexp.answers import AnswerFormat
 from coordexp.coord_tokens.codec import COORD_BINS, invalid_coord_tokens
@@ -46,36 +43,9 @@ from coordexp.data_collators.enrichers import (
     SOURCE_LINE_KEY,
 )
 from coordexp.functional.targets import IGNORE_INDEX
-from coordexp.io.jsonl import read_jsonl_lines
-from coordexp.training.config import DataSection
-from coordexp.training.refused import RefusedRows
-from coordexp.training.untyped import TypingSetup, UntypedRows, answer_texts
-
-logger = logging.getLogger("coordexp")
+from coordexp.io.jsonl import JsonlLine, read_jsonl_lines
 
 CARRIED_FIELDS = ("assistant_payload", "dataset", "dataset_name", "metadata", "base_idx", "sample_id")
-
-
-class EncodedRows(Sequence[dict[str, Any]]):
-    """Encoded rows as ``PackingDataset`` reads them: ``len``, ``rows[i]`` and ``rows["lengths"]``
-    (a column), with every value kept as the template made it (tensors stay tensors)."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self._rows = rows
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @overload
-    def __getitem__(self, key: int) -> dict[str, Any]: ...
-    @overload
-    def __getitem__(self, key: slice) -> list[dict[str, Any]]: ...
-    @overload
-    def __getitem__(self, key: str) -> list[Any]: ...
-    def __getitem__(self, key: int | slice | str) -> Any:
-        if isinstance(key, str):
-            return [row[key] for row in self._rows]
-        return self._rows[key]
 
 
 @dataclass(frozen=True)
@@ -92,30 +62,36 @@ def read_jsonl(path: Path) -> Iterator[SourceRow]:
     """Every non-blank line of a data file as a row, or why it is not one (the line numbers the
     dump reader counts: :mod:`coordexp.io.jsonl`)."""
     for line in read_jsonl_lines(path):
-        if line.problem is not None:
-            yield SourceRow(path, line.number, None, line.problem)
-        elif not isinstance(line.value, dict) or "messages" not in line.value:
-            yield SourceRow(path, line.number, None, "each row must be an object with 'messages'")
-        else:
-            yield SourceRow(path, line.number, line.value)
+        yield source_row(line)
 
 
-def _assistant_texts(row: Mapping[str, Any]) -> Iterator[str]:
+def source_row(line: JsonlLine) -> SourceRow:
+    """The row a parsed line holds, or why it is not one."""
+    if line.problem is not None:
+        return SourceRow(line.path, line.number, None, line.problem)
+    if not isinstance(line.value, dict) or "messages" not in line.value:
+        return SourceRow(line.path, line.number, None, "each row must be an object with 'messages'")
+    return SourceRow(line.path, line.number, line.value)
+
+
+def answer_texts(row: Mapping[str, Any]) -> list[str]:
+    """The text of each assistant message, in order (multimodal content: its text parts joined)."""
+    texts: list[str] = []
     messages = row.get("messages")
     for message in messages if isinstance(messages, list) else ():
         if not isinstance(message, Mapping) or message.get("role") != "assistant":
             continue
         content = message.get("content")
         if isinstance(content, str):
-            yield content
-        elif isinstance(content, list):  # multimodal content: a list of parts, the text ones count
-            yield from (
-                p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)
-            )
+            texts.append(content)
+        elif isinstance(content, list):
+            parts = [p for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+            texts.append("".join(p["text"] for p in parts))
+    return texts
 
 
 def _bad_coord_tokens(row: Mapping[str, Any]) -> str | None:
-    bad = [token for text in _assistant_texts(row) for token in invalid_coord_tokens(text)]
+    bad = [token for text in answer_texts(row) for token in invalid_coord_tokens(text)]
     if not bad:
         return None
     more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -187,77 +163,27 @@ def _encode(template: Any, row: dict[str, Any], base: Path) -> tuple[dict[str, A
     return enc, None
 
 
-def encode_rows(
-    template: Any,
-    files: Sequence[str],
-    *,
-    split: str,
-    refused: RefusedRows,
-    max_samples: int | None = None,
-    answer_format: AnswerFormat = "auto",
-    untyped: UntypedRows | None = None,
-) -> list[dict[str, Any]]:
-    """Encode every row (up to ``max_samples`` kept ones); refusals go to ``refused``, rows the
-    token-type metrics cannot type to ``untyped``."""
-    encoded: list[dict[str, Any]] = []
-    refused.begin(split)
-    for name in files:
-        source_file = os.path.abspath(name)  # the dump reader must find it whatever the cwd then
-        base = Path(source_file).parent
-        for src in read_jsonl(Path(name)):
-            if max_samples is not None and len(encoded) >= max_samples:
-                return encoded
-            enc, reason = (None, src.problem) if src.row is None else _encode(template, src.row, base)
-            if enc is None or src.row is None:
-                refused.refuse(source_file, src.line, split, reason or "refused")
-                continue
-            for field in CARRIED_FIELDS:
-                if field in src.row:
-                    enc[field] = src.row[field]
-            enc[SOURCE_FILE_KEY] = source_file
-            enc[SOURCE_LINE_KEY] = src.line
-            enc[ANSWER_TEXTS_KEY], enc[ANSWER_FORMAT_KEY] = answer_texts(src.row), answer_format
-            if untyped is not None:
-                untyped.check(source_file, src.line, split, src.row, enc["labels"])
-            refused.keep(split)
-            encoded.append(enc)
-    return encoded
+def encoded_length(enc: Mapping[str, Any]) -> int:
+    """The row's token count as ``PackingDataset`` sums it (``lengths`` is a list per row)."""
+    lengths = enc["lengths"]
+    return int(sum(lengths)) if isinstance(lengths, list) else int(lengths)
 
 
-def build_datasets(
-    template: Any, data: DataSection, *, packing_length: int, output_dir: Path, token_types: Any = None
-) -> tuple[Any, Any | None]:
-    """Train and eval datasets for the trainer (a list for padded / padding_free, a swift
-    PackingDataset for packing); raises ``DataError`` when more rows are refused than tolerated, or
-    when ``token_types`` (``custom.token_type_metrics``) is on and an included dataset's train rows
-    cannot be typed."""
-    packed = data.layout == "packing"
-    refused = RefusedRows()
-    untyped = UntypedRows(TypingSetup.for_run(template, token_types, data.answer_format))
-
-    def encode(files: Sequence[str], split: str) -> list[dict[str, Any]]:
-        rows = encode_rows(
-            template,
-            files,
-            split=split,
-            refused=refused,
-            max_samples=data.max_samples,
-            answer_format=data.answer_format,
-            untyped=untyped,
-        )
-        logger.info("coordexp: encoded %d %s rows", len(rows), split)
-        return rows
-
-    train_rows = encode(data.train, "train")
-    val_rows = encode(data.val, "val") if data.val else None
-    refused.enforce(data.max_refused_fraction, output_dir)
-    untyped.enforce(output_dir)
-
-    def as_dataset(rows: list[dict[str, Any]]) -> Any:
-        if not packed:
-            return rows
-        from swift.dataset import PackingDataset
-
-        return PackingDataset(template, EncodedRows(rows), packing_length=packing_length)
-
-    return as_dataset(train_rows), None if val_rows is None else as_dataset(val_rows)
+def encode_row(
+    template: Any, src: SourceRow, source_file: str, answer_format: AnswerFormat = "auto"
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The row as the collator gets it (encoded, its carried fields, where it was read, its answer
+    texts and how to read them), or why it is refused. ``source_file`` is the absolute path (the
+    dump reader must find it whatever the cwd)."""
+    if src.row is None:
+        return None, src.problem or "refused"
+    enc, reason = _encode(template, src.row, Path(source_file).parent)
+    if enc is None:
+        return None, reason or "refused"
+    for field in CARRIED_FIELDS:
+        if field in src.row:
+            enc[field] = src.row[field]
+    enc[SOURCE_FILE_KEY] = source_file
+    enc[SOURCE_LINE_KEY] = src.line
+    enc[ANSWER_TEXTS_KEY], enc[ANSWER_FORMAT_KEY] = answer_texts(src.row), answer_format
+    return enc, None

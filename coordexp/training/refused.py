@@ -61,8 +61,12 @@ class RefusedRows:
         self.read[split] += 1
 
     def keep(self, split: str) -> None:
-        self.read[split] += 1
-        self.kept[split] += 1
+        self.keep_many(split, 1)
+
+    def keep_many(self, split: str, count: int) -> None:
+        """``count`` rows of ``split`` kept (the pre-pass enters a split's kept rows at once)."""
+        self.read[split] += count
+        self.kept[split] += count
 
     def enforce(self, max_fraction: float, output_dir: Path, *, console: bool = True) -> None:
         """List the refusals (file + console); raise ``DataError`` when a split refused more than

@@ -121,7 +121,7 @@ def build_trainer(cfg: TrainConfig) -> Any:
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
     from coordexp.trainer import build_trainer_cls
-    from coordexp.training.data import build_datasets
+    from coordexp.training.datasets import build_datasets
     from coordexp.training.engines import check_fsdp_enabled
     from coordexp.training.vl_support import is_multimodal_model_type, require_vl_dependencies
 
@@ -171,12 +171,14 @@ def build_trainer(cfg: TrainConfig) -> Any:
     args = Seq2SeqTrainingArguments(**args_kwargs)
 
     # Every row carries its source file and line, so sample dumps need no label -> file mapping.
+    # The pre-pass runs once per node; the node's other ranks wait, then read its cache.
     train_ds, eval_ds = build_datasets(
         template,
         cfg.data,
         packing_length=packing_length,
         output_dir=Path(args.output_dir),
         token_types=stage1.token_type_metrics,
+        main_process_first=args.main_process_first(local=True, desc="coordexp row index"),
     )
     trainer_cls = build_trainer_cls(Seq2SeqTrainer, stage1)
     trainer = trainer_cls(

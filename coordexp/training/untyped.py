@@ -40,6 +40,7 @@ from coordexp.data_collators.token_types import (
 )
 from coordexp.generated.models.config import TokenTypeMetricsConfig
 from coordexp.monitor.samples import write_atomic
+from coordexp.training.data import answer_texts
 from coordexp.training.refused import DataError, one_line
 
 UNTYPED_ROWS_FILENAME: Final = "coordexp_untyped_rows.jsonl"
@@ -47,22 +48,6 @@ UNTYPED: Final = "untyped"
 PAYLOAD_MISMATCH: Final = "payload_mismatch"
 _SHOWN_ON_CONSOLE = 5
 _DEFAULTS = TokenTypeMetricsConfig()
-
-
-def answer_texts(row: Mapping[str, Any]) -> list[str]:
-    """The text of each assistant message, in order (multimodal content: its text parts joined)."""
-    texts: list[str] = []
-    messages = row.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, Mapping) or message.get("role") != "assistant":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            parts = [p for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
-            texts.append("".join(p["text"] for p in parts))
-    return texts
 
 
 @dataclass(frozen=True)
@@ -75,6 +60,10 @@ class TypingSetup:
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     answer_format: AnswerFormat = "auto"
+
+    def includes(self, label: str) -> bool:
+        """Whether rows of dataset ``label`` get token types."""
+        return dataset_included(label, self.include, self.exclude)
 
     @classmethod
     def for_run(cls, template: Any, token_types: Any, answer_format: AnswerFormat) -> TypingSetup | None:
@@ -97,7 +86,7 @@ def token_type_problem(
     """``(kind, reason)`` when the row cannot be typed (``untyped``) or its ``assistant_payload``
     disagrees with its answer text (``payload_mismatch``); None when it is fine or not typed at all
     (its dataset is not included)."""
-    if not dataset_included(sample_dataset_label(row), setup.include, setup.exclude):
+    if not setup.includes(sample_dataset_label(row)):
         return None
     texts = answer_texts(row)
     types, problem = typing_outcome(
@@ -143,9 +132,7 @@ class UntypedRows:
     untyped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def check(self, file: str, line: int, split: str, row: Mapping[str, Any], labels: Sequence[int]) -> None:
-        if self.setup is None or not dataset_included(
-            label := sample_dataset_label(row), self.setup.include, self.setup.exclude
-        ):
+        if self.setup is None or not self.setup.includes(label := sample_dataset_label(row)):
             return
         self.checked[split, label] += 1
         found = token_type_problem(self.setup, row, labels)
@@ -204,6 +191,5 @@ __all__ = [
     "TypingSetup",
     "UntypedRow",
     "UntypedRows",
-    "answer_texts",
     "token_type_problem",
 ]

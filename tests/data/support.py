@@ -26,7 +26,7 @@ from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import INSTABILITY_META_JSON_KEY
 from coordexp.monitor import InstabilityMonitor, StepObservation
 from coordexp.training.config import DataSection
-from coordexp.training.data import build_datasets
+from coordexp.training.datasets import build_datasets
 from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
 from coordexp.training.untyped import UNTYPED_ROWS_FILENAME
 
@@ -126,6 +126,8 @@ def encode_splits(
     max_length: int = MAX_LENGTH,
     token_types: Any = None,
     answer_format: str = "auto",
+    cache_dir: Path | None = None,
+    num_proc: int | None = None,
 ) -> tuple[Any, Any]:
     """The real ``build_datasets`` over these files (raises ``DataError`` on refused rows, or on
     untypeable train datasets when ``token_types`` (a ``custom.token_type_metrics`` section) is on)."""
@@ -136,6 +138,8 @@ def encode_splits(
             "layout": layout,
             "max_refused_fraction": max_refused_fraction,
             "answer_format": answer_format,
+            "cache_dir": None if cache_dir is None else str(cache_dir),
+            **({} if num_proc is None else {"num_proc": num_proc}),
         }
     )
     return build_datasets(

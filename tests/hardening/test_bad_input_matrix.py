@@ -269,6 +269,25 @@ def _data_untyped_case(case_id: str, input_: str, answer: str, fragment: str) ->
 _BOX = "[<|coord_1|>, <|coord_2|>, <|coord_30|>, <|coord_40|>]"
 
 
+def _changed_after_pre_pass(h: H) -> Observed:
+    """Index 3 rows, then overwrite line 2 with as many bytes of garbage, then read row 2."""
+    path = data_support.Written().write(h.tmp_path / "rows.jsonl", data_support.demo_rows(3))
+    train, _ = data_support.encode_splits([path], output_dir=h.tmp_path / "run")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[1] = "x" * len(lines[1])
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    train[1]
+    return Observed()
+
+
+def _unwritable_cache_dir(h: H) -> Observed:
+    blocker = h.tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    path = data_support.Written().write(h.tmp_path / "rows.jsonl", data_support.demo_rows(3))
+    data_support.encode_splits([path], output_dir=h.tmp_path / "run", cache_dir=blocker / "cache")
+    return Observed()
+
+
 def _write_set_up(
     folder: Path, training: str = "", *, train: str = "train.jsonl", model: str = "model"
 ) -> Path:
@@ -1457,6 +1476,23 @@ CASES: tuple[Case, ...] = (
         "a CoordJSON desc holding a newline (`\\n`)",
         '{"objects": [{"desc": "red\\ncat", "bbox_2d": ' + _BOX + "}]}",
         "not a JSON or CoordJSON answer: objects[0]: bad_desc: desc 'red\\ncat' holds a newline",
+    ),
+    Case(
+        "data-row-changed-after-pre-pass",
+        "data",
+        "line 2 overwritten (same length, not JSON) after the pre-pass indexed it, then read by a batch",
+        Raises(
+            DataError,
+            "rows.jsonl:2: not valid JSON (Expecting value) (it passed the pre-pass: the data changed",
+        ),
+        _changed_after_pre_pass,
+    ),
+    Case(
+        "data-cache-dir-unwritable",
+        "data",
+        "`data.cache_dir` below a regular file (the pre-pass cache cannot be written)",
+        Raises(DataError, "data.cache_dir: cannot write the row index cache in"),
+        _unwritable_cache_dir,
     ),
     # -- set-up: the training section, model folder and data files, checked before any load -----
     _set_up_case(

@@ -13,7 +13,7 @@ import pytest
 from coordexp.data_collators.enrichers import SOURCE_LINE_KEY
 from coordexp.demo import DemoAssets
 from coordexp.training.config import DataSection
-from coordexp.training.data import build_datasets
+from coordexp.training.datasets import build_datasets
 from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
 
 pytestmark = pytest.mark.vl

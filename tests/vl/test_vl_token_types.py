@@ -16,7 +16,7 @@ from coordexp.demo.vl_model import IMAGE_TOKEN_ID
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_IGNORE
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
 from coordexp.training.config import DataSection
-from coordexp.training.data import build_datasets
+from coordexp.training.datasets import build_datasets
 
 pytestmark = pytest.mark.vl
 
