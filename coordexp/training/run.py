@@ -90,18 +90,23 @@ def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "te
 def _training_defaults(cfg: TrainConfig) -> dict[str, Any]:
     import torch
 
+    on_gpu = torch.cuda.is_available()
     defaults: dict[str, Any] = {
         "check_model": False,  # else ms-swift contacts its hub from the constructor
         "gradient_checkpointing": False,
         "gradient_accumulation_steps": 1,
-        "dataloader_num_workers": 0,
         "remove_unused_columns": False,
-        "use_cpu": not torch.cuda.is_available(),
+        "use_cpu": not on_gpu,
         "report_to": ["tensorboard"] if _has_tensorboard() else [],
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "disable_tqdm": False,
     }
+    if not on_gpu:
+        # Rows are encoded when a batch asks for them (training.lazy_rows). On a GPU, ms-swift's own
+        # default (a DataLoader worker) encodes the next batch while the step runs; on CPU a worker
+        # would only take cores from the step, so the training process encodes.
+        defaults["dataloader_num_workers"] = 0
     if not cfg.data.val:
         defaults["eval_strategy"] = "no"
     return defaults
