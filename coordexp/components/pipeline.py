@@ -66,9 +66,10 @@ from coordexp.components.trainer_config import (
 from coordexp.config import MetricsConfig, Stage1CustomConfig
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.contracts.stash import BatchExtras
+from coordexp.diagnostics.best_effort import BestEffort
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.functional import DEFAULT_CHUNK_SIZE, STAT_KEYS, CoordSlice
-from coordexp.reporting import BestEffort, MetricReporter, trainer_mode
+from coordexp.reporting import MetricReporter, trainer_mode
 
 # reads_logits, materializes_logits and the component names live in trainer_config since the split;
 # they stay importable from here, where the trainer assembly has always imported them.

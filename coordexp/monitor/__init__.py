@@ -18,7 +18,6 @@ from coordexp.monitor.observation import (
     NONFINITE_LOGITS,
     NONFINITE_LOSS,
     ZERO_TOKEN_ACC,
-    Mode,
     MonitorDecision,
     StepObservation,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "GuardSettings",
     "InstabilityMonitor",
     "InstabilityMonitorSettings",
-    "Mode",
     "MonitorDecision",
     "StepObservation",
     "json_float",
