@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "coordexp"
 
 # old path -> the module that now holds its names
 FACADES = {
-    "coordexp.metrics.dataset_metrics": "coordexp.trainer",
+    "coordexp.metrics.dataset_metrics": "coordexp.swift_seam",
     "coordexp.data_collators.dataset_metrics": "coordexp.data_collators.collator",
     "coordexp.trainers.batch_extras": "coordexp.contracts.stash",
 }
@@ -65,7 +65,7 @@ def test_facades_name_the_same_objects_as_the_new_homes() -> None:
     from coordexp.data_collators import collator
     from coordexp.data_collators import dataset_metrics as old_collator
     from coordexp.metrics import dataset_metrics as old_trainer
-    from coordexp.trainer import assembly, mixins
+    from coordexp.swift_seam import assembly, mixins
 
     assert old_trainer.build_trainer_cls is assembly.build_trainer_cls
     assert old_trainer.DatasetMetricsCollatorMixin is mixins.DatasetMetricsCollatorMixin

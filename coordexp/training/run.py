@@ -120,7 +120,7 @@ def build_trainer(cfg: TrainConfig) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
-    from coordexp.trainer import build_trainer_cls
+    from coordexp.swift_seam.assembly import build_trainer_cls
     from coordexp.training.data import build_datasets
     from coordexp.training.engines import check_fsdp_enabled
     from coordexp.training.vl_support import is_multimodal_model_type, require_vl_dependencies

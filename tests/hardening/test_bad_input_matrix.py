@@ -37,7 +37,6 @@ import torch
 from transformers.modeling_outputs import CausalLMOutput
 
 from coordexp.components import CoordObjectiveError
-from coordexp.components.loss_seam import Stage1OptionError
 from coordexp.config import ConfigError
 from coordexp.contracts import ContractViolation, ContractWarning, check_batch_extras, contracts_mode
 from coordexp.data_collators import DatasetMetaEnricher, InstabilityMetaEnricher
@@ -53,6 +52,7 @@ from coordexp.generated.batch_extras import (
 from coordexp.monitor import InstabilityMonitor, StepObservation
 from coordexp.monitor.events import read_jsonl
 from coordexp.reporting import MetricReporter
+from coordexp.swift_seam.loss_func import Stage1OptionError
 from coordexp.training.config import load_config, parse_config
 from coordexp.training.rank_failure import RankFailedError
 from coordexp.training.refused import DataError

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from coordexp.components.loss_seam import Stage1LossFunc, Stage1OptionError
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS, TOKEN_TYPES_KEY
+from coordexp.swift_seam.loss_func import Stage1LossFunc, Stage1OptionError
 from coordexp.training import TrainConfig, build_trainer
 
 pytestmark = pytest.mark.slow

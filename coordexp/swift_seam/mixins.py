@@ -1,6 +1,6 @@
 """The Stage-1 trainer mixins (public names kept): each only *declares* a component.
 
-The shared base :class:`~coordexp.trainer.hook.Stage1TrainerHook` runs the declared components;
+The shared base :class:`~coordexp.swift_seam.hook.Stage1TrainerHook` runs the declared components;
 :class:`DatasetMetricsCollatorMixin` wraps the framework's collator with the enrichers.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from coordexp.components import COMPONENT_ORDER
-from coordexp.trainer.hook import Stage1TrainerHook
+from coordexp.swift_seam.hook import Stage1TrainerHook
 
 __all__ = [
     "MIXIN_BY_COMPONENT",
