@@ -33,6 +33,7 @@ from coordexp.data_collators.token_types import (
 )
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 
 logger = logging.getLogger("coordexp.data_collators.enrichers")  # where these warnings always came from
 
@@ -111,9 +112,10 @@ class TokenTypesEnricher:
             logger,
             "token types: %s gets no token types (%s), so its tokens are IGNORE for the token-type "
             "metrics; further such rows are not warned about (the loader lists the rows it cannot "
-            "type in coordexp_untyped_rows.jsonl)",
+            "type in %s)",
             where,
             problem,
+            UNTYPED_ROWS_FILE,
         )
 
     def _check_payloads_reach_us(self, rows: Rows) -> None:

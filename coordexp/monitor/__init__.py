@@ -7,7 +7,7 @@ returns a ``MonitorDecision`` (reasons, guard, stop) for the caller to apply. No
 torch.
 """
 
-from coordexp.monitor.events import EVENTS_FILENAME, META_JSON_MAX_CHARS, json_float, read_jsonl
+from coordexp.monitor.events import META_JSON_MAX_CHARS, json_float, read_jsonl
 from coordexp.monitor.monitor import DEFAULT_DUMP_SUBDIR, InstabilityMonitor
 from coordexp.monitor.observation import (
     ALL_REASONS,
@@ -31,7 +31,6 @@ from coordexp.monitor.settings import (
 __all__ = [
     "ALL_REASONS",
     "DEFAULT_DUMP_SUBDIR",
-    "EVENTS_FILENAME",
     "LOGIT_OVERFLOW_LIKE",
     "LOSS_SPIKE",
     "LOW_TOKEN_ACC",

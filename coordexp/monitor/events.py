@@ -28,7 +28,6 @@ from coordexp.io.jsonl import iter_jsonl
 from coordexp.monitor.observation import MonitorDecision, StepObservation
 
 __all__ = [
-    "EVENTS_FILENAME",
     "META_JSON_MAX_CHARS",
     "JsonlAppender",
     "build_event",
@@ -37,7 +36,6 @@ __all__ = [
     "read_jsonl",
 ]
 
-EVENTS_FILENAME: Final = "events.jsonl"
 META_JSON_MAX_CHARS: Final = 20_000
 """The batch's ``instability_meta_json`` is cut to this many characters in an event record."""
 

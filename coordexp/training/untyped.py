@@ -40,9 +40,9 @@ from coordexp.data_collators.token_types import (
 )
 from coordexp.generated.models.config import TokenTypeMetricsConfig
 from coordexp.monitor.samples import write_atomic
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from coordexp.training.refused import DataError, one_line
 
-UNTYPED_ROWS_FILENAME: Final = "coordexp_untyped_rows.jsonl"
 UNTYPED: Final = "untyped"
 PAYLOAD_MISMATCH: Final = "payload_mismatch"
 _SHOWN_ON_CONSOLE = 5
@@ -160,7 +160,7 @@ class UntypedRows:
     def enforce(self, output_dir: Path, *, console: bool = True) -> None:
         """List the rows (file + console); raise ``DataError`` when an included dataset's train rows
         are all untyped."""
-        path = output_dir / UNTYPED_ROWS_FILENAME
+        path = output_dir / UNTYPED_ROWS_FILE
         if self.rows:
             write_atomic(
                 path, [(json.dumps(asdict(r), ensure_ascii=False) + "\n").encode() for r in self.rows]
@@ -200,7 +200,6 @@ class UntypedRows:
 __all__ = [
     "PAYLOAD_MISMATCH",
     "UNTYPED",
-    "UNTYPED_ROWS_FILENAME",
     "TypingSetup",
     "UntypedRow",
     "UntypedRows",

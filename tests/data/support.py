@@ -25,10 +25,10 @@ from coordexp.demo import DemoAssets, build_demo_assets
 from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import INSTABILITY_META_JSON_KEY
 from coordexp.monitor import InstabilityMonitor, StepObservation
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from coordexp.training.config import DataSection
 from coordexp.training.data import build_datasets
 from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
-from coordexp.training.untyped import UNTYPED_ROWS_FILENAME
 
 __all__ = [
     "Written",
@@ -269,7 +269,7 @@ def untyped_scenario(tmp: Path, name: str, answers: Sequence[str]) -> None:
     try:
         encode_splits([path], output_dir=run, token_types={"enabled": True, "include": ["lvis"]})
     finally:
-        records = [json.loads(x) for x in (run / UNTYPED_ROWS_FILENAME).read_text().splitlines()]
+        records = [json.loads(x) for x in (run / UNTYPED_ROWS_FILE).read_text().splitlines()]
         assert [(r["line"], r["kind"]) for r in records] == [(i + 1, "untyped") for i in range(len(rows))]
 
 

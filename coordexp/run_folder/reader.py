@@ -27,12 +27,16 @@ from coordexp.contracts.modes import Mode
 from coordexp.data_collators.enrichers import sample_dataset_label
 from coordexp.generated import metric_keys as K
 from coordexp.io.jsonl import iter_jsonl, read_jsonl_lines
+from coordexp.run_folder.names import (
+    CONFIG_FILE,
+    LOGGING_FILE,
+    TB_DIR,
+    TRAINER_STATE_FILE,
+    newest_checkpoint,
+)
 
 __all__ = [
-    "CONFIG_FILE",
-    "LOGGING_FILE",
     "SUMMARY_KEYS",
-    "TRAINER_STATE_FILE",
     "LogMode",
     "LogRecord",
     "ReadProblem",
@@ -51,10 +55,6 @@ __all__ = [
     "tb_tag_to_key",
 ]
 
-LOGGING_FILE = "logging.jsonl"
-TRAINER_STATE_FILE = "trainer_state.json"
-CONFIG_FILE = "coordexp_config.yaml"
-TB_DIR = "runs"
 
 LogMode = Literal[Mode, "summary"]
 """A logged record's mode: a step's, or the end-of-training summary."""
@@ -180,13 +180,8 @@ def find_trainer_state(run_dir: Path) -> Path | None:
     direct = run_dir / TRAINER_STATE_FILE
     if direct.is_file():
         return direct
-    best: tuple[int, Path] | None = None
-    for ckpt in run_dir.glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", ckpt.name)
-        state = ckpt / TRAINER_STATE_FILE
-        if match and state.is_file() and (best is None or int(match.group(1)) > best[0]):
-            best = (int(match.group(1)), state)
-    return None if best is None else best[1]
+    newest = newest_checkpoint(run_dir)
+    return None if newest is None else newest / TRAINER_STATE_FILE
 
 
 def read_trainer_state(path: Path, source: str) -> tuple[list[LogRecord], list[ReadProblem]]:
