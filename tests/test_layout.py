@@ -16,6 +16,7 @@ FACADES = {
     "coordexp.metrics.dataset_metrics": "coordexp.swift_seam",
     "coordexp.data_collators.dataset_metrics": "coordexp.data_collators.collator",
     "coordexp.trainers.batch_extras": "coordexp.contracts.stash",
+    "coordexp.config.schema": "coordexp.config.loading",
 }
 
 
