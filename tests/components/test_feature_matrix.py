@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from coordexp.contracts import check_metric_key
-from coordexp.metrics.dataset_metrics import (
+from coordexp.swift_seam.assembly import build_trainer_cls
+from coordexp.swift_seam.mixins import (
     AggregateTokenTypeMetricsMixin,
     CoordSoftCEW1LossMixin,
     GradAccumLossScaleMixin,
     InstabilityMonitorMixin,
-    build_trainer_cls,
 )
 from tests.components.stage1_fixtures import (
     BatchSpec,

@@ -33,7 +33,7 @@ class UndeclaredExtraEnricher:
 
 
 def main(config: str, out: str) -> None:
-    from coordexp.metrics.dataset_metrics import DatasetMetricsCollatorMixin
+    from coordexp.swift_seam.mixins import DatasetMetricsCollatorMixin
     from coordexp.training import load_config, train
 
     rank = int(os.environ["RANK"])

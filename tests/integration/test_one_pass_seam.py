@@ -212,7 +212,7 @@ def test_moe_router_aux_loss_is_added_as_plain_ms_swift_adds_it(tmp_path: Path) 
     where the MoE model adds it to its own loss."""
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
-    from coordexp.metrics.dataset_metrics import build_trainer_cls
+    from coordexp.swift_seam.assembly import build_trainer_cls
 
     model, processor = get_model_processor(
         str(_moe_checkpoint(tmp_path / "moe")), model_type="qwen3_moe", device_map="cpu", attn_impl="sdpa"

@@ -117,7 +117,7 @@ class SneakyEnricher(RogueEnricher):
 def test_strict_guard_refuses_an_undeclared_extra(
     make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from coordexp.metrics.dataset_metrics import DatasetMetricsCollatorMixin
+    from coordexp.swift_seam.mixins import DatasetMetricsCollatorMixin
 
     monkeypatch.setattr(DatasetMetricsCollatorMixin, "stage1_extra_enrichers", (RogueEnricher(),))
     with pytest.raises(ContractViolation) as info:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from coordexp.coord_tokens.codec import get_coord_token_ids
-from coordexp.data_collators.dataset_metrics import build_dataset_metrics_collator
+from coordexp.data_collators.collator import build_dataset_metrics_collator
 from coordexp.demo import DemoAssets
 from coordexp.demo.vl_model import IMAGE_TOKEN_ID
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_IGNORE
