@@ -41,7 +41,7 @@ from torch import Tensor
 
 from coordexp.components.base import Component, PassRequest
 from coordexp.components.context import StepContext
-from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError, accumulation_steps
+from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
 from coordexp.components.coord_vocab import CoordVocab
 from coordexp.components.instability import InstabilityMonitorComponent
 from coordexp.components.needs import (
@@ -55,7 +55,7 @@ from coordexp.components.needs import (
 )
 from coordexp.components.objective import CoordObjective, Objective, SeamCall, objective_for
 from coordexp.components.pass_inputs import MisalignedLogits, PassInputs, step_pass_inputs
-from coordexp.components.runtime import RuntimeComponent
+from coordexp.components.runtime import RuntimeComponent, current_accumulation_steps
 from coordexp.components.token_metrics import TokenMetricsComponent
 from coordexp.config import MetricsConfig, Stage1CustomConfig
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
@@ -242,7 +242,7 @@ class Stage1Pipeline:
             report_token_acc(trainer, ctx.mode, preds, labels)
             outputs["logits"] = None  # they never existed: ms-swift skips its own token_acc
         if per_batch and ctx.mode == "train":
-            steps = accumulation_steps(trainer)
+            steps = current_accumulation_steps(trainer)
             if steps > 1:
                 value = value / steps
                 ctx.loss_divisor = float(steps)

@@ -45,8 +45,6 @@ from typing import Any
 
 from coordexp.contracts import ContractViolation, check_batch_extras, check_enricher_output
 from coordexp.data_collators.enrichers import (
-    EXTRA_KWARGS_KEY,
-    META_FIELDS,
     MONITOR_DEFAULTS,
     TOKEN_TYPE_DEFAULTS,
     DatasetMetaEnricher,
@@ -57,6 +55,7 @@ from coordexp.data_collators.enrichers import (
 from coordexp.data_collators.typing_enricher import TokenTypesEnricher
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
+from coordexp.rows.fields import EXTRA_KWARGS_KEY, META_FIELDS
 
 logger = logging.getLogger(__name__)
 

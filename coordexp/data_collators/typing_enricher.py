@@ -8,21 +8,7 @@ from typing import Any
 
 import torch
 
-from coordexp.data_collators.enrichers import (
-    ANSWER_FORMAT_KEY,
-    ANSWER_TEXTS_KEY,
-    DEFAULT_EXCLUDE,
-    DEFAULT_INCLUDE,
-    PAYLOAD_FIELD,
-    SOURCE_FILE_KEY,
-    SOURCE_LINE_KEY,
-    Rows,
-    Sample,
-    group_rows,
-    is_source_line,
-    sample_dataset_label,
-    sample_fields,
-)
+from coordexp.data_collators.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Rows, group_rows
 from coordexp.data_collators.token_types import (
     compute_packed_token_types,
     dataset_included,
@@ -33,6 +19,17 @@ from coordexp.data_collators.token_types import (
 )
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
+from coordexp.rows.fields import (
+    ANSWER_FORMAT_KEY,
+    ANSWER_TEXTS_KEY,
+    PAYLOAD_FIELD,
+    SOURCE_FILE_KEY,
+    SOURCE_LINE_KEY,
+    Sample,
+    is_source_line,
+    sample_dataset_label,
+    sample_fields,
+)
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 
 logger = logging.getLogger("coordexp.data_collators.enrichers")  # where these warnings always came from

@@ -24,9 +24,9 @@ import yaml
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.contracts.catalog import EVAL_PREFIX
 from coordexp.contracts.modes import Mode
-from coordexp.data_collators.enrichers import sample_dataset_label
 from coordexp.generated import metric_keys as K
 from coordexp.io.jsonl import iter_jsonl, read_jsonl_lines
+from coordexp.rows.fields import sample_dataset_label
 from coordexp.run_folder.names import (
     CONFIG_FILE,
     LOGGING_FILE,

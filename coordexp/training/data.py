@@ -39,14 +39,9 @@ from typing import Any, overload
 
 from coordexp.answers import AnswerFormat
 from coordexp.coord_tokens.codec import COORD_BINS, invalid_coord_tokens
-from coordexp.data_collators.enrichers import (
-    ANSWER_FORMAT_KEY,
-    ANSWER_TEXTS_KEY,
-    SOURCE_FILE_KEY,
-    SOURCE_LINE_KEY,
-)
 from coordexp.functional.targets import IGNORE_INDEX
 from coordexp.io.jsonl import read_jsonl_lines
+from coordexp.rows.fields import ANSWER_FORMAT_KEY, ANSWER_TEXTS_KEY, SOURCE_FILE_KEY, SOURCE_LINE_KEY
 from coordexp.training.config import DataSection
 from coordexp.training.refused import RefusedRows
 from coordexp.training.untyped import TypingSetup, UntypedRows, answer_texts

@@ -25,13 +25,7 @@ from typing import Any, Final
 
 from coordexp.answers import AnswerFormat, parse_answer
 from coordexp.answers.compare import payload_disagreement
-from coordexp.data_collators.enrichers import (
-    DEFAULT_EXCLUDE,
-    DEFAULT_INCLUDE,
-    PAYLOAD_FIELD,
-    cfg_setting,
-    sample_dataset_label,
-)
+from coordexp.data_collators.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
 from coordexp.data_collators.token_types import (
     dataset_included,
     resolve_suffix_ids,
@@ -40,6 +34,7 @@ from coordexp.data_collators.token_types import (
 )
 from coordexp.generated.models.config import TokenTypeMetricsConfig
 from coordexp.monitor.samples import write_atomic
+from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from coordexp.training.refused import DataError, one_line
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from coordexp.data_collators.enrichers import SOURCE_FILE_KEY, SOURCE_LINE_KEY
+from coordexp.rows.fields import SOURCE_FILE_KEY, SOURCE_LINE_KEY
 from coordexp.training import build_trainer, parse_config
 from coordexp.training.run import demo_config
 from tests.data import support

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from coordexp.data_collators.enrichers import SOURCE_LINE_KEY
 from coordexp.demo import DemoAssets
+from coordexp.rows.fields import SOURCE_LINE_KEY
 from coordexp.training.config import DataSection
 from coordexp.training.data import build_datasets
 from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
