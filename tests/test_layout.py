@@ -20,8 +20,9 @@ PINNING_TESTS = frozenset({"tests/test_layout.py", "tests/test_public_api.py"})
 # old path -> the module that now holds its names
 FACADES = {
     "coordexp.metrics.dataset_metrics": "coordexp.swift_seam",
-    "coordexp.data_collators.dataset_metrics": "coordexp.data_collators.collator",
+    "coordexp.data_collators.dataset_metrics": "coordexp.rows.collator",
     "coordexp.trainers.batch_extras": "coordexp.contracts.stash",
+    "coordexp.data_collators.token_types": "coordexp.rows.token_types",
     "coordexp.config.schema": "coordexp.config.loading",
 }
 
@@ -124,12 +125,14 @@ def test_facade_only_re_exports(facade: str) -> None:
 
 
 def test_facades_name_the_same_objects_as_the_new_homes() -> None:
-    from coordexp.data_collators import collator
     from coordexp.data_collators import dataset_metrics as old_collator
+    from coordexp.data_collators import token_types as old_token_types
     from coordexp.metrics import dataset_metrics as old_trainer
+    from coordexp.rows import collator, token_types
     from coordexp.swift_seam import assembly, mixins
 
     assert old_trainer.build_trainer_cls is assembly.build_trainer_cls
     assert old_trainer.DatasetMetricsCollatorMixin is mixins.DatasetMetricsCollatorMixin
     assert old_collator.build_dataset_metrics_collator is collator.build_dataset_metrics_collator
     assert old_collator.DatasetMetricsCollator is collator.DatasetMetricsCollator
+    assert old_token_types.compute_token_types is token_types.compute_token_types

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ValidationError, model_validator
 
 from coordexp.generated.models import config as generated
+from coordexp.rows.fields import dataset_included
 
 
 class ConfigError(ValueError):
@@ -146,8 +147,7 @@ class TokenTypeMetricsConfig(_Section, generated.TokenTypeMetricsConfig):
 
     def includes(self, dataset_label: str) -> bool:
         """Whether samples of ``dataset_label`` get token types (include, minus exclude)."""
-        label = dataset_label.lower()
-        return label in {x.lower() for x in self.include} and label not in {x.lower() for x in self.exclude}
+        return dataset_included(dataset_label, self.include, self.exclude)
 
 
 class CoordSoftCEW1Config(_Section, generated.CoordSoftCEW1Config):

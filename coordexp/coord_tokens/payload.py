@@ -3,7 +3,7 @@
 ``serialize_payload`` is what the dataset builder writes as the assistant message;
 ``typed_serialization`` rebuilds the identical text while recording, for every character, whether it
 is description text (DESC), a coordinate (COORD) or JSON scaffolding (FORMAT). Token types are then
-the majority type of each token's characters (see ``coordexp.data_collators.token_types``).
+the majority type of each token's characters (see ``coordexp.rows.token_types``).
 
 ``TokenType`` is generated from ``schemas/batch_extras.schema.json`` (the codes of the
 ``token_types`` extra) and re-exported here, the lowest layer that needs it, so that ``coord_tokens``

@@ -8,7 +8,7 @@ row's label (metrics, token types, dumps, ``check-logs``, the guards' bucket che
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "SOURCE_FILE_KEY",
     "SOURCE_LINE_KEY",
     "Sample",
+    "dataset_included",
     "is_source_line",
     "row_label",
     "sample_dataset_label",
@@ -100,3 +101,12 @@ def row_label(labels: Sequence[str]) -> str:
     if not unique:
         return DEFAULT_LABEL
     return labels[0] if len(unique) == 1 else MIXED_LABEL
+
+
+def dataset_included(label: str, include: Iterable[str], exclude: Iterable[str] = ()) -> bool:
+    """Whether samples of ``label`` get token types: lower-cased label in include and not in exclude.
+
+    The lists are lower-cased too, so a config spelling ``LVIS`` still matches.
+    """
+    key = str(label).lower()
+    return key in {str(x).lower() for x in include} and key not in {str(x).lower() for x in exclude}

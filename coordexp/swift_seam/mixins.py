@@ -58,7 +58,7 @@ class DatasetMetricsCollatorMixin:
     """Further enrichers to run after the built-in ones (each declares the extras it emits)."""
 
     def _get_data_collator(self, args: Any, template: Any) -> Any:
-        from coordexp.data_collators.collator import build_dataset_metrics_collator
+        from coordexp.rows.collator import build_dataset_metrics_collator
 
         base = super()._get_data_collator(args, template)  # type: ignore[misc]
         return build_dataset_metrics_collator(

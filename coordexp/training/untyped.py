@@ -25,16 +25,16 @@ from typing import Any, Final
 
 from coordexp.answers import AnswerFormat, parse_answer
 from coordexp.answers.compare import payload_disagreement
-from coordexp.data_collators.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
-from coordexp.data_collators.token_types import (
+from coordexp.generated.models.config import TokenTypeMetricsConfig
+from coordexp.monitor.samples import write_atomic
+from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
+from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
+from coordexp.rows.token_types import (
     dataset_included,
     resolve_suffix_ids,
     tail_special_ids,
     typing_outcome,
 )
-from coordexp.generated.models.config import TokenTypeMetricsConfig
-from coordexp.monitor.samples import write_atomic
-from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from coordexp.training.refused import DataError, one_line
 

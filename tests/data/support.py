@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from coordexp.data_collators import build_dataset_metrics_collator
 from coordexp.demo import DemoAssets, build_demo_assets
 from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import INSTABILITY_META_JSON_KEY
 from coordexp.monitor import InstabilityMonitor, StepObservation
+from coordexp.rows.collator import build_dataset_metrics_collator
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from coordexp.training.config import DataSection
 from coordexp.training.data import build_datasets

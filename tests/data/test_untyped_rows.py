@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from coordexp.data_collators import build_dataset_metrics_collator
 from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
+from coordexp.rows.collator import build_dataset_metrics_collator
 from coordexp.rows.fields import ANSWER_FORMAT_KEY, ANSWER_TEXTS_KEY
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from coordexp.training.refused import DataError

@@ -39,7 +39,6 @@ from transformers.modeling_outputs import CausalLMOutput
 from coordexp.components import CoordObjectiveError
 from coordexp.config import ConfigError
 from coordexp.contracts import ContractViolation, ContractWarning, check_batch_extras, contracts_mode
-from coordexp.data_collators import DatasetMetaEnricher, InstabilityMetaEnricher
 from coordexp.generated import metric_keys as K
 from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
@@ -52,6 +51,7 @@ from coordexp.generated.batch_extras import (
 from coordexp.monitor import InstabilityMonitor, StepObservation
 from coordexp.monitor.events import read_jsonl
 from coordexp.reporting import MetricReporter
+from coordexp.rows.enrichers import DatasetMetaEnricher, InstabilityMetaEnricher
 from coordexp.swift_seam.loss_func import Stage1OptionError
 from coordexp.training.config import load_config, parse_config
 from coordexp.training.rank_failure import RankFailedError
@@ -310,7 +310,7 @@ def _bad_train_config(folder: Path) -> list[str]:
 
 
 def _suffix_unknown_attribute(h: H) -> Observed:
-    from coordexp.data_collators.token_types import compute_token_types
+    from coordexp.rows.token_types import compute_token_types
 
     labels = torch.tensor([1, 2])
     compute_token_types(

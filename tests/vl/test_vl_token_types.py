@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from coordexp.coord_tokens.codec import get_coord_token_ids
-from coordexp.data_collators.collator import build_dataset_metrics_collator
 from coordexp.demo import DemoAssets
 from coordexp.demo.vl_model import IMAGE_TOKEN_ID
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_IGNORE
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
+from coordexp.rows.collator import build_dataset_metrics_collator
 from coordexp.training.config import DataSection
 from coordexp.training.data import build_datasets
 

@@ -8,17 +8,9 @@ from typing import Any
 
 import torch
 
-from coordexp.data_collators.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Rows, group_rows
-from coordexp.data_collators.token_types import (
-    compute_packed_token_types,
-    dataset_included,
-    ignore_types,
-    resolve_suffix_ids,
-    tail_special_ids,
-    typing_outcome,
-)
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
+from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Rows, group_rows
 from coordexp.rows.fields import (
     ANSWER_FORMAT_KEY,
     ANSWER_TEXTS_KEY,
@@ -29,6 +21,14 @@ from coordexp.rows.fields import (
     is_source_line,
     sample_dataset_label,
     sample_fields,
+)
+from coordexp.rows.token_types import (
+    compute_packed_token_types,
+    dataset_included,
+    ignore_types,
+    resolve_suffix_ids,
+    tail_special_ids,
+    typing_outcome,
 )
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 

@@ -5,7 +5,7 @@ Each enricher declares the extras keys it writes (``emits``) and whether it is `
 collated ``batch`` (a dict of tensors from the base collator) and ``raw``, the list the base
 collator was given: sample dicts (padded / padding-free) or packs, i.e. lists of sample dicts.
 
-How the source row's fields reach a sample dict: see ``coordexp.data_collators.collator``;
+How the source row's fields reach a sample dict: see ``coordexp.rows.collator``;
 ``sample_fields`` reads them from the encoded sample's ``_extra_kwargs`` (ms-swift with
 ``remove_unused_columns=False``) or from its top-level keys.
 """
@@ -37,7 +37,7 @@ from coordexp.rows.fields import (
     sample_fields,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("coordexp.data_collators.enrichers")  # the name users configure
 
 # The enrichers' settings default to the schema's defaults of the sections that turn them on
 # (custom.instability_monitor, custom.token_type_metrics), read from the generated models.
