@@ -7,7 +7,7 @@ returns a ``MonitorDecision`` (reasons, guard, stop) for the caller to apply. No
 torch.
 """
 
-from coordexp.monitor.events import META_JSON_MAX_CHARS, json_float, read_jsonl
+from coordexp.monitor.events import META_JSON_MAX_CHARS, json_float, read_events
 from coordexp.monitor.monitor import DEFAULT_DUMP_SUBDIR, InstabilityMonitor
 from coordexp.monitor.observation import (
     ALL_REASONS,
@@ -47,5 +47,5 @@ __all__ = [
     "StepObservation",
     "json_float",
     "normalize_monitor_config",
-    "read_jsonl",
+    "read_events",
 ]

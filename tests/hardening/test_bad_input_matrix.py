@@ -49,7 +49,7 @@ from coordexp.generated.batch_extras import (
     TOKEN_TYPES_KEY,
 )
 from coordexp.monitor import InstabilityMonitor, StepObservation
-from coordexp.monitor.events import read_jsonl
+from coordexp.monitor.events import read_events
 from coordexp.reporting import MetricReporter
 from coordexp.rows.enrichers import DatasetMetaEnricher, InstabilityMetaEnricher
 from coordexp.swift_seam.loss_func import Stage1OptionError
@@ -340,7 +340,7 @@ def _step_case(
         )
         obs = run_steps(trainer, lm, h.repeat, spec=spec, mutate=mutate)
         events = h.tmp_path / "instability_dumps" / "events.jsonl"
-        obs.events = read_jsonl(events) if events.exists() else []
+        obs.events = read_events(events) if events.exists() else []
         obs.files = sorted(p.name for p in (h.tmp_path / "instability_dumps").glob("step_*"))
         return obs
 
@@ -673,7 +673,7 @@ def _resume_with_unreadable_monitor_state(h: H) -> Observed:
     state = TrainerState(global_step=3, stateful_callbacks={type(callback).__name__: saved})
     callback.on_train_begin(trainer.args, state, TrainerControl())
     obs = run_steps(trainer, lm, h.repeat)
-    obs.events = read_jsonl(h.tmp_path / "instability_dumps" / "events.jsonl")
+    obs.events = read_events(h.tmp_path / "instability_dumps" / "events.jsonl")
     return obs
 
 
