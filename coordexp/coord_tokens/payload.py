@@ -125,13 +125,9 @@ def typed_serialization(payload: Mapping[str, Any]) -> tuple[str, list[int]]:
 
 def char_types_by_span(text: str, types: Sequence[int]) -> list[tuple[str, int]]:
     """Group a typed text into (span, type) runs: a readable view for tests and debugging."""
-    runs: list[tuple[str, int]] = []
-    start = 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or types[i] != types[start]:
-            runs.append((text[start:i], int(types[start])))
-            start = i
-    return runs
+    from coordexp.answers.model import typed_runs  # lazy: the answers import the coord codec
+
+    return typed_runs(text, types)
 
 
 __all__ = [
