@@ -1,26 +1,5 @@
-"""The public config names at their old import path: a thin facade over
-:mod:`coordexp.config.loading` (nothing inside ``coordexp`` imports from here)."""
+"""The public config names at their old import path: a thin facade over :mod:`coordexp.config`
+(its names live in :mod:`coordexp.config.loading`; nothing inside ``coordexp`` imports from here)."""
 
-from coordexp.config.loading import (
-    ConfigError,
-    ContractsConfig,
-    CoordSoftCEW1Config,
-    InstabilityMonitorConfig,
-    MetricsConfig,
-    Stage1CustomConfig,
-    Stage1PassConfig,
-    TokenTypeMetricsConfig,
-    load_custom_config,
-)
-
-__all__ = [
-    "ConfigError",
-    "ContractsConfig",
-    "CoordSoftCEW1Config",
-    "InstabilityMonitorConfig",
-    "MetricsConfig",
-    "Stage1CustomConfig",
-    "Stage1PassConfig",
-    "TokenTypeMetricsConfig",
-    "load_custom_config",
-]
+from coordexp.config import *  # noqa: F403  (exactly the names of the new home)
+from coordexp.config import __all__ as __all__
