@@ -7,8 +7,7 @@ the majority type of each token's characters (see ``coordexp.rows.token_types``)
 
 ``TokenType`` is generated from ``schemas/batch_extras.schema.json`` (the codes of the
 ``token_types`` extra) and re-exported here, the lowest layer that needs it, so that ``coord_tokens``
-never imports ``data_collators`` (which imports this module); ``data_collators.token_types``
-re-exports it too.
+never imports ``rows`` (which imports this module); ``rows.token_types`` re-exports it too.
 """
 
 from __future__ import annotations
