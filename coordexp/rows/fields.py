@@ -8,7 +8,7 @@ row's label (metrics, token types, dumps, ``check-logs``, the guards' bucket che
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "SOURCE_FILE_KEY",
     "SOURCE_LINE_KEY",
     "Sample",
+    "assistant_text_parts",
     "dataset_included",
     "is_source_line",
     "row_label",
@@ -110,3 +111,17 @@ def dataset_included(label: str, include: Iterable[str], exclude: Iterable[str] 
     """
     key = str(label).lower()
     return key in {str(x).lower() for x in include} and key not in {str(x).lower() for x in exclude}
+
+
+def assistant_text_parts(row: Mapping[str, Any]) -> Iterator[list[str]]:
+    """The text parts of each assistant message of a source row, in order (a plain string content
+    is one part; multimodal content: its text parts)."""
+    messages = row.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, Mapping) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            yield [content]
+        elif isinstance(content, list):
+            yield [p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]

@@ -28,7 +28,7 @@ from coordexp.answers.compare import payload_disagreement
 from coordexp.generated.models.config import TokenTypeMetricsConfig
 from coordexp.monitor.samples import write_atomic
 from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
-from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
+from coordexp.rows.fields import PAYLOAD_FIELD, assistant_text_parts, sample_dataset_label
 from coordexp.rows.token_types import (
     dataset_included,
     resolve_suffix_ids,
@@ -46,18 +46,7 @@ _DEFAULTS = TokenTypeMetricsConfig()
 
 def answer_texts(row: Mapping[str, Any]) -> list[str]:
     """The text of each assistant message, in order (multimodal content: its text parts joined)."""
-    texts: list[str] = []
-    messages = row.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, Mapping) or message.get("role") != "assistant":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            parts = [p for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
-            texts.append("".join(p["text"] for p in parts))
-    return texts
+    return ["".join(parts) for parts in assistant_text_parts(row)]
 
 
 @dataclass(frozen=True)
