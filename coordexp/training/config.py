@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from coordexp.answers import AnswerFormat
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.config.loading import format_validation_error
+from coordexp.run_folder.resume import names_a_folder, resume_setting_errors
 from coordexp.training.arguments import validate_training_arguments
 from coordexp.training.engines import fsdp_setup_errors
-from coordexp.training.resume import names_a_folder, resume_setting_errors
 
 Layout = Literal["padded", "padding_free", "packing"]
 

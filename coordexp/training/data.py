@@ -25,7 +25,7 @@ malformed messages, an image it cannot read, any encode error), and a row with n
 Each encoded dict also carries its assistant answer texts and ``data.answer_format``
 (``ANSWER_TEXTS_KEY`` / ``ANSWER_FORMAT_KEY``): token types are read from the text the labels were
 made from. With ``custom.token_type_metrics`` on, rows that cannot be typed are listed
-(``coordexp.training.untyped``).
+(``coordexp.rows.untyped``).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from coordexp.coord_tokens.codec import COORD_BINS, invalid_coord_tokens
 from coordexp.functional.targets import IGNORE_INDEX
 from coordexp.io.jsonl import read_jsonl_lines
 from coordexp.rows.fields import ANSWER_FORMAT_KEY, ANSWER_TEXTS_KEY, SOURCE_FILE_KEY, SOURCE_LINE_KEY
+from coordexp.rows.untyped import TypingSetup, UntypedRows, answer_texts
 from coordexp.training.config import DataSection
 from coordexp.training.refused import RefusedRows
-from coordexp.training.untyped import TypingSetup, UntypedRows, answer_texts
 
 logger = logging.getLogger("coordexp")
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from coordexp.config import ConfigError, ContractsConfig, Stage1CustomConfig
 from coordexp.contracts import set_default_mode
+from coordexp.run_folder.resume import checkpoint_step, resolve_resume_checkpoint, supersede_logs_after
 from coordexp.training.config import TrainConfig, dump_config, parse_config
 from coordexp.training.rank_failure import stop_all_ranks_on_error
-from coordexp.training.resume import checkpoint_step, resolve_resume_checkpoint, supersede_logs_after
 
 if TYPE_CHECKING:  # the demo builders import torch: only when a demo runs
     from coordexp.demo.build import DemoKind

@@ -21,9 +21,9 @@ from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
 from coordexp.rows.collator import build_dataset_metrics_collator
 from coordexp.rows.fields import ANSWER_FORMAT_KEY, ANSWER_TEXTS_KEY
+from coordexp.rows.untyped import answer_texts
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from coordexp.training.refused import DataError
-from coordexp.training.untyped import answer_texts
 from tests.data import support
 
 ON = {"enabled": True, "include": ["lvis", "coco"]}
