@@ -81,7 +81,6 @@ def _folders() -> list[str]:
     return sorted({name for name in own if name != "."} | {"generated"})  # generated/: coordexp.generated
 
 
-@pytest.mark.xfail(strict=True, reason="training/ moves after the issue-23 merge")
 def test_no_two_folders_share_a_stem() -> None:
     folders = _folders()
     clashes = [

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlError", "JsonlLine", "iter_jsonl", "read_jsonl_lines"]
+__all__ = ["JsonlError", "JsonlLine", "iter_jsonl", "parse_jsonl_line", "read_jsonl_lines"]
 
 
 class JsonlError(ValueError):
@@ -78,15 +78,18 @@ def read_jsonl_lines(path: str | Path, *, decode_errors: str = "strict") -> Iter
             if not chunk.strip():
                 continue
             if pending is not None:
-                yield _line(path, pending, decode_errors, last=False)
+                yield parse_jsonl_line(path, *pending, decode_errors=decode_errors, last=False)
             terminated = chunk.endswith(b"\n")
             pending = (number, chunk[:-1] if terminated else chunk, terminated)
     if pending is not None:
-        yield _line(path, pending, decode_errors, last=True)
+        yield parse_jsonl_line(path, *pending, decode_errors=decode_errors, last=True)
 
 
-def _line(path: Path, held: tuple[int, bytes, bool], decode_errors: str, *, last: bool) -> JsonlLine:
-    number, raw, terminated = held
+def parse_jsonl_line(
+    path: Path, number: int, raw: bytes, terminated: bool, *, decode_errors: str = "strict", last: bool
+) -> JsonlLine:
+    """One line's bytes (without its ``"\\n"``) parsed as :func:`read_jsonl_lines` does, for a reader
+    that finds the line itself (by byte offset)."""
     try:
         value = json.loads(raw.decode("utf-8", errors=decode_errors))
     except ValueError as exc:  # UnicodeDecodeError, json.JSONDecodeError

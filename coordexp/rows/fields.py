@@ -8,12 +8,13 @@ row's label (metrics, token types, dumps, ``check-logs``, the guards' bucket che
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 __all__ = [
     "ANSWER_FORMAT_KEY",
     "ANSWER_TEXTS_KEY",
+    "CARRIED_FIELDS",
     "DEFAULT_LABEL",
     "EXTRA_KWARGS_KEY",
     "GENERIC_LABELS",
@@ -23,7 +24,6 @@ __all__ = [
     "SOURCE_FILE_KEY",
     "SOURCE_LINE_KEY",
     "Sample",
-    "assistant_text_parts",
     "dataset_included",
     "is_source_line",
     "row_label",
@@ -39,13 +39,13 @@ MIXED_LABEL: Final = "mixed"
 GENERIC_LABELS: Final = frozenset({"", DEFAULT_LABEL, MIXED_LABEL})
 EXTRA_KWARGS_KEY: Final = "_extra_kwargs"  # where ms-swift's Template.encode keeps the row's extra columns
 PAYLOAD_FIELD: Final = "assistant_payload"
-# Source-row fields the metrics collator consumes; they are kept away from the model inputs.
-META_FIELDS: Final = frozenset(
-    {PAYLOAD_FIELD, "metadata", "dataset", "dataset_name", "base_idx", "sample_id"}
-)
+# Source-row fields the loader carries onto the encoded row for the metrics collator (in this
+# order); the collator keeps them away from the model inputs.
+CARRIED_FIELDS: Final = (PAYLOAD_FIELD, "dataset", "dataset_name", "metadata", "base_idx", "sample_id")
+META_FIELDS: Final = frozenset(CARRIED_FIELDS)
 
 # Where the row came from: its file and 1-based line, put on the encoded sample by the loader
-# (coordexp.training.data) as top-level keys no row field can shadow, for instability dumps.
+# (coordexp.rows.data) as top-level keys no row field can shadow, for instability dumps.
 SOURCE_FILE_KEY: Final = "coordexp_source_file"
 SOURCE_LINE_KEY: Final = "coordexp_source_line"
 # The row's assistant answer texts (one per assistant turn; multimodal content: its text parts
@@ -111,17 +111,3 @@ def dataset_included(label: str, include: Iterable[str], exclude: Iterable[str] 
     """
     key = str(label).lower()
     return key in {str(x).lower() for x in include} and key not in {str(x).lower() for x in exclude}
-
-
-def assistant_text_parts(row: Mapping[str, Any]) -> Iterator[list[str]]:
-    """The text parts of each assistant message of a source row, in order (a plain string content
-    is one part; multimodal content: its text parts)."""
-    messages = row.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, Mapping) or message.get("role") != "assistant":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            yield [content]
-        elif isinstance(content, list):
-            yield [p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]

@@ -27,8 +27,10 @@ from coordexp.answers import AnswerFormat, parse_answer
 from coordexp.answers.compare import payload_disagreement
 from coordexp.generated.models.config import TokenTypeMetricsConfig
 from coordexp.monitor.samples import write_atomic
+from coordexp.rows.data import answer_texts
 from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
-from coordexp.rows.fields import PAYLOAD_FIELD, assistant_text_parts, sample_dataset_label
+from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
+from coordexp.rows.refused import DataError, one_line
 from coordexp.rows.token_types import (
     dataset_included,
     resolve_suffix_ids,
@@ -36,17 +38,11 @@ from coordexp.rows.token_types import (
     typing_outcome,
 )
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
-from coordexp.training.refused import DataError, one_line
 
 UNTYPED: Final = "untyped"
 PAYLOAD_MISMATCH: Final = "payload_mismatch"
 _SHOWN_ON_CONSOLE = 5
 _DEFAULTS = TokenTypeMetricsConfig()
-
-
-def answer_texts(row: Mapping[str, Any]) -> list[str]:
-    """The text of each assistant message, in order (multimodal content: its text parts joined)."""
-    return ["".join(parts) for parts in assistant_text_parts(row)]
 
 
 @dataclass(frozen=True)
@@ -59,6 +55,10 @@ class TypingSetup:
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     answer_format: AnswerFormat = "auto"
+
+    def includes(self, label: str) -> bool:
+        """Whether rows of dataset ``label`` get token types."""
+        return dataset_included(label, self.include, self.exclude)
 
     @classmethod
     def for_run(cls, template: Any, token_types: Any, answer_format: AnswerFormat) -> TypingSetup | None:
@@ -81,7 +81,7 @@ def token_type_problem(
     """``(kind, reason)`` when the row cannot be typed (``untyped``) or its ``assistant_payload``
     disagrees with its answer text (``payload_mismatch``); None when it is fine or not typed at all
     (its dataset is not included)."""
-    if not dataset_included(sample_dataset_label(row), setup.include, setup.exclude):
+    if not setup.includes(sample_dataset_label(row)):
         return None
     texts = answer_texts(row)
     types, problem = typing_outcome(
@@ -127,9 +127,7 @@ class UntypedRows:
     untyped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def check(self, file: str, line: int, split: str, row: Mapping[str, Any], labels: Sequence[int]) -> None:
-        if self.setup is None or not dataset_included(
-            label := sample_dataset_label(row), self.setup.include, self.setup.exclude
-        ):
+        if self.setup is None or not self.setup.includes(label := sample_dataset_label(row)):
             return
         self.checked[split, label] += 1
         found = token_type_problem(self.setup, row, labels)
@@ -187,6 +185,5 @@ __all__ = [
     "TypingSetup",
     "UntypedRow",
     "UntypedRows",
-    "answer_texts",
     "token_type_problem",
 ]

@@ -20,10 +20,10 @@ import yaml
 from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
 from coordexp.rows.collator import build_dataset_metrics_collator
+from coordexp.rows.data import answer_texts
 from coordexp.rows.fields import ANSWER_FORMAT_KEY, ANSWER_TEXTS_KEY
-from coordexp.rows.untyped import answer_texts
+from coordexp.rows.refused import DataError
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
-from coordexp.training.refused import DataError
 from tests.data import support
 
 ON = {"enabled": True, "include": ["lvis", "coco"]}
@@ -204,3 +204,32 @@ def test_cli_stops_with_one_line_and_exit_2_when_no_row_can_be_typed(tmp_path: P
     assert len(ours) == 1 and proc.stderr.rstrip().endswith(ours[0]), proc.stderr[-3000:]
     assert ours[0].startswith(f"coordexp train: {train.resolve()}:1: no token types: not a JSON or CoordJSON")
     assert not (tmp_path / "out" / "coordexp_config.yaml").exists()  # stopped before training
+
+
+def test_untyped_rows_come_from_the_pre_pass_and_its_cache_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One process, two processes and a cache hit list the same untyped rows; the token-type
+    settings are part of the cache key (other included datasets: indexed again, not read)."""
+    rows = _coordjson_rows(9)
+    rows[2] = _with_answer(rows[2], PLAIN)
+    rows[7] = _with_answer(rows[7], BAD_ARITY)
+    path = _write(tmp_path / "rows.jsonl", rows)
+    cache = tmp_path / "cache"
+    listed = []
+    # num_proc is not in the key (it changes nothing): one process indexes into its own folder.
+    for run, num_proc, folder in (("one", 1, "alone"), ("two", 2, "cache"), ("hit", 2, "cache")):
+        support.encode_splits(
+            [path], output_dir=tmp_path / run, token_types=ON, cache_dir=tmp_path / folder, num_proc=num_proc
+        )
+        listed.append(_records(tmp_path / run))
+    out = capsys.readouterr().out
+    assert listed[0] == listed[1] == listed[2]
+    assert [(r["line"], r["kind"]) for r in listed[0]] == [(3, "untyped"), (8, "untyped")]
+    assert out.count("from the cache") == 1  # the third build only
+    # Excluding lvis changes the key: the pre-pass runs again and lists nothing.
+    support.encode_splits(
+        [path], output_dir=tmp_path / "off", token_types={**ON, "include": ["coco"]}, cache_dir=cache
+    )
+    assert "from the cache" not in capsys.readouterr().out
+    assert not (tmp_path / "off" / UNTYPED_ROWS_FILE).exists()

@@ -48,14 +48,14 @@ from coordexp.generated.batch_extras import (
     PACK_NUM_SAMPLES_KEY,
     TOKEN_TYPES_KEY,
 )
+from coordexp.launch.config import load_config, parse_config
+from coordexp.launch.rank_failure import RankFailedError
 from coordexp.monitor import InstabilityMonitor, StepObservation
 from coordexp.monitor.events import read_events
 from coordexp.reporting import MetricReporter
 from coordexp.rows.enrichers import DatasetMetaEnricher, InstabilityMetaEnricher
+from coordexp.rows.refused import DataError
 from coordexp.swift_seam.loss_func import Stage1OptionError
-from coordexp.training.config import load_config, parse_config
-from coordexp.training.rank_failure import RankFailedError
-from coordexp.training.refused import DataError
 from tests.components.stage1_fixtures import (
     BatchSpec,
     MeanMetric,
@@ -267,6 +267,25 @@ def _data_untyped_case(case_id: str, input_: str, answer: str, fragment: str) ->
 
 
 _BOX = "[<|coord_1|>, <|coord_2|>, <|coord_30|>, <|coord_40|>]"
+
+
+def _changed_after_pre_pass(h: H) -> Observed:
+    """Index 3 rows, then overwrite line 2 with as many bytes of garbage, then read row 2."""
+    path = data_support.Written().write(h.tmp_path / "rows.jsonl", data_support.demo_rows(3))
+    train, _ = data_support.encode_splits([path], output_dir=h.tmp_path / "run")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[1] = "x" * len(lines[1])
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    train[1]
+    return Observed()
+
+
+def _unwritable_cache_dir(h: H) -> Observed:
+    blocker = h.tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    path = data_support.Written().write(h.tmp_path / "rows.jsonl", data_support.demo_rows(3))
+    data_support.encode_splits([path], output_dir=h.tmp_path / "run", cache_dir=blocker / "cache")
+    return Observed()
 
 
 def _write_set_up(
@@ -647,10 +666,10 @@ def _no_logits_step(h: H) -> Observed:
 
 
 def _train_resuming(h: H, resume_from_checkpoint: object) -> Observed:
-    """``coordexp.training.train`` with a resume setting and nothing loadable: the resume value must
+    """``coordexp.launch.train`` with a resume setting and nothing loadable: the resume value must
     be judged first (a run that ignored it would fail later, on the missing model)."""
-    from coordexp.training import train
-    from coordexp.training.config import DataSection, ModelSection, TrainConfig
+    from coordexp.launch import train
+    from coordexp.launch.config import DataSection, ModelSection, TrainConfig
 
     (h.tmp_path / "run").mkdir(exist_ok=True)
     cfg = TrainConfig(
@@ -1457,6 +1476,23 @@ CASES: tuple[Case, ...] = (
         "a CoordJSON desc holding a newline (`\\n`)",
         '{"objects": [{"desc": "red\\ncat", "bbox_2d": ' + _BOX + "}]}",
         "not a JSON or CoordJSON answer: objects[0]: bad_desc: desc 'red\\ncat' holds a newline",
+    ),
+    Case(
+        "data-row-changed-after-pre-pass",
+        "data",
+        "line 2 overwritten (same length, not JSON) after the pre-pass indexed it, then read by a batch",
+        Raises(
+            DataError,
+            "rows.jsonl:2: not valid JSON (Expecting value) (it passed the pre-pass: the data changed",
+        ),
+        _changed_after_pre_pass,
+    ),
+    Case(
+        "data-cache-dir-unwritable",
+        "data",
+        "`data.cache_dir` below a regular file (the pre-pass cache cannot be written)",
+        Raises(DataError, "data.cache_dir: cannot write the row index cache in"),
+        _unwritable_cache_dir,
     ),
     # -- set-up: the training section, model folder and data files, checked before any load -----
     _set_up_case(

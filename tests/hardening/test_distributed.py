@@ -3,7 +3,7 @@
 Two runs, both bounded by timeouts (a hang fails the test instead of blocking CI):
 
 1. ``test_real_swift_ddp_run``: the real ms-swift ``Seq2SeqTrainer`` built by
-   ``coordexp.training.build_trainer`` under ``torch.distributed.run`` (2 processes, gloo), up to 5
+   ``coordexp.launch.build_trainer`` under ``torch.distributed.run`` (2 processes, gloo), up to 5
    steps of the demo with ``average_tokens_across_devices: true`` (``ddp_train_script.py``). Rank 0
    sees no token types; rank 1 no coord targets and, in its third batch, no supervised token at all
    (a NaN loss on rank 1 only, with early stop on ``nonfinite_loss``). Checks: both ranks finish and
@@ -49,7 +49,7 @@ TYPED = {K.DESC_TOKEN_FRAC, K.FORMAT_TOKEN_FRAC, K.FORMAT_TOKEN_ACC}
 
 
 def _write_config(tmp_path: Path) -> Path:
-    from coordexp.training import demo_config
+    from coordexp.launch import demo_config
 
     raw = demo_config(tmp_path / "demo").model_dump(mode="json")
     raw["data"].update(val=[], max_samples=16, layout="padded")

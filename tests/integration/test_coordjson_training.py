@@ -16,8 +16,8 @@ import pytest
 
 from coordexp.demo.dataset import as_coordjson, make_rows
 from coordexp.generated.metric_catalog import METRIC_SPECS
+from coordexp.launch import demo_config, train
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
-from coordexp.training import demo_config, train
 from tests.run_configs import small_run_config
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS, TOKEN_TYPES_KEY
+from coordexp.launch import TrainConfig, build_trainer
 from coordexp.swift_seam.loss_func import Stage1LossFunc, Stage1OptionError
-from coordexp.training import TrainConfig, build_trainer
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from coordexp.launch import TrainConfig, train
 from coordexp.monitor.events import read_events
-from coordexp.training import TrainConfig, train
 from tests.processes import child_env
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ import pytest
 
 from coordexp.demo import DemoAssets
 from coordexp.demo.dataset import as_coordjson
+from coordexp.launch import TrainConfig, train
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
-from coordexp.training import TrainConfig, train
 from tests.vl.test_vl_training import _assert_every_enabled_key_seen
 
 pytestmark = [pytest.mark.vl, pytest.mark.slow]

@@ -3,11 +3,12 @@
 YAML-first: every setting lives in the file, there are no CLI flags besides its path. Unknown keys
 and bad values raise :class:`coordexp.config.ConfigError` naming the full key path, before anything
 is loaded: the ``training:`` section is checked against ms-swift's trainer arguments
-(:mod:`coordexp.training.arguments`) and the model folder and data files must exist and be readable.
+(:mod:`coordexp.launch.arguments`) and the model folder and data files must exist and be readable.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from coordexp.answers import AnswerFormat
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.config.loading import format_validation_error
+from coordexp.launch.arguments import validate_training_arguments
+from coordexp.launch.engines import fsdp_setup_errors
 from coordexp.run_folder.resume import names_a_folder, resume_setting_errors
-from coordexp.training.arguments import validate_training_arguments
-from coordexp.training.engines import fsdp_setup_errors
 
 Layout = Literal["padded", "padding_free", "packing"]
 
@@ -58,6 +59,16 @@ class DataSection(_Strict):
         description="How assistant answers are read for token types: json (any valid JSON answer), "
         "coordjson (strict CoordJSON) or auto (per row: valid JSON as JSON, else CoordJSON).",
     )
+    num_proc: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)),
+        ge=1,
+        description="Processes of the pre-pass that refuses and measures rows; default the visible cores.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Folder of the pre-pass cache; default $COORDEXP_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/coordexp/row_index (~/.cache/coordexp/row_index).",
+    )
 
 
 class TrainConfig(_Strict):
@@ -90,6 +101,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 data[split] = [fix(p) if isinstance(p, str) else p for p in data[split]]
             elif isinstance(data.get(split), str):
                 data[split] = [fix(data[split])]
+        if isinstance(data.get("cache_dir"), str):
+            data["cache_dir"] = fix(data["cache_dir"])
     training = raw.get("training")
     if isinstance(training, dict) and isinstance(training.get("output_dir"), str):
         training["output_dir"] = fix(training["output_dir"])
