@@ -84,8 +84,8 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     import swift
 
-    from coordexp.training.config import DataSection
-    from coordexp.training.datasets import build_datasets
+    from coordexp.launch.config import DataSection
+    from coordexp.rows.datasets import build_datasets
 
     _, processor = swift.get_model_processor(
         case["model_dir"], model_type=case["model_type"], load_model=False
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.case:
         print(json.dumps(_run_case(json.loads(args.case))))
         return 0
-    from coordexp.training.vl_support import missing_vl_dependency
+    from coordexp.launch.vl_support import missing_vl_dependency
 
     text, vl, procs = _sizes(args.text_rows), _sizes(args.vl_rows), _sizes(args.num_proc)
     missing = missing_vl_dependency() if vl else None

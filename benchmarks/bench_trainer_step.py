@@ -114,7 +114,7 @@ def build_trainers(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
-    from coordexp.trainer import build_trainer_cls
+    from coordexp.swift_seam.assembly import build_trainer_cls
 
     model, processor = get_model_processor(
         str(checkpoint), model_type="qwen3", device_map="cpu", attn_impl="sdpa"

@@ -1,6 +1,6 @@
 """coordexp: schema-first contracts and Stage-1 training components for coord-token detection SFT.
 
-Start with :mod:`coordexp.trainer` (trainer mixins, ``build_trainer_cls``),
+Start with :mod:`coordexp.swift_seam` (trainer mixins, ``build_trainer_cls``),
 :mod:`coordexp.contracts` (runtime guards) and :mod:`coordexp.generated` (constants and models
 generated from ``schemas/``). ``python -m coordexp`` runs the training entry and the log tools.
 """

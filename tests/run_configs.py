@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from coordexp.training import TrainConfig, parse_config
+from coordexp.launch import TrainConfig, parse_config
 
 
 def small_run_config(

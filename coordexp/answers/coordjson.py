@@ -55,7 +55,7 @@ from coordexp.answers.model import (
 )
 from coordexp.coord_tokens.codec import COORD_BINS
 
-Mode = Literal["strict", "salvage"]
+ParseMode = Literal["strict", "salvage"]
 FieldOrder = Literal["desc_first", "geometry_first"]
 CONTAINER_KEY: Final = "objects"
 BBOX_ELEMENTS: Final = 4
@@ -291,7 +291,7 @@ def _types(text: str, spans: list[tuple[int, int, int]]) -> tuple[int, ...]:
 
 
 def parse_coordjson(
-    text: str, *, mode: Mode = "strict", field_order: FieldOrder | None = None
+    text: str, *, mode: ParseMode = "strict", field_order: FieldOrder | None = None
 ) -> ParsedAnswer:
     """``text`` read as a CoordJSON answer (see the module docstring); ``field_order`` None accepts
     either order per record."""
@@ -343,4 +343,4 @@ def write_coordjson(
     return '{"' + CONTAINER_KEY + '": [' + ", ".join(records) + "]}"
 
 
-__all__ = ["FieldOrder", "Mode", "parse_coordjson", "write_coordjson"]
+__all__ = ["FieldOrder", "ParseMode", "parse_coordjson", "write_coordjson"]

@@ -16,12 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from coordexp.cli.logs import LogRecord, RunLogs, eval_configured
 from coordexp.cli.run_dir import parse_run_args, read_run_or_say_why, run_dir_parser
 from coordexp.contracts import classify_log_key, find_dataset_bucket, keys_written_under, metric_key_violation
 from coordexp.contracts.catalog import EVAL_PREFIX, conditions_from_config, owner_under
 from coordexp.contracts.metric_keys import metric_value_violation
 from coordexp.generated.metric_catalog import ALL_KEYS, COORDEXP_KEYS, DEPRECATED_ALIASES, METRIC_SPECS
+from coordexp.run_folder.names import CONFIG_FILE, LOGGING_FILE, TRAINER_STATE_FILE
+from coordexp.run_folder.reader import LogRecord, RunLogs, eval_configured
 
 __all__ = [
     "CheckReport",
@@ -265,10 +266,10 @@ def _print_text(report: CheckReport) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = run_dir_parser(
         "check-logs",
-        "Check a run's logging.jsonl, trainer_state.json and TensorBoard scalars against the metric "
+        f"Check a run's {LOGGING_FILE}, {TRAINER_STATE_FILE} and TensorBoard scalars against the metric "
         "catalog. Exit 0: clean, 1: violations, 2: unreadable run folder or config.",
     )
-    parser.add_argument("--config", help="the run's YAML (default: RUN_DIR/coordexp_config.yaml)")
+    parser.add_argument("--config", help=f"the run's YAML (default: RUN_DIR/{CONFIG_FILE})")
     parser.add_argument(
         "--dataset-label",
         action="append",

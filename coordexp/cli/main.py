@@ -36,14 +36,14 @@ def _train(argv: Sequence[str]) -> int:
     if args.config and args.demo:
         parser.error("give a CONFIG or --demo, not both")
     from coordexp.config import ConfigError
-    from coordexp.training.refused import DataError
+    from coordexp.rows.refused import DataError
 
     try:
-        from coordexp.training import demo_config, load_config, train
+        from coordexp.launch import demo_config, load_config, train
 
         kind: DemoKind = args.demo or "text"
         if not args.config:  # a VL demo checks its dependencies before the build, not after
-            from coordexp.training.vl_support import is_multimodal_model_type, require_vl_dependencies
+            from coordexp.launch.vl_support import is_multimodal_model_type, require_vl_dependencies
 
             if is_multimodal_model_type(DEMO_KINDS[kind].model_type):
                 require_vl_dependencies(f"the --demo {kind} model ({DEMO_KINDS[kind].description})")

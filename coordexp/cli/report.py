@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordexp.cli.logs import LogRecord, RunLogs
 from coordexp.cli.run_dir import parse_run_args, read_run_or_say_why, run_dir_parser
 from coordexp.contracts.catalog import EVAL_PREFIX
 from coordexp.generated import metric_keys as K
 from coordexp.generated.metric_catalog import KEYS_BY_GROUP, METRIC_SPECS
+from coordexp.run_folder.reader import LogRecord, RunLogs
 
 __all__ = [
     "MetricTable",

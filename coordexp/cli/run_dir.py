@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from coordexp.cli.logs import RunDirError, RunLogs, read_run
+from coordexp.run_folder.reader import RunDirError, RunLogs, read_run
 
 __all__ = ["parse_run_args", "read_run_or_say_why", "run_dir_parser"]
 
@@ -28,7 +28,7 @@ def parse_run_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
 def read_run_or_say_why(
     command: str, run_dir: str | Path, *, config_path: str | Path | None = None
 ) -> RunLogs | None:
-    """:func:`~coordexp.cli.logs.read_run`, or None after ``coordexp COMMAND: error: why`` on stderr
+    """:func:`~coordexp.run_folder.reader.read_run`, or None after ``coordexp COMMAND: error: why`` on stderr
     (the command then exits with status 2)."""
     try:
         return read_run(run_dir, config_path=config_path)

@@ -52,7 +52,7 @@ class Component(Protocol):
     5. ``reports`` / ``report`` - host side: turn the statistics into metric values (best-effort);
     6. ``end_step`` - on every rank, every call, whatever ``report`` did.
 
-    Catalog link, which decides whether a config needs the component (``trainer_config.components_for``):
+    Catalog link, which decides whether a config needs the component (``needs.components_for``):
     ``feature`` names the catalog ``feature`` of the keys it writes; ``objective_conditions`` the
     conditions under which it acts on training even where it writes no key.
     """

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor
 
+from coordexp.contracts.modes import Mode
 from coordexp.contracts.stash import BatchExtras
 from coordexp.reporting.aggregation import StepValue
-
-Mode = Literal["train", "eval"]
 
 
 @dataclass

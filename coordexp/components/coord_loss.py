@@ -20,6 +20,7 @@ from torch import Tensor
 from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.pass_inputs import PassInputs
+from coordexp.components.runtime import current_accumulation_steps
 from coordexp.config import CoordSoftCEW1Config
 from coordexp.functional import IGNORE_INDEX, CoordLossConfig, CoordSlice, coord_loss
 from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
@@ -53,12 +54,6 @@ def averages_tokens_across_devices(trainer: Any) -> bool:
         and dist.is_initialized()
         and dist.get_world_size() > 1
     )
-
-
-def accumulation_steps(trainer: Any) -> int:
-    """The micro-batches of the current optimizer step (the last window of an epoch may be shorter)."""
-    configured = int(getattr(getattr(trainer, "args", None), "gradient_accumulation_steps", 1) or 1)
-    return int(getattr(trainer, "current_gradient_accumulation_steps", configured) or configured)
 
 
 def _global(count: Tensor, trainer: Any) -> Tensor:
@@ -177,7 +172,7 @@ class CoordLossComponent(BaseComponent):
             return
         if getattr(trainer, "compute_loss_func", None) is not None:
             return
-        steps = accumulation_steps(trainer)
+        steps = current_accumulation_steps(trainer)
         if steps > 1:
             ctx.loss = ctx.loss / steps
 

@@ -24,9 +24,9 @@ from coordexp.components.base import PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
 from coordexp.components.pass_inputs import PassInputs
+from coordexp.diagnostics.best_effort import BestEffort
 from coordexp.functional import CoordSlice, ce_loss, stage1_stats
 from coordexp.functional.linear_pass import OutputHead, linear_ce_loss
-from coordexp.reporting import BestEffort
 
 __all__ = [
     "CoordObjective",

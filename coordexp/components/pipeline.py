@@ -5,7 +5,7 @@ Each phase of a step is a loop over the components (the phases of :class:`~.base
 the step optimises is the pipeline's :class:`~.objective.Objective`, picked once (:func:`~.objective.
 objective_for`) - the only place the coord loss's ``enabled`` changes the step.
 
-One-pass path (an ms-swift trainer: the Stage-1 hook installs :class:`~coordexp.components.loss_seam.
+One-pass path (an ms-swift trainer: the Stage-1 hook installs :class:`~coordexp.swift_seam.loss_func.
 Stage1LossFunc` as its ``compute_loss_func``): ms-swift pops the labels, the model returns logits only,
 and :meth:`Stage1Pipeline.fused_loss` computes the base CE, the coord terms and every statistic in ONE
 autograd function over the logits (steps 2-5 below become that call). Two-pass path (a trainer without
@@ -24,7 +24,7 @@ that seam, e.g. a stand-in): per step,
 7. host side: components ``report`` (diagnostics best-effort; the monitor may guard the loss or stop
    training); the reporter writes the values through the guard; components ``end_step``.
 
-Beside it: :mod:`.trainer_config` (what the config sections ask, before a pipeline exists),
+Beside it: :mod:`.needs` (what the config asks, before a pipeline exists),
 :mod:`.coord_vocab` (the coord ids, checked against the logits) and :mod:`.pass_inputs` (what the
 fused pass reads of a step).
 """
@@ -41,38 +41,34 @@ from torch import Tensor
 
 from coordexp.components.base import Component, PassRequest
 from coordexp.components.context import StepContext
-from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError, accumulation_steps
+from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
 from coordexp.components.coord_vocab import CoordVocab
 from coordexp.components.instability import InstabilityMonitorComponent
-from coordexp.components.loss_seam import Stage1LossFunc
-from coordexp.components.objective import CoordObjective, Objective, SeamCall, objective_for
-from coordexp.components.output_head import HeadCapture, capture_output_head, report_token_acc
-from coordexp.components.pass_inputs import MisalignedLogits, PassInputs, step_pass_inputs
-from coordexp.components.runtime import RuntimeComponent
-from coordexp.components.token_metrics import TokenMetricsComponent
-from coordexp.components.trainer_config import (
+from coordexp.components.needs import (
     COMPONENT_ORDER,
     COORD,
     MONITOR,
     RUNTIME,
     TOKEN_METRICS,
-    TrainerSections,
     active_components,
-    config_section,
-    find_tokenizer,
     materializes_logits,
-    reads_logits,
 )
+from coordexp.components.objective import CoordObjective, Objective, SeamCall, objective_for
+from coordexp.components.pass_inputs import MisalignedLogits, PassInputs, step_pass_inputs
+from coordexp.components.runtime import RuntimeComponent, current_accumulation_steps
+from coordexp.components.token_metrics import TokenMetricsComponent
 from coordexp.config import MetricsConfig, Stage1CustomConfig
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.contracts.stash import BatchExtras
+from coordexp.diagnostics.best_effort import BestEffort
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.functional import DEFAULT_CHUNK_SIZE, STAT_KEYS, CoordSlice
-from coordexp.reporting import BestEffort, MetricReporter, trainer_mode
+from coordexp.reporting import MetricReporter, trainer_mode
+from coordexp.swift_seam.loss_func import Stage1LossFunc
+from coordexp.swift_seam.output_head import HeadCapture, capture_output_head, report_token_acc
+from coordexp.swift_seam.trainer_sections import find_tokenizer, trainer_custom
 
-# reads_logits, materializes_logits and the component names live in trainer_config since the split;
-# they stay importable from here, where the trainer assembly has always imported them.
-__all__ = ["COMPONENT_ORDER", "ForwardFn", "Stage1Pipeline", "materializes_logits", "reads_logits"]
+__all__ = ["COMPONENT_ORDER", "ForwardFn", "Stage1Pipeline"]
 
 logger = logging.getLogger("coordexp")
 
@@ -91,23 +87,23 @@ class Stage1Pipeline:
         self.chunk_size = chunk_size
         self.best_effort = BestEffort()
         self._warned = WarnOnce()  # failure kinds of the step's diagnostics
-        metrics_cfg = config_section(trainer, "metrics") or MetricsConfig()
-        self.reporter = MetricReporter(aggregation=metrics_cfg.aggregation)
+        custom = trainer_custom(trainer)  # the custom.* sections, parsed once
+        self.reporter = MetricReporter(aggregation=(custom.metrics or MetricsConfig()).aggregation)
         # The mixins declare the components; the catalog says which of them the config needs.
-        sections = TrainerSections.of(trainer)
-        active = active_components(sections, component_names)
-        self.runtime = RuntimeComponent() if RUNTIME in active else None
-        self.coord = (
-            CoordLossComponent(sections.coord) if COORD in active and sections.coord is not None else None
+        active = active_components(custom, component_names)
+        coord, tokens, monitor = (
+            custom.coord_soft_ce_w1,
+            custom.token_type_metrics,
+            custom.instability_monitor,
         )
+        self.runtime = RuntimeComponent() if RUNTIME in active else None
+        self.coord = CoordLossComponent(coord) if COORD in active and coord is not None else None
         self.token_metrics = (
-            TokenMetricsComponent(sections.tokens)
-            if TOKEN_METRICS in active and sections.tokens is not None
-            else None
+            TokenMetricsComponent(tokens) if TOKEN_METRICS in active and tokens is not None else None
         )
         self.monitor = (
-            InstabilityMonitorComponent(sections.monitor, trainer)
-            if MONITOR in active and sections.monitor is not None
+            InstabilityMonitorComponent(monitor, trainer)
+            if MONITOR in active and monitor is not None
             else None
         )
         self.components: tuple[Component, ...] = tuple(
@@ -116,7 +112,7 @@ class Stage1Pipeline:
         self.objective: Objective = objective_for(self.coord, self.best_effort)
         self._active: StepContext | None = None  # the step whose forward is running (one-pass seam)
         self._head_capture: HeadCapture | None = None  # the swapped output head of that forward
-        self.materialize_logits = materializes_logits(trainer)
+        self.materialize_logits = materializes_logits(custom)
         self.coord_vocab = (
             CoordVocab(find_tokenizer(trainer), required=self.objective.strict)
             if self.coord is not None or self.token_metrics is not None
@@ -246,7 +242,7 @@ class Stage1Pipeline:
             report_token_acc(trainer, ctx.mode, preds, labels)
             outputs["logits"] = None  # they never existed: ms-swift skips its own token_acc
         if per_batch and ctx.mode == "train":
-            steps = accumulation_steps(trainer)
+            steps = current_accumulation_steps(trainer)
             if steps > 1:
                 value = value / steps
                 ctx.loss_divisor = float(steps)

@@ -24,10 +24,16 @@ def current_learning_rate(trainer: Any) -> float | None:
 
 
 def accumulation_steps(trainer: Any) -> tuple[int, int]:
-    """(configured, current) accumulation steps; current is the size of this optimizer update."""
+    """(configured, current) accumulation steps; current is the size of this optimizer update (the
+    last window of an epoch may be shorter)."""
     configured = int(getattr(getattr(trainer, "args", None), "gradient_accumulation_steps", 1) or 1)
     current = int(getattr(trainer, "current_gradient_accumulation_steps", configured) or configured)
     return configured, current
+
+
+def current_accumulation_steps(trainer: Any) -> int:
+    """The micro-batches of the current optimizer step."""
+    return accumulation_steps(trainer)[1]
 
 
 class RuntimeComponent(BaseComponent):

@@ -1,6 +1,6 @@
 """Typed ``custom.*`` configuration sections (YAML-first; no CLI flags)."""
 
-from coordexp.config.schema import (
+from coordexp.config.loading import (
     ConfigError,
     ContractsConfig,
     CoordSoftCEW1Config,

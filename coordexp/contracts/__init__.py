@@ -12,9 +12,9 @@ Modes (``custom.contracts.mode``): ``strict`` raises :class:`ContractViolation`,
 once per key and rule and drops the offending write or extra, ``off`` skips the checks.
 """
 
-from coordexp.contracts.batch_extras import check_batch_extras, check_enricher_output, extra_violation
 from coordexp.contracts.catalog import classify_log_key, keys_written_under, strip_eval_prefix
 from coordexp.contracts.errors import ContractViolation
+from coordexp.contracts.extras_check import check_batch_extras, check_enricher_output, extra_violation
 from coordexp.contracts.metric_keys import check_metric_key, find_dataset_bucket, metric_key_violation
 from coordexp.contracts.modes import (
     GUARD_MODES,

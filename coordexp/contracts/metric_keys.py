@@ -9,9 +9,8 @@ from collections.abc import Iterable
 from coordexp.contracts.catalog import EVAL_PREFIX, spec_of
 from coordexp.contracts.errors import ContractViolation
 from coordexp.contracts.modes import resolve_mode, violate
+from coordexp.rows.fields import GENERIC_LABELS
 
-# Labels that name no dataset: a key containing them is not a per-dataset bucket.
-_GENERIC_LABELS = frozenset({"", "default", "mixed"})
 # Small slack for fractions computed in float32 (e.g. 1.0000001).
 _RANGE_SLACK = 1e-5
 
@@ -23,7 +22,7 @@ def find_dataset_bucket(key: str, dataset_labels: Iterable[str]) -> str | None:
     ``lvis``. Matching is case-insensitive and on whole words (``_`` or ``/`` delimited).
     """
     lowered = key.lower()
-    for label in sorted({str(x).strip().lower() for x in dataset_labels} - _GENERIC_LABELS):
+    for label in sorted({str(x).strip().lower() for x in dataset_labels} - GENERIC_LABELS):
         pattern = r"(^|[/_.\-])" + re.escape(label) + r"($|[/_.\-])"
         if re.search(pattern, lowered):
             return label

@@ -1,4 +1,5 @@
-"""Guard modes: what a contract violation does.
+"""The modes of the package: a step's ``Mode`` (train or eval) and the guard modes (what a contract
+violation does).
 
 - ``strict``: raise :class:`ContractViolation` naming the key and the rule (tests, CI).
 - ``warn``: warn once per (key, rule) and drop the offending metric write or extra; training goes on.
@@ -18,6 +19,9 @@ from typing import Literal, cast
 from coordexp.contracts.errors import ContractViolation
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.models.config import ContractsConfig
+
+Mode = Literal["train", "eval"]
+"""The mode of a step, a logged record or an observation (ms-swift's ``train``/``eval`` split)."""
 
 GuardMode = Literal["strict", "warn", "off"]
 GUARD_MODES: tuple[GuardMode, ...] = ("strict", "warn", "off")

@@ -3,12 +3,11 @@
 ``serialize_payload`` is what the dataset builder writes as the assistant message;
 ``typed_serialization`` rebuilds the identical text while recording, for every character, whether it
 is description text (DESC), a coordinate (COORD) or JSON scaffolding (FORMAT). Token types are then
-the majority type of each token's characters (see ``coordexp.data_collators.token_types``).
+the majority type of each token's characters (see ``coordexp.rows.token_types``).
 
 ``TokenType`` is generated from ``schemas/batch_extras.schema.json`` (the codes of the
 ``token_types`` extra) and re-exported here, the lowest layer that needs it, so that ``coord_tokens``
-never imports ``data_collators`` (which imports this module); ``data_collators.token_types``
-re-exports it too.
+never imports ``rows`` (which imports this module); ``rows.token_types`` re-exports it too.
 """
 
 from __future__ import annotations
@@ -125,13 +124,9 @@ def typed_serialization(payload: Mapping[str, Any]) -> tuple[str, list[int]]:
 
 def char_types_by_span(text: str, types: Sequence[int]) -> list[tuple[str, int]]:
     """Group a typed text into (span, type) runs: a readable view for tests and debugging."""
-    runs: list[tuple[str, int]] = []
-    start = 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or types[i] != types[start]:
-            runs.append((text[start:i], int(types[start])))
-            start = i
-    return runs
+    from coordexp.answers.model import typed_runs  # lazy: the answers import the coord codec
+
+    return typed_runs(text, types)
 
 
 __all__ = [

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from coordexp.functional.coord_config import CoordLossConfig
-from coordexp.functional.coord_loss import coord_loss
 from coordexp.functional.coord_slice import CoordSlice
+from coordexp.functional.losses import coord_loss
 from coordexp.functional.stage1_pass import DEFAULT_CHUNK_SIZE
 from coordexp.functional.targets import next_token_targets
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -99,41 +99,32 @@ def _build_vl(root: Path, seed: int, spec: DemoKindSpec) -> None:
     )
 
 
+# Rows: small enough for a CPU demo run, large enough for a few epochs.
+_TEXT = DemoKindSpec(
+    _build_text,
+    description="tiny Qwen3, synthetic data",
+    root=Path("coordexp_demo"),
+    model_type="qwen3",
+    template_type="qwen3_nothinking",
+    n_train=96,
+    n_val=16,
+    schedule={
+        "max_steps": 24,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "eval_steps": 8,
+        "save_steps": 24,
+    },
+)
+
 DEMO_KINDS: Mapping[DemoKind, DemoKindSpec] = MappingProxyType(
     {
-        # Rows: small enough for a CPU demo run, large enough for a few epochs.
-        "text": DemoKindSpec(
-            _build_text,
-            description="tiny Qwen3, synthetic data",
-            root=Path("coordexp_demo"),
-            model_type="qwen3",
-            template_type="qwen3_nothinking",
-            n_train=96,
-            n_val=16,
-            schedule={
-                "max_steps": 24,
-                "per_device_train_batch_size": 4,
-                "gradient_accumulation_steps": 2,
-                "eval_steps": 8,
-                "save_steps": 24,
-            },
-        ),
+        "text": _TEXT,
         # The text demo answered in CoordJSON: same model, same objects, same schedule.
-        "coordjson": DemoKindSpec(
-            _build_text,
+        "coordjson": replace(
+            _TEXT,
             description="tiny Qwen3, synthetic data answered in CoordJSON",
             root=Path("coordexp_demo_coordjson"),
-            model_type="qwen3",
-            template_type="qwen3_nothinking",
-            n_train=96,
-            n_val=16,
-            schedule={
-                "max_steps": 24,
-                "per_device_train_batch_size": 4,
-                "gradient_accumulation_steps": 2,
-                "eval_steps": 8,
-                "save_steps": 24,
-            },
             answer_format="coordjson",
         ),
         # Fewer rows and steps: a VL step is slower (vision tower, a 152k-wide output layer).

@@ -6,7 +6,6 @@ tensors); host code moves them in one transfer (:func:`stats_to_host`) and divid
 """
 
 from coordexp.functional.coord_config import CoordLossConfig
-from coordexp.functional.coord_loss import ce_loss, coord_loss
 from coordexp.functional.coord_math import (
     SANITIZE_LIMIT,
     coord_terms,
@@ -15,6 +14,7 @@ from coordexp.functional.coord_math import (
     w1_distance,
 )
 from coordexp.functional.coord_slice import CoordSlice
+from coordexp.functional.losses import ce_loss, coord_loss
 from coordexp.functional.reduce import padded_quantile, safe_div, stats_to_host
 from coordexp.functional.stage1_pass import DEFAULT_CHUNK_SIZE, stage1_stats
 from coordexp.functional.stat_keys import (

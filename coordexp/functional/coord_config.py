@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from coordexp.config.schema import format_validation_error
+from coordexp.config.loading import format_validation_error
 from coordexp.generated.models.config import CoordSoftCEW1Config
 
 # The schema's defaults and bounds live in the generated model; this dataclass reads them from it.

@@ -241,7 +241,7 @@ def linear_coord_loss(
     mass_max_tokens: int = 0,
     preds: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`~coordexp.functional.coord_loss.coord_loss` of ``hidden @ head.weight.T (+ bias)`` without
+    """:func:`~coordexp.functional.losses.coord_loss` of ``hidden @ head.weight.T (+ bias)`` without
     those logits: the same loss, statistics and (through ``hidden`` and the head) gradients.
 
     ``hidden`` ``[N, H]``; ``preds`` (optional, ``[N]`` int64) receives each row's argmax.
@@ -267,7 +267,7 @@ def linear_ce_loss(
     mass_max_tokens: int = 0,
     preds: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`~coordexp.functional.coord_loss.ce_loss` of ``hidden @ head.weight.T (+ bias)`` without
+    """:func:`~coordexp.functional.losses.ce_loss` of ``hidden @ head.weight.T (+ bias)`` without
     those logits (see :func:`linear_coord_loss`)."""
     _check(hidden, head, targets, types, chunk_size)
     options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)

@@ -1,6 +1,6 @@
 """What the loss functions' autograd functions compute, whichever way they get the logits.
 
-:func:`~coordexp.functional.coord_loss.coord_loss` and :func:`~coordexp.functional.coord_loss.ce_loss`
+:func:`~coordexp.functional.losses.coord_loss` and :func:`~coordexp.functional.losses.ce_loss`
 read materialised logits, their :mod:`~coordexp.functional.linear_pass` twins compute them chunk by
 chunk from the hidden states; the four share one :class:`LossPlan`: the pass's spec, which terms enter
 the loss, the denominators and the loss itself from the pass's statistics.
@@ -113,7 +113,7 @@ class LogitsInfo:
 def coord_loss_plan(
     coord: CoordSlice, cfg: CoordLossConfig, logits: LogitsInfo, options: PassOptions, *, base_ce: bool
 ) -> LossPlan:
-    """The loss of :func:`~coordexp.functional.coord_loss.coord_loss`: the coord terms, plus with
+    """The loss of :func:`~coordexp.functional.losses.coord_loss`: the coord terms, plus with
     ``base_ce`` the CE over the non-coord targets."""
     spec = pass_spec(coord, cfg, vocab=logits.vocab, device=logits.device, options=options, base_ce=base_ce)
     return LossPlan(spec, cfg, base_ce, logits.want_grad)
@@ -122,7 +122,7 @@ def coord_loss_plan(
 def ce_loss_plan(
     coord: CoordSlice | None, coord_cfg: CoordLossConfig | None, logits: LogitsInfo, options: PassOptions
 ) -> LossPlan:
-    """The loss of :func:`~coordexp.functional.coord_loss.ce_loss`: the CE over every supervised target;
+    """The loss of :func:`~coordexp.functional.losses.ce_loss`: the CE over every supervised target;
     ``coord_cfg`` (with ``coord``) adds the coord diagnostics, never a loss term."""
     spec = pass_spec(
         coord, coord_cfg, vocab=logits.vocab, device=logits.device, options=options, base_all=True

@@ -10,7 +10,7 @@ on the host), reuses a few fp32 scratch buffers for every chunk and shares the w
 - ONE full-vocab fp32 softmax per chunk serves every ``logsumexp`` (``lse = max + log Σ exp(u - max)``
   with ``Σ = 1 / max(softmax)``): the base CE, the coord-mass monitors, the gate (tempered rows divided
   by ``T`` before it) and, with ``grad``, the full-vocab gradient, which is written chunk by chunk into
-  one preallocated tensor (see :mod:`coordexp.functional.coord_loss`);
+  one preallocated tensor (see :mod:`coordexp.functional.losses`);
 - every statistic is a masked per-row column; a chunk's columns are summed in ONE reduction into a
   device accumulator. No ``.item()``, boolean indexing, ``nonzero`` or host copy is used.
 

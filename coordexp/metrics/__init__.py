@@ -1,2 +1,2 @@
-"""Stage-1 metrics: the old home of the trainer mixins (``coordexp.metrics.dataset_metrics`` is now
-a facade over :mod:`coordexp.trainer`)."""
+"""The old home of the trainer mixins: ``coordexp.metrics.dataset_metrics`` is a facade over
+:mod:`coordexp.swift_seam`."""

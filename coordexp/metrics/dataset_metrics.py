@@ -1,5 +1,25 @@
 """The trainer mixins and ``build_trainer_cls`` at their old import path: a thin facade over
-:mod:`coordexp.trainer` (nothing inside ``coordexp`` imports from here)."""
+:mod:`coordexp.swift_seam` (nothing inside ``coordexp`` imports from here)."""
 
-from coordexp.trainer import *  # noqa: F403  (exactly the names of the new home)
-from coordexp.trainer import __all__ as __all__
+from coordexp.swift_seam.assembly import build_trainer_cls, components_for
+from coordexp.swift_seam.hook import Stage1TrainerHook
+from coordexp.swift_seam.mixins import (
+    MIXIN_BY_COMPONENT,
+    AggregateTokenTypeMetricsMixin,
+    CoordSoftCEW1LossMixin,
+    DatasetMetricsCollatorMixin,
+    GradAccumLossScaleMixin,
+    InstabilityMonitorMixin,
+)
+
+__all__ = [
+    "MIXIN_BY_COMPONENT",
+    "AggregateTokenTypeMetricsMixin",
+    "CoordSoftCEW1LossMixin",
+    "DatasetMetricsCollatorMixin",
+    "GradAccumLossScaleMixin",
+    "InstabilityMonitorMixin",
+    "Stage1TrainerHook",
+    "build_trainer_cls",
+    "components_for",
+]

@@ -7,7 +7,7 @@ returns a ``MonitorDecision`` (reasons, guard, stop) for the caller to apply. No
 torch.
 """
 
-from coordexp.monitor.events import EVENTS_FILENAME, META_JSON_MAX_CHARS, json_float, read_jsonl
+from coordexp.monitor.events import META_JSON_MAX_CHARS, json_float, read_events
 from coordexp.monitor.monitor import DEFAULT_DUMP_SUBDIR, InstabilityMonitor
 from coordexp.monitor.observation import (
     ALL_REASONS,
@@ -18,7 +18,6 @@ from coordexp.monitor.observation import (
     NONFINITE_LOGITS,
     NONFINITE_LOSS,
     ZERO_TOKEN_ACC,
-    Mode,
     MonitorDecision,
     StepObservation,
 )
@@ -32,7 +31,6 @@ from coordexp.monitor.settings import (
 __all__ = [
     "ALL_REASONS",
     "DEFAULT_DUMP_SUBDIR",
-    "EVENTS_FILENAME",
     "LOGIT_OVERFLOW_LIKE",
     "LOSS_SPIKE",
     "LOW_TOKEN_ACC",
@@ -45,10 +43,9 @@ __all__ = [
     "GuardSettings",
     "InstabilityMonitor",
     "InstabilityMonitorSettings",
-    "Mode",
     "MonitorDecision",
     "StepObservation",
     "json_float",
     "normalize_monitor_config",
-    "read_jsonl",
+    "read_events",
 ]

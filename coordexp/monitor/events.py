@@ -9,7 +9,7 @@ Why the write path looks the way it does:
   microseconds) leaves a prefix of that record, with no trailing newline. Every newline-terminated
   line is therefore always a whole record; only an unterminated tail can be partial. The next
   ``JsonlAppender`` to write (a resumed run) drops such a torn tail before its first append, and
-  ``read_jsonl`` ignores it, so readers only ever see whole records.
+  ``read_events`` ignores it, so readers only ever see whole records.
 - Strict JSON has no NaN or infinity. Non-finite floats are written as the strings ``"nan"``,
   ``"inf"`` and ``"-inf"`` (not ``null``: which one it was is the point of the record), and the
   encoder runs with ``allow_nan=False`` so an unsanitised value fails loudly here, not in a reader.
@@ -28,16 +28,14 @@ from coordexp.io.jsonl import iter_jsonl
 from coordexp.monitor.observation import MonitorDecision, StepObservation
 
 __all__ = [
-    "EVENTS_FILENAME",
     "META_JSON_MAX_CHARS",
     "JsonlAppender",
     "build_event",
     "encode_line",
     "json_float",
-    "read_jsonl",
+    "read_events",
 ]
 
-EVENTS_FILENAME: Final = "events.jsonl"
 META_JSON_MAX_CHARS: Final = 20_000
 """The batch's ``instability_meta_json`` is cut to this many characters in an event record."""
 
@@ -165,7 +163,7 @@ class JsonlAppender:
             _fsync_dir(self.path.parent)
 
 
-def read_jsonl(path: str | Path) -> list[Any]:
+def read_events(path: str | Path) -> list[Any]:
     """Parse every newline-terminated line of ``path``; an unterminated torn tail is ignored.
 
     Raises :class:`~coordexp.io.jsonl.JsonlError` (a ``ValueError`` naming ``file:line``) when a

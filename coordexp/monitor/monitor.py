@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from coordexp.diagnostics.warn_once import WarnOnce
-from coordexp.monitor.events import EVENTS_FILENAME, JsonlAppender, build_event, encode_line
+from coordexp.monitor.events import JsonlAppender, build_event, encode_line
 from coordexp.monitor.observation import LOSS_SPIKE, MonitorDecision, StepObservation
 from coordexp.monitor.rules import clean_observation, detect_reasons, next_ema, should_guard, should_stop
 from coordexp.monitor.samples import dump_batch_samples
 from coordexp.monitor.settings import InstabilityMonitorSettings, normalize_monitor_config
+from coordexp.run_folder.names import EVENTS_FILE, sample_dump_name
 
 __all__ = ["DEFAULT_DUMP_SUBDIR", "InstabilityMonitor"]
 
@@ -54,7 +55,7 @@ class InstabilityMonitor:
         self.settings: InstabilityMonitorSettings = normalize_monitor_config(cfg)
         dump_dir = self.settings.dump_dir
         self.dump_dir = Path(dump_dir) if dump_dir else Path(output_dir) / DEFAULT_DUMP_SUBDIR
-        self.events_path = self.dump_dir / EVENTS_FILENAME
+        self.events_path = self.dump_dir / EVENTS_FILE
         self.is_main_process = bool(is_main_process)
         self._sources = {str(label): Path(path) for label, path in (source_files or {}).items()}
         self._events = JsonlAppender(self.events_path)
@@ -187,7 +188,7 @@ class InstabilityMonitor:
         k = self._dumps_per_step.get(key, 0)
         while True:
             suffix = "" if k == 0 else f"_{k}"
-            path = self.dump_dir / f"step_{obs.global_step}_{obs.mode}{suffix}.jsonl"
+            path = self.dump_dir / sample_dump_name(obs.global_step, obs.mode, suffix)
             k += 1
             if not path.exists():
                 self._dumps_per_step[key] = k

@@ -9,7 +9,10 @@ tensor and never forces another device sync.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:  # the monitor stays importable without torch (coordexp.contracts imports it)
+    from coordexp.contracts.modes import Mode
 
 __all__ = [
     "ALL_REASONS",
@@ -20,12 +23,9 @@ __all__ = [
     "NONFINITE_LOGITS",
     "NONFINITE_LOSS",
     "ZERO_TOKEN_ACC",
-    "Mode",
     "MonitorDecision",
     "StepObservation",
 ]
-
-Mode = Literal["train", "eval"]
 
 NONFINITE_LOSS: Final = "nonfinite_loss"
 """The step's loss is NaN or +-inf."""

@@ -2,7 +2,7 @@
 
 A loss spike is only actionable if one can see the data that caused it. The batch's
 ``instability_meta_json`` names every sample: its ``source_file`` and 1-based ``source_line``, kept
-from loading (``coordexp.training.data``), plus its dataset label and the row's own ``base_idx`` /
+from loading (``coordexp.rows.data``), plus its dataset label and the row's own ``base_idx`` /
 ``sample_id`` (informational). This module reads those lines back and writes them, with the step's
 context, to one file.
 

@@ -18,7 +18,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from coordexp.config.schema import ConfigError, describe_error
+from coordexp.config.loading import ConfigError, describe_error
 from coordexp.generated.models.config import EarlyStopConfig, GuardConfig, InstabilityMonitorConfig
 
 __all__ = [

@@ -1,11 +1,10 @@
 """Reporting: the single path from a step's values to ms-swift's ``custom_metrics``."""
 
 from coordexp.reporting.aggregation import AggregationMode, Ratio, StepValue, metric_for
-from coordexp.reporting.reporter import BestEffort, MetricReporter, trainer_mode
+from coordexp.reporting.reporter import MetricReporter, trainer_mode
 
 __all__ = [
     "AggregationMode",
-    "BestEffort",
     "MetricReporter",
     "Ratio",
     "StepValue",

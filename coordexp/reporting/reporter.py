@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from coordexp.contracts import ContractViolation, check_metric_key
+from coordexp.contracts import check_metric_key
+from coordexp.contracts.modes import Mode
 from coordexp.generated.models.config import MetricsConfig
 from coordexp.reporting.aggregation import AggregationMode, Ratio, StepValue, WindowMetric, metric_for
 
-logger = logging.getLogger("coordexp")
-Mode = Literal["train", "eval"]
-T = TypeVar("T")
 DEFAULT_AGGREGATION: AggregationMode = MetricsConfig().aggregation  # custom.metrics.aggregation's default
 
 
@@ -92,42 +89,3 @@ class MetricReporter:
                 store[mode][key].update(float(shown))
             written += 1
         return written
-
-
-class BestEffort:
-    """Runs diagnostics so that they never block training.
-
-    An unexpected exception warns once for that diagnostic and disables it for the rest of the run.
-    Contract violations are not swallowed: in ``strict`` mode they are meant to stop the run.
-    """
-
-    def __init__(self) -> None:
-        self.disabled: set[str] = set()
-
-    def enabled(self, name: str) -> bool:
-        return name not in self.disabled
-
-    def run(self, name: str, fn: Callable[[], T]) -> T | None:
-        if name in self.disabled:
-            return None
-        try:
-            return fn()
-        except ContractViolation:
-            raise
-        except Exception as exc:  # diagnostics are best-effort by contract
-            self.disabled.add(name)
-            logger.warning(
-                "coordexp: diagnostic %r failed and is disabled for the rest of the run: %s: %s",
-                name,
-                type(exc).__name__,
-                exc,
-            )
-            import warnings
-
-            warnings.warn(
-                f"coordexp diagnostic {name!r} failed ({type(exc).__name__}: {exc}); it is disabled "
-                "for the rest of the run",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None

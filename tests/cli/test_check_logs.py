@@ -289,7 +289,7 @@ def test_token_acc_is_range_checked_where_coordexp_computes_it() -> None:
     """``token_acc`` is ms-swift's key; under ``logits_unmaterialised`` coordexp's pass computes its
     value (the catalog's ``owner_when``), so check-logs holds the value to the catalog's range there."""
     from coordexp.cli.check_logs import check_record
-    from coordexp.cli.logs import LogRecord
+    from coordexp.run_folder.reader import LogRecord
 
     record = LogRecord("logging.jsonl", 1, 1, "train", {"token_acc": 1.5, "loss": 2.0})
     assert check_record(record) == []  # ms-swift computes it: not coordexp's value to judge

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from coordexp.cli.logs import (
-    LOGGING_FILE,
+from coordexp.generated import metric_keys as K
+from coordexp.run_folder.names import LOGGING_FILE
+from coordexp.run_folder.reader import (
     RunDirError,
     find_trainer_state,
     read_logging_jsonl,
@@ -17,7 +18,6 @@ from coordexp.cli.logs import (
     record_mode,
     tb_tag_to_key,
 )
-from coordexp.generated import metric_keys as K
 from tests.cli.runs import FULL_CUSTOM, make_run, write_trainer_state
 
 

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from coordexp.cli import report
-from coordexp.cli.logs import read_run
 from coordexp.cli.report import CSV_NAME, PNG_NAME, build_table, panels_for
 from coordexp.generated import metric_keys as K
 from coordexp.generated.metric_catalog import COORDEXP_KEYS
+from coordexp.run_folder.reader import read_run
 from tests.cli.runs import make_run
 
 

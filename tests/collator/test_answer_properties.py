@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from coordexp.answers import parse_answer, typed_runs
 from coordexp.coord_tokens.codec import coord_token, get_coord_token_ids, parse_coord_token
 from coordexp.coord_tokens.payload import TokenType, serialize_payload, typed_serialization
-from coordexp.data_collators.token_types import text_token_ids
+from coordexp.rows.token_types import text_token_ids
 
 D, C, F = int(TokenType.DESC), int(TokenType.COORD), int(TokenType.FORMAT)
 SETTINGS = settings(

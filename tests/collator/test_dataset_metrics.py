@@ -13,9 +13,6 @@ import torch
 
 from coordexp.contracts import ContractViolation, ContractWarning
 from coordexp.coord_tokens.codec import get_coord_token_ids
-from coordexp.data_collators import EnricherWarning, TokenType, build_dataset_metrics_collator
-from coordexp.data_collators.enrichers import sample_dataset_label
-from coordexp.data_collators.token_types import compute_token_types, resolve_suffix_ids
 from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
     DATASET_LABELS_KEY,
@@ -25,6 +22,9 @@ from coordexp.generated.batch_extras import (
     TOKEN_TYPES_KEY,
 )
 from coordexp.generated.schemas import INSTABILITY_META_SCHEMA
+from coordexp.rows.collator import EnricherWarning, build_dataset_metrics_collator
+from coordexp.rows.fields import sample_dataset_label
+from coordexp.rows.token_types import TokenType, compute_token_types, resolve_suffix_ids
 
 IGN, C = int(TokenType.IGNORE), int(TokenType.COORD)
 ON = {"enabled": True, "include": ["lvis"]}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from coordexp.coord_tokens.codec import get_coord_token_ids
-from coordexp.data_collators.token_types import (
+from coordexp.rows.token_types import (
     MAX_SPECIAL_TAIL,
     TokenType,
     compute_packed_token_types,
@@ -160,7 +160,7 @@ def test_packed_concatenation() -> None:
 @pytest.mark.parametrize("majority", [True])
 def test_majority_tie_prefers_content(template: Any, majority: bool) -> None:
     # ' "' before a description is one token: a FORMAT space and a DESC quote -> DESC.
-    from coordexp.data_collators.token_types import typed_token_ids
+    from coordexp.rows.token_types import typed_token_ids
 
     ids, types = typed_token_ids(template.tokenizer, {"desc": "red"})
     pieces = template.tokenizer.convert_ids_to_tokens(ids)

@@ -14,7 +14,6 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from coordexp.coord_tokens.payload import serialize_payload
-from coordexp.data_collators.token_types import compute_token_types
 from coordexp.demo.tokenizer import build_demo_tokenizer
 from coordexp.generated.batch_extras import (
     DATASET_LABELS_KEY,
@@ -22,6 +21,7 @@ from coordexp.generated.batch_extras import (
     PACK_NUM_SAMPLES_KEY,
     TOKEN_TYPES_KEY,
 )
+from coordexp.rows.token_types import compute_token_types
 
 
 @functools.cache

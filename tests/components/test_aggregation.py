@@ -24,9 +24,9 @@ from coordexp.functional import CoordLossConfig, next_token_targets, next_token_
 from coordexp.generated import metric_keys as K
 from coordexp.generated.batch_extras import PACK_NUM_SAMPLES_KEY, TOKEN_TYPES_KEY
 from coordexp.generated.metric_catalog import METRIC_SPECS
-from coordexp.metrics.dataset_metrics import build_trainer_cls
 from coordexp.reporting import MetricReporter, Ratio, metric_for
 from coordexp.reporting.aggregation import LastMetric, MaxMetric, MeanMetric, RatioMetric, SumMetric
+from coordexp.swift_seam.assembly import build_trainer_cls
 from tests.components.stage1_fixtures import (
     FULL_CUSTOM,
     BatchSpec,

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from coordexp.contracts import check_metric_key
-from coordexp.metrics.dataset_metrics import (
+from coordexp.swift_seam.assembly import build_trainer_cls
+from coordexp.swift_seam.mixins import (
     AggregateTokenTypeMetricsMixin,
     CoordSoftCEW1LossMixin,
     GradAccumLossScaleMixin,
     InstabilityMonitorMixin,
-    build_trainer_cls,
 )
 from tests.components.stage1_fixtures import (
     BatchSpec,
@@ -245,7 +245,7 @@ CATALOG_CELLS = [
 def test_catalog_decides_keys_and_components(
     coord: str, tokens: str, monitor: bool, with_types: bool, base: type[StandInTrainer], tmp_path: Path
 ) -> None:
-    from coordexp.components.trainer_config import components_for
+    from coordexp.components.needs import components_for
     from coordexp.config import load_custom_config
     from coordexp.contracts.catalog import TOKEN_TYPE_CONDITIONS, conditions_from_config, keys_written_under
 
@@ -262,7 +262,7 @@ def test_catalog_decides_keys_and_components(
 
 def test_components_derived_from_the_catalog_match_the_sections() -> None:
     """What the catalog derives is what each section says (a hand-written reference, not a catalog read)."""
-    from coordexp.components.trainer_config import components_for
+    from coordexp.components.needs import components_for
     from coordexp.config import load_custom_config
 
     for coord, tokens, monitor in CATALOG_CELLS:

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from coordexp.components.loss_seam import Stage1LossFunc, Stage1OptionError, refuse_unsupported_options
 from coordexp.config import ConfigError
-from coordexp.metrics.dataset_metrics import GradAccumLossScaleMixin, build_trainer_cls
+from coordexp.swift_seam.assembly import build_trainer_cls
+from coordexp.swift_seam.loss_func import Stage1LossFunc, Stage1OptionError, refuse_unsupported_options
+from coordexp.swift_seam.mixins import GradAccumLossScaleMixin
 from tests.components.stage1_fixtures import SwiftLikeTrainer, ToyLM, custom_with, tokenizer
 
 

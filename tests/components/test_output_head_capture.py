@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coordexp.components.output_head import capture_output_head
+from coordexp.swift_seam.output_head import capture_output_head
 
 VOCAB = 300
 

@@ -15,7 +15,7 @@ from coordexp.components import CoordObjectiveError
 from coordexp.coord_tokens.codec import get_coord_token_ids
 from coordexp.functional import SyncCounter
 from coordexp.generated import metric_keys as K
-from coordexp.metrics.dataset_metrics import build_trainer_cls
+from coordexp.swift_seam.assembly import build_trainer_cls
 from tests.components.stage1_fixtures import (
     BatchSpec,
     StandInTrainer,
@@ -244,7 +244,7 @@ def test_failure_inside_enabled_coord_loss_raises(tmp_path: Path, monkeypatch: A
 
 
 def test_extras_are_stashed_for_the_step(tmp_path: Path) -> None:
-    from coordexp.trainers.batch_extras import get_stashed_batch_extras
+    from coordexp.contracts.stash import get_stashed_batch_extras
 
     trainer, model = _trainer(custom_with(True), tmp_path)
     batch = make_batch(BatchSpec(packed=True, with_types=True))

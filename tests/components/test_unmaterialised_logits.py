@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from coordexp.components.loss_seam import Stage1OptionError
 from coordexp.config import ConfigError
-from coordexp.metrics.dataset_metrics import build_trainer_cls
+from coordexp.swift_seam.assembly import build_trainer_cls
+from coordexp.swift_seam.loss_func import Stage1OptionError
 from tests.components.stage1_fixtures import (
     BatchSpec,
     SwiftLikeTrainer,

@@ -6,18 +6,20 @@ import pytest
 import torch
 
 from coordexp.config import ConfigError, CoordSoftCEW1Config, TokenTypeMetricsConfig, load_custom_config
-from coordexp.trainers.batch_extras import (
+from coordexp.contracts.stash import (
+    BatchExtras,
+    get_stashed_batch_extras,
+    maybe_pop_and_stash_batch_extras,
+    pop_and_stash_batch_extras,
+    pop_batch_extras,
+)
+from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
     DATASET_LABELS_KEY,
     DATASET_SEGMENTS_KEY,
     INSTABILITY_META_JSON_KEY,
     PACK_NUM_SAMPLES_KEY,
     TOKEN_TYPES_KEY,
-    BatchExtras,
-    get_stashed_batch_extras,
-    maybe_pop_and_stash_batch_extras,
-    pop_and_stash_batch_extras,
-    pop_batch_extras,
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -174,13 +175,10 @@ def test_no_metric_key_spelled_by_hand_outside_generated() -> None:
 def test_a_logged_record_validates_against_the_metrics_schema() -> None:
     from jsonschema import Draft202012Validator
 
-    from coordexp.generated.models.metrics_record import MetricsRecord
-    from coordexp.generated.schemas import METRICS_SCHEMA
-
+    metrics_schema = json.loads((ROOT / "schemas" / "metrics.schema.json").read_text(encoding="utf-8"))
     record = {"loss": 1.2, "coord_diag/loss": 0.3, "text_token_acc": 0.5, "global_step/max_steps": "1/10"}
-    Draft202012Validator(METRICS_SCHEMA).validate(record)
-    MetricsRecord.model_validate(record)
-    errors = list(Draft202012Validator(METRICS_SCHEMA).iter_errors({"lvis/token_acc": 0.5}))
+    Draft202012Validator(metrics_schema).validate(record)
+    errors = list(Draft202012Validator(metrics_schema).iter_errors({"lvis/token_acc": 0.5}))
     assert errors
 
 

@@ -21,10 +21,10 @@ from pydantic import BaseModel, ValidationError
 import coordexp.config as config
 import coordexp.monitor.settings as settings
 from coordexp.components.coord_loss import loss_config
-from coordexp.data_collators.enrichers import InstabilityMetaEnricher
-from coordexp.data_collators.typing_enricher import TokenTypesEnricher
 from coordexp.functional import CoordLossConfig
 from coordexp.generated.models import config as generated
+from coordexp.rows.enrichers import InstabilityMetaEnricher
+from coordexp.rows.typing_enricher import TokenTypesEnricher
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "config.schema.json").read_text(encoding="utf-8"))

@@ -33,9 +33,9 @@ def test_generated_codes_are_the_schema_s() -> None:
 
 def test_public_names_are_re_exports_of_the_generated_ones() -> None:
     import coordexp.coord_tokens.payload as payload
-    import coordexp.data_collators.token_types as token_types
     import coordexp.functional as functional
     import coordexp.functional.targets as targets
+    import coordexp.rows.token_types as token_types
 
     assert payload.TokenType is TokenType and token_types.TokenType is TokenType
     assert targets.IGNORE_INDEX == functional.IGNORE_INDEX == token_types.IGNORE_INDEX == IGNORE_INDEX

@@ -77,7 +77,7 @@ def test_a_new_metric_key(tmp_path: Path) -> None:
         repo,
         """
         from coordexp.cli.check_logs import check_record
-        from coordexp.cli.logs import LogRecord
+        from coordexp.run_folder.reader import LogRecord
         from coordexp.contracts import check_metric_key, keys_written_under
         from coordexp.generated import metric_keys as K
         from coordexp.generated.metric_catalog import METRIC_SPECS

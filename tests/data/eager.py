@@ -1,8 +1,8 @@
 """The loader as it was before the lazy one (test-only): every row encoded up front into a list.
 
 Kept to prove the lazy loader changes nothing a user sees: the same rows, refusals and logged values
-step by step. It reads with :func:`coordexp.training.data.read_jsonl` and encodes with the same
-:func:`~coordexp.training.data.encode_row`, in one process, keeping every encoded row.
+step by step. It reads with :func:`coordexp.rows.data.read_source_rows` and encodes with the same
+:func:`~coordexp.rows.data.encode_row`, in one process, keeping every encoded row.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, overload
 
 from coordexp.answers import AnswerFormat
-from coordexp.training.config import DataSection
-from coordexp.training.data import encode_row, read_jsonl
-from coordexp.training.refused import RefusedRows
+from coordexp.launch.config import DataSection
+from coordexp.rows.data import encode_row, read_source_rows
+from coordexp.rows.refused import RefusedRows
 
 
 class EncodedRows(Sequence[dict[str, Any]]):
@@ -54,7 +54,7 @@ def encode_rows(
     refused.begin(split)
     for name in files:
         source_file = os.path.abspath(name)
-        for src in read_jsonl(Path(name)):
+        for src in read_source_rows(Path(name)):
             if max_samples is not None and len(encoded) >= max_samples:
                 return encoded
             enc, reason = encode_row(template, src, source_file, answer_format)

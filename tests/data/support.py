@@ -1,7 +1,7 @@
 """Building blocks of the data tests: real JSONL files, the real loader and template, real dumps.
 
 Rows are demo rows (real payloads, coord tokens, chat messages) written to files the test lays out
-itself (labels, blank lines, misleading ``base_idx``), encoded by ``coordexp.training.data`` with the
+itself (labels, blank lines, misleading ``base_idx``), encoded by ``coordexp.rows.data`` with the
 demo tokenizer's ms-swift template, collated by the real metrics collator and dumped by the real
 instability monitor. ``Written`` remembers where each row was written, so a test can check that a
 dump holds exactly the rows of the batch it was made for.
@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from coordexp.data_collators import build_dataset_metrics_collator
 from coordexp.demo import DemoAssets, build_demo_assets
 from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import INSTABILITY_META_JSON_KEY
+from coordexp.launch.config import DataSection
 from coordexp.monitor import InstabilityMonitor, StepObservation
-from coordexp.training.config import DataSection
-from coordexp.training.datasets import build_datasets
-from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
-from coordexp.training.untyped import UNTYPED_ROWS_FILENAME
+from coordexp.rows.collator import build_dataset_metrics_collator
+from coordexp.rows.datasets import build_datasets
+from coordexp.rows.refused import DataError
+from coordexp.run_folder.names import REFUSED_ROWS_FILE, UNTYPED_ROWS_FILE
 
 __all__ = [
     "Written",
@@ -192,7 +192,7 @@ def expect_refused(run: Callable[[], Any], output_dir: Path) -> tuple[DataError,
     try:
         run()
     except DataError as exc:
-        summary = output_dir / REFUSED_ROWS_FILENAME
+        summary = output_dir / REFUSED_ROWS_FILE
         records = [json.loads(line) for line in summary.read_text(encoding="utf-8").splitlines()]
         return exc, records
     raise AssertionError("expected a DataError")
@@ -234,7 +234,7 @@ def dump_scenario(
     assert_dumps_hold_their_rows(dump_split(train_ds, "train", run), written, train_files)
     if val_files:
         assert_dumps_hold_their_rows(dump_split(val_ds, "eval", run), written, val_files)
-    assert not (run / REFUSED_ROWS_FILENAME).exists()
+    assert not (run / REFUSED_ROWS_FILE).exists()
 
 
 def refused_scenario(
@@ -250,7 +250,7 @@ def refused_scenario(
     try:
         encode_splits([path], output_dir=run, max_refused_fraction=max_refused_fraction)
     finally:
-        records = [json.loads(x) for x in (run / REFUSED_ROWS_FILENAME).read_text().splitlines()]
+        records = [json.loads(x) for x in (run / REFUSED_ROWS_FILE).read_text().splitlines()]
         assert [(r["file"], r["line"], r["split"]) for r in records] == [
             (str(path.resolve()), i + 1, "train") for i in sorted(bad)
         ]
@@ -273,7 +273,7 @@ def untyped_scenario(tmp: Path, name: str, answers: Sequence[str]) -> None:
     try:
         encode_splits([path], output_dir=run, token_types={"enabled": True, "include": ["lvis"]})
     finally:
-        records = [json.loads(x) for x in (run / UNTYPED_ROWS_FILENAME).read_text().splitlines()]
+        records = [json.loads(x) for x in (run / UNTYPED_ROWS_FILE).read_text().splitlines()]
         assert [(r["line"], r["kind"]) for r in records] == [(i + 1, "untyped") for i in range(len(rows))]
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import torch
 
-from coordexp.data_collators.enrichers import SOURCE_FILE_KEY, SOURCE_LINE_KEY
-from coordexp.training import build_trainer, parse_config
-from coordexp.training.run import demo_config
+from coordexp.launch import build_trainer, parse_config
+from coordexp.launch.run import demo_config
+from coordexp.rows.fields import SOURCE_FILE_KEY, SOURCE_LINE_KEY
 from tests.data import support
 
 pytestmark = pytest.mark.slow

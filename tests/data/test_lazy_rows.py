@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from coordexp.training import datasets as datasets_module
-from coordexp.training.config import DataSection
-from coordexp.training.datasets import build_datasets, index_split
-from coordexp.training.lazy_rows import LazyRows
-from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError, RefusedRows
+from coordexp.launch.config import DataSection
+from coordexp.rows import datasets as datasets_module
+from coordexp.rows.datasets import build_datasets, index_split
+from coordexp.rows.lazy_rows import LazyRows
+from coordexp.rows.refused import DataError, RefusedRows
+from coordexp.run_folder.names import REFUSED_ROWS_FILE
 from tests.data import support
 from tests.data.eager import build_eager_datasets
 
@@ -51,7 +52,7 @@ def _data(train: list[Path], val: list[Path] = (), **extra: Any) -> DataSection:
 
 
 def _refused_records(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (run / REFUSED_ROWS_FILENAME).read_text().splitlines()]
+    return [json.loads(x) for x in (run / REFUSED_ROWS_FILE).read_text().splitlines()]
 
 
 @pytest.mark.parametrize("layout", ["padded", "padding_free", "packing"])

@@ -19,8 +19,8 @@ import yaml
 
 from coordexp.coord_tokens.codec import invalid_coord_tokens
 from coordexp.demo.dataset import make_rows
-from coordexp.training.refused import REFUSED_ROWS_FILENAME
-from coordexp.training.run import demo_config
+from coordexp.launch.run import demo_config
+from coordexp.run_folder.names import REFUSED_ROWS_FILE
 from tests.data import support
 
 
@@ -63,7 +63,7 @@ def test_every_refusal_kind_is_listed_with_its_physical_line(
     assert "\n" not in message and message.startswith(f"{where}:3: not valid JSON")
     assert f"(6 of 8 train rows refused, data.max_refused_fraction is 0; every refused row: {run}" in message
     out = capsys.readouterr().out
-    assert f"refused rows: train 6 of 8; every refused row: {run / REFUSED_ROWS_FILENAME}" in out
+    assert f"refused rows: train 6 of 8; every refused row: {run / REFUSED_ROWS_FILE}" in out
     assert f"{where}:5: MaxLengthError" in out and "... and 1 more" in out  # the first five, then a count
 
 
@@ -76,7 +76,7 @@ def test_refused_rows_within_tolerance_are_left_out_and_listed(tmp_path: Path) -
     train_ds, val_ds = support.encode_splits([train], [val], output_dir=run, max_refused_fraction=0.34)
     assert [r["sample_id"] for r in train_ds] == [r["sample_id"] for i, r in enumerate(rows) if i != 2]
     assert len(val_ds) == 2
-    records = [json.loads(x) for x in (run / REFUSED_ROWS_FILENAME).read_text().splitlines()]
+    records = [json.loads(x) for x in (run / REFUSED_ROWS_FILE).read_text().splitlines()]
     assert [(Path(r["file"]).name, r["line"], r["split"]) for r in records] == [
         ("train.jsonl", 3, "train"),
         ("val.jsonl", 1, "val"),
@@ -144,7 +144,7 @@ def test_cli_stops_with_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     ours = [line for line in proc.stderr.splitlines() if line.startswith("coordexp train:")]
-    summary = tmp_path / "out" / REFUSED_ROWS_FILENAME
+    summary = tmp_path / "out" / REFUSED_ROWS_FILE
     assert len(ours) == 1 and proc.stderr.rstrip().endswith(ours[0]), proc.stderr[-3000:]
     assert ours[0].startswith(
         f"coordexp train: {train.resolve()}:2: assistant text has a coord token outside"

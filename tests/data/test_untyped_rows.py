@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
-from coordexp.data_collators import build_dataset_metrics_collator
-from coordexp.data_collators.enrichers import ANSWER_FORMAT_KEY, ANSWER_TEXTS_KEY
 from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
-from coordexp.training.data import answer_texts
-from coordexp.training.refused import DataError
-from coordexp.training.untyped import UNTYPED_ROWS_FILENAME
+from coordexp.rows.collator import build_dataset_metrics_collator
+from coordexp.rows.data import answer_texts
+from coordexp.rows.fields import ANSWER_FORMAT_KEY, ANSWER_TEXTS_KEY
+from coordexp.rows.refused import DataError
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from tests.data import support
 
 ON = {"enabled": True, "include": ["lvis", "coco"]}
@@ -45,7 +45,7 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (run / UNTYPED_ROWS_FILENAME).read_text(encoding="utf-8").splitlines()]
+    return [json.loads(x) for x in (run / UNTYPED_ROWS_FILE).read_text(encoding="utf-8").splitlines()]
 
 
 def test_untyped_and_mismatched_rows_are_listed_with_file_line(
@@ -77,7 +77,7 @@ def test_untyped_and_mismatched_rows_are_listed_with_file_line(
     summary = [line for line in out.splitlines() if "rows without token types" in line]
     assert summary == [
         f"[coordexp] rows without token types: train 2 of 6; 1 row(s) whose assistant_payload disagrees "
-        f"with the answer text; every row: {run / UNTYPED_ROWS_FILENAME}"
+        f"with the answer text; every row: {run / UNTYPED_ROWS_FILE}"
     ]
     assert f"{where}:4: untyped: not a JSON or CoordJSON answer: objects[0]: wrong_arity" in out
     # every encoded row carries its answer text and format for the collator
@@ -94,7 +94,7 @@ def test_no_typeable_train_row_stops_with_one_line(tmp_path: Path) -> None:
     assert "\n" not in message
     assert message.startswith(f"{path.resolve()}:1: no token types: not a JSON or CoordJSON answer: not_json")
     assert "none of the 3 train rows of dataset 'lvis' can be typed" in message
-    assert message.endswith(f"every untyped row: {run / UNTYPED_ROWS_FILENAME})")
+    assert message.endswith(f"every untyped row: {run / UNTYPED_ROWS_FILE})")
     assert len(_records(run)) == 3
 
 
@@ -232,4 +232,4 @@ def test_untyped_rows_come_from_the_pre_pass_and_its_cache_alike(
         [path], output_dir=tmp_path / "off", token_types={**ON, "include": ["coco"]}, cache_dir=cache
     )
     assert "from the cache" not in capsys.readouterr().out
-    assert not (tmp_path / "off" / UNTYPED_ROWS_FILENAME).exists()
+    assert not (tmp_path / "off" / UNTYPED_ROWS_FILE).exists()

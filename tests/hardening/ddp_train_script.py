@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_train_script.py CONFIG.yaml OUT
 
-Builds the trainer exactly like ``python -m coordexp train`` (``coordexp.training.build_trainer``),
+Builds the trainer exactly like ``python -m coordexp train`` (``coordexp.launch.build_trainer``),
 then makes the ranks see batches that enable different feature-conditional keys:
 
 - rank 0 drops ``token_types`` from every batch: no typed keys (``desc_token_frac`` ...);
@@ -36,9 +36,9 @@ POISONED_STEP = 3
 def main(config: str, out: str) -> None:
     import coordexp.components.coord_loss as coord_module
     from coordexp.coord_tokens.codec import get_coord_token_ids
+    from coordexp.launch.config import load_config
+    from coordexp.launch.run import build_trainer
     from coordexp.reporting import Ratio
-    from coordexp.training.config import load_config
-    from coordexp.training.run import build_trainer
 
     rank = int(os.environ["RANK"])
     trainer = build_trainer(load_config(config))

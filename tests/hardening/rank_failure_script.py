@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 rank_failure_script.py CONFIG.yaml OUT
 
-Trains through ``coordexp.training.train`` (the ``coordexp train`` entry) in strict contract mode.
+Trains through ``coordexp.launch.train`` (the ``coordexp train`` entry) in strict contract mode.
 On rank 1 only, an extra batch enricher writes an extra it never declared, so rank 1's collator
 raises ``ContractViolation`` on its first batch, inside the dataloader, before any collective of
 that step; rank 0's batches are fine. Each rank writes the exception it ended with to
@@ -33,8 +33,8 @@ class UndeclaredExtraEnricher:
 
 
 def main(config: str, out: str) -> None:
-    from coordexp.metrics.dataset_metrics import DatasetMetricsCollatorMixin
-    from coordexp.training import load_config, train
+    from coordexp.launch import load_config, train
+    from coordexp.swift_seam.mixins import DatasetMetricsCollatorMixin
 
     rank = int(os.environ["RANK"])
     if rank == 1:

@@ -43,7 +43,7 @@ def worker(rank: int, init_file: str, out: str, failure: str = "contract") -> No
     import torch
     import torch.distributed as dist
 
-    from coordexp.training.rank_failure import stop_all_ranks_on_error
+    from coordexp.launch.rank_failure import stop_all_ranks_on_error
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)

@@ -26,11 +26,10 @@ from transformers.modeling_outputs import CausalLMOutput
 from coordexp.contracts import check_metric_key
 from coordexp.coord_tokens.codec import get_coord_token_ids
 from coordexp.coord_tokens.payload import serialize_payload
-from coordexp.data_collators import build_dataset_metrics_collator
-from coordexp.data_collators.dataset_metrics import DatasetMetricsCollator
 from coordexp.generated import metric_keys as K
 from coordexp.generated.metric_catalog import METRIC_SPECS
-from coordexp.metrics.dataset_metrics import build_trainer_cls
+from coordexp.rows.collator import DatasetMetricsCollator, build_dataset_metrics_collator
+from coordexp.swift_seam.assembly import build_trainer_cls
 from tests.components.stage1_fixtures import (
     PAYLOADS,
     PROMPT,

@@ -37,10 +37,8 @@ import torch
 from transformers.modeling_outputs import CausalLMOutput
 
 from coordexp.components import CoordObjectiveError
-from coordexp.components.loss_seam import Stage1OptionError
 from coordexp.config import ConfigError
 from coordexp.contracts import ContractViolation, ContractWarning, check_batch_extras, contracts_mode
-from coordexp.data_collators import DatasetMetaEnricher, InstabilityMetaEnricher
 from coordexp.generated import metric_keys as K
 from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
@@ -50,12 +48,14 @@ from coordexp.generated.batch_extras import (
     PACK_NUM_SAMPLES_KEY,
     TOKEN_TYPES_KEY,
 )
+from coordexp.launch.config import load_config, parse_config
+from coordexp.launch.rank_failure import RankFailedError
 from coordexp.monitor import InstabilityMonitor, StepObservation
-from coordexp.monitor.events import read_jsonl
+from coordexp.monitor.events import read_events
 from coordexp.reporting import MetricReporter
-from coordexp.training.config import load_config, parse_config
-from coordexp.training.rank_failure import RankFailedError
-from coordexp.training.refused import DataError
+from coordexp.rows.enrichers import DatasetMetaEnricher, InstabilityMetaEnricher
+from coordexp.rows.refused import DataError
+from coordexp.swift_seam.loss_func import Stage1OptionError
 from tests.components.stage1_fixtures import (
     BatchSpec,
     MeanMetric,
@@ -329,7 +329,7 @@ def _bad_train_config(folder: Path) -> list[str]:
 
 
 def _suffix_unknown_attribute(h: H) -> Observed:
-    from coordexp.data_collators.token_types import compute_token_types
+    from coordexp.rows.token_types import compute_token_types
 
     labels = torch.tensor([1, 2])
     compute_token_types(
@@ -359,7 +359,7 @@ def _step_case(
         )
         obs = run_steps(trainer, lm, h.repeat, spec=spec, mutate=mutate)
         events = h.tmp_path / "instability_dumps" / "events.jsonl"
-        obs.events = read_jsonl(events) if events.exists() else []
+        obs.events = read_events(events) if events.exists() else []
         obs.files = sorted(p.name for p in (h.tmp_path / "instability_dumps").glob("step_*"))
         return obs
 
@@ -666,10 +666,10 @@ def _no_logits_step(h: H) -> Observed:
 
 
 def _train_resuming(h: H, resume_from_checkpoint: object) -> Observed:
-    """``coordexp.training.train`` with a resume setting and nothing loadable: the resume value must
+    """``coordexp.launch.train`` with a resume setting and nothing loadable: the resume value must
     be judged first (a run that ignored it would fail later, on the missing model)."""
-    from coordexp.training import train
-    from coordexp.training.config import DataSection, ModelSection, TrainConfig
+    from coordexp.launch import train
+    from coordexp.launch.config import DataSection, ModelSection, TrainConfig
 
     (h.tmp_path / "run").mkdir(exist_ok=True)
     cfg = TrainConfig(
@@ -692,7 +692,7 @@ def _resume_with_unreadable_monitor_state(h: H) -> Observed:
     state = TrainerState(global_step=3, stateful_callbacks={type(callback).__name__: saved})
     callback.on_train_begin(trainer.args, state, TrainerControl())
     obs = run_steps(trainer, lm, h.repeat)
-    obs.events = read_jsonl(h.tmp_path / "instability_dumps" / "events.jsonl")
+    obs.events = read_events(h.tmp_path / "instability_dumps" / "events.jsonl")
     return obs
 
 

@@ -3,7 +3,7 @@
 Two runs, both bounded by timeouts (a hang fails the test instead of blocking CI):
 
 1. ``test_real_swift_ddp_run``: the real ms-swift ``Seq2SeqTrainer`` built by
-   ``coordexp.training.build_trainer`` under ``torch.distributed.run`` (2 processes, gloo), up to 5
+   ``coordexp.launch.build_trainer`` under ``torch.distributed.run`` (2 processes, gloo), up to 5
    steps of the demo with ``average_tokens_across_devices: true`` (``ddp_train_script.py``). Rank 0
    sees no token types; rank 1 no coord targets and, in its third batch, no supervised token at all
    (a NaN loss on rank 1 only, with early stop on ``nonfinite_loss``). Checks: both ranks finish and
@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from coordexp.generated import metric_keys as K
-from coordexp.monitor.events import read_jsonl
+from coordexp.monitor.events import read_events
 from tests.hardening.support import TYPED_KEYS
 from tests.processes import child_env, torchrun
 
@@ -49,7 +49,7 @@ TYPED = {K.DESC_TOKEN_FRAC, K.FORMAT_TOKEN_FRAC, K.FORMAT_TOKEN_ACC}
 
 
 def _write_config(tmp_path: Path) -> Path:
-    from coordexp.training import demo_config
+    from coordexp.launch import demo_config
 
     raw = demo_config(tmp_path / "demo").model_dump(mode="json")
     raw["data"].update(val=[], max_samples=16, layout="padded")
@@ -163,7 +163,7 @@ def test_real_swift_ddp_run(tmp_path: Path) -> None:
     # -- only rank 0 writes events -----------------------------------------------------------------
     fired = [[d for d in r["decisions"] if d["reasons"]] for r in ranks]
     assert fired[0] and fired[1], "both ranks must have had instability events"
-    events = read_jsonl(tmp_path / "run" / "instability_dumps" / "events.jsonl")
+    events = read_events(tmp_path / "run" / "instability_dumps" / "events.jsonl")
     assert len(events) == len(fired[0])
     assert [e["loss"] for e in events] == pytest.approx([d["loss"] for d in fired[0]])
     assert [e["reasons"] for e in events] == [d["reasons"] for d in fired[0]]
@@ -323,5 +323,5 @@ def test_components_ddp_gradient_is_the_global_token_mean(tmp_path: Path) -> Non
     )
 
     # only rank 0 wrote events, and all of them are rank 0's
-    events = read_jsonl(tmp_path / "instability_dumps" / "events.jsonl")
+    events = read_events(tmp_path / "instability_dumps" / "events.jsonl")
     assert len(events) == 1 and "rank0" in events[0]["instability_meta_json"]

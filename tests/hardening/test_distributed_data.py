@@ -13,7 +13,7 @@ import torch.distributed as dist
 import yaml
 
 from coordexp.generated.metric_catalog import METRIC_SPECS
-from coordexp.training import parse_config, train
+from coordexp.launch import parse_config, train
 from tests.integration.test_lazy_loader_logs import logged_values
 from tests.processes import child_env, torchrun
 
@@ -25,7 +25,7 @@ RUN_TIMEOUT_S = 300
 
 
 def _raw_config(tmp_path: Path, name: str, batch: int) -> dict[str, Any]:
-    from coordexp.training import demo_config
+    from coordexp.launch import demo_config
 
     raw = demo_config(tmp_path / "demo").model_dump(mode="json")
     raw["data"].update(val=[], max_samples=12, layout="padded", cache_dir=str(tmp_path / f"cache_{name}"))

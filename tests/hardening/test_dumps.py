@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from coordexp.monitor import InstabilityMonitor, StepObservation, read_jsonl
+from coordexp.monitor import InstabilityMonitor, StepObservation, read_events
 from coordexp.monitor import samples as samples_module
 from coordexp.monitor.samples import write_atomic
 
@@ -68,7 +68,7 @@ def test_failed_dump_write_leaves_nothing_partial(
             )
             assert decision.reasons == ("nonfinite_loss",)
     assert sum("sample dump failed" in r.getMessage() for r in caplog.records) == 1
-    assert len(read_jsonl(monitor.events_path)) == 3  # the events themselves are all recorded
+    assert len(read_events(monitor.events_path)) == 3  # the events themselves are all recorded
     assert sorted(p.name for p in monitor.dump_dir.iterdir()) == ["events.jsonl"]
 
 
@@ -112,5 +112,5 @@ def test_sigkill_while_dumping_leaves_only_complete_dumps(tmp_path: Path) -> Non
     for path in files:
         rows = [json.loads(line) for line in path.read_bytes().splitlines()]
         assert [r["base_idx"] for r in rows] == list(range(ROWS)), path.name  # whole, in order
-    events = read_jsonl(dumps / "events.jsonl")
+    events = read_events(dumps / "events.jsonl")
     assert len(events) >= len(files)  # each dump's event was recorded before its dump

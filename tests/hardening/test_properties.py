@@ -41,7 +41,7 @@ from coordexp.generated.batch_extras import (
     PACK_NUM_SAMPLES_KEY,
     TOKEN_TYPES_KEY,
 )
-from coordexp.metrics.dataset_metrics import (
+from coordexp.swift_seam.mixins import (
     AggregateTokenTypeMetricsMixin,
     CoordSoftCEW1LossMixin,
     GradAccumLossScaleMixin,

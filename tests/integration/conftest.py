@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coordexp.training import TrainConfig, demo_config
+from coordexp.launch import TrainConfig, demo_config
 from tests.run_configs import small_run_config
 
 

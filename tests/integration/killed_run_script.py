@@ -2,7 +2,7 @@
 
     python tests/integration/killed_run_script.py CONFIG.yaml K
 
-Trains through ``coordexp.training.train`` (the ``coordexp train`` entry) with one extra callback:
+Trains through ``coordexp.launch.train`` (the ``coordexp train`` entry) with one extra callback:
 after ms-swift has appended step K's train record to ``logging.jsonl``, the process kills itself
 with SIGKILL - no cleanup, no flush, like an OOM kill or a pre-empted node. Not a test module.
 """
@@ -31,8 +31,8 @@ class KillAfterLog(TrainerCallback):
 
 
 def main(config: str, kill_step: int) -> None:
-    import coordexp.training.run as run
-    from coordexp.training.config import load_config
+    import coordexp.launch.run as run
+    from coordexp.launch.config import load_config
 
     build = run.build_trainer
 

@@ -16,8 +16,8 @@ import pytest
 
 from coordexp.demo.dataset import as_coordjson, make_rows
 from coordexp.generated.metric_catalog import METRIC_SPECS
-from coordexp.training import demo_config, train
-from coordexp.training.untyped import UNTYPED_ROWS_FILENAME
+from coordexp.launch import demo_config, train
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from tests.run_configs import small_run_config
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def _assert_every_token_type_key_logged(run_dir: Path, capsys: pytest.CaptureFix
     assert len(TOKEN_TYPE_KEYS) == 13
     assert TOKEN_TYPE_KEYS <= train_keys, sorted(TOKEN_TYPE_KEYS - train_keys)
     assert {f"eval_{k}" for k in TOKEN_TYPE_KEYS} <= eval_keys
-    assert not (run_dir / UNTYPED_ROWS_FILENAME).exists()
+    assert not (run_dir / UNTYPED_ROWS_FILE).exists()
     capsys.readouterr()
     assert check_logs.main([str(run_dir)]) == 0, capsys.readouterr().out
 

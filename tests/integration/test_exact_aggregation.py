@@ -17,7 +17,7 @@ import pytest
 from coordexp.cli import check_logs
 from coordexp.generated import metric_keys as K
 from coordexp.generated.metric_catalog import COORDEXP_KEYS, METRIC_SPECS
-from coordexp.training import TrainConfig, build_trainer, train
+from coordexp.launch import TrainConfig, build_trainer, train
 
 pytestmark = pytest.mark.slow
 

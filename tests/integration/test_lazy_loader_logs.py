@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from coordexp.training import TrainConfig, train
-from coordexp.training import datasets as datasets_module
+from coordexp.launch import TrainConfig, train
+from coordexp.rows import datasets as datasets_module
 from tests.data.eager import build_eager_datasets
 
 pytestmark = pytest.mark.slow

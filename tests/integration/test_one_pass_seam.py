@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import torch
 
-from coordexp.components.loss_seam import Stage1LossFunc, Stage1OptionError
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS, TOKEN_TYPES_KEY
-from coordexp.training import TrainConfig, build_trainer
+from coordexp.launch import TrainConfig, build_trainer
+from coordexp.swift_seam.loss_func import Stage1LossFunc, Stage1OptionError
 
 pytestmark = pytest.mark.slow
 
@@ -212,7 +212,7 @@ def test_moe_router_aux_loss_is_added_as_plain_ms_swift_adds_it(tmp_path: Path) 
     where the MoE model adds it to its own loss."""
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
-    from coordexp.metrics.dataset_metrics import build_trainer_cls
+    from coordexp.swift_seam.assembly import build_trainer_cls
 
     model, processor = get_model_processor(
         str(_moe_checkpoint(tmp_path / "moe")), model_type="qwen3_moe", device_map="cpu", attn_impl="sdpa"

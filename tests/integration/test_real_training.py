@@ -15,8 +15,8 @@ import torch
 from coordexp.contracts import ContractViolation
 from coordexp.generated import metric_keys as K
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
-from coordexp.training import TrainConfig, build_trainer, train
-from coordexp.training.run import CONFIG_FILENAME
+from coordexp.launch import TrainConfig, build_trainer, train
+from coordexp.run_folder.names import CONFIG_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_real_run_passes_check_logs(
 ) -> None:
     result = train(make_config(layout=layout, coord_on=coord_on))
     run_dir = result.output_dir
-    assert (run_dir / CONFIG_FILENAME).is_file()
+    assert (run_dir / CONFIG_FILE).is_file()
     records = _records(run_dir)
     train_keys, eval_keys = _keys(records, False), _keys(records, True)
     assert sum("eval_loss" in r for r in records) >= 2  # evaluated at least twice
@@ -117,7 +117,7 @@ class SneakyEnricher(RogueEnricher):
 def test_strict_guard_refuses_an_undeclared_extra(
     make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from coordexp.metrics.dataset_metrics import DatasetMetricsCollatorMixin
+    from coordexp.swift_seam.mixins import DatasetMetricsCollatorMixin
 
     monkeypatch.setattr(DatasetMetricsCollatorMixin, "stage1_extra_enrichers", (RogueEnricher(),))
     with pytest.raises(ContractViolation) as info:

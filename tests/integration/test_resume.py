@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from coordexp.monitor.events import read_jsonl
-from coordexp.training import TrainConfig, train
+from coordexp.launch import TrainConfig, train
+from coordexp.monitor.events import read_events
 from tests.processes import child_env
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def _series(run_dir: Path, kind: str) -> list[tuple[int, float]]:
 
 
 def _events(run_dir: Path) -> list[dict[str, Any]]:
-    return read_jsonl(run_dir / "instability_dumps" / "events.jsonl")
+    return read_events(run_dir / "instability_dumps" / "events.jsonl")
 
 
 def _dumps(run_dir: Path) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from coordexp.monitor import META_JSON_MAX_CHARS, StepObservation, json_float, read_jsonl
+from coordexp.monitor import META_JSON_MAX_CHARS, StepObservation, json_float, read_events
 from coordexp.monitor.events import JsonlAppender, encode_line
 
 ObsFactory = Callable[..., StepObservation]
@@ -133,7 +133,7 @@ def test_disk_error_warns_once_and_never_raises(
 def test_torn_tail_is_ignored_by_readers_and_dropped_on_next_append(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b'{"a":1}\n{"b":2}\n{"c":')  # what a SIGKILL inside write(2) can leave
-    assert read_jsonl(path) == [{"a": 1}, {"b": 2}]
+    assert read_events(path) == [{"a": 1}, {"b": 2}]
     appender = JsonlAppender(path)
     appender.append(encode_line({"d": 4}))
     assert path.read_bytes() == b'{"a":1}\n{"b":2}\n{"d":4}\n'

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from coordexp.monitor import read_jsonl
+from coordexp.monitor import read_events
 from coordexp.monitor.events import JsonlAppender, encode_line
 
 CHILD = """
@@ -68,7 +68,7 @@ def test_sigkill_mid_run_leaves_only_parseable_lines(tmp_path: Path) -> None:
     # The only thing a kill can leave besides whole lines is the unterminated prefix of the record
     # being written (the kernel may stop a multi-page write(2) for a fatal signal). Readers skip it
     # and the next append drops it, after which EVERY line of the file parses.
-    assert len(read_jsonl(events)) == len(complete)
+    assert len(read_events(events)) == len(complete)
     if tail:
         assert tail.startswith(b"{") and len(tail) < len(complete[-1]) + 100
     JsonlAppender(events).append(encode_line({"global_step": len(complete)}))

@@ -1,6 +1,6 @@
 """What a wheel ships: every package folder, and a declared requirement for every import.
 
-A hand-kept package list once left ``coordexp.training`` out of the wheel, and the log commands
+A hand-kept package list once left ``coordexp.launch`` out of the wheel, and the log commands
 imported packages that only the ``dev`` extra installed; an editable install hides both. These
 checks read the source tree and the installed metadata (no build); ``.ci/run`` also builds the
 wheel and runs the main job from a clean environment outside the checkout.
@@ -37,7 +37,7 @@ def _package_folders() -> set[str]:
 
 def test_every_package_folder_is_shipped() -> None:
     assert set(discover_packages()) == _package_folders()
-    assert "coordexp.training" in discover_packages()
+    assert "coordexp.launch" in discover_packages()
 
 
 def _top_level_imports() -> set[str]:

@@ -3,7 +3,7 @@ correctness check runs (and fails on a wrong loss). Counts and bytes only: no wa
 
 Chunk invariance is also covered against the slow reference in ``tests/functional``:
 ``test_fn_stage1_stats.py::test_chunked_equals_unchunked`` (statistics) and
-``test_fn_coord_loss.py::test_loss_and_grad_match_reference`` (loss and gradient at chunk 1, 7, N).
+``test_fn_losses.py::test_loss_and_grad_match_reference`` (loss and gradient at chunk 1, 7, N).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.measure import TensorBytesTracker
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
-from coordexp.training import build_trainer, demo_config, parse_config
+from coordexp.launch import build_trainer, demo_config, parse_config
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-import coordexp.training.config as training_config
+import coordexp.launch.config as training_config
 from coordexp.cli.main import main
 
 if __name__ == "__main__":

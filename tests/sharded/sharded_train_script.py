@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 sharded_train_script.py CONFIG OUT
 
-Runs exactly what ``python -m coordexp train CONFIG`` runs (``coordexp.training.run.train``); the only
+Runs exactly what ``python -m coordexp train CONFIG`` runs (``coordexp.launch.run.train``); the only
 addition is a callback that records, once the engine has wrapped the model, what each rank holds of
 the output head and which engine the trainer enabled, into ``OUT/rank<r>.json``. Under ZeRO-3 the
 head is partitioned (a rank holds 0 of its elements outside a gather), which is the case the Stage-1
@@ -25,8 +25,8 @@ torch.set_num_threads(1)
 def main(config: str, out: str) -> None:
     from transformers import TrainerCallback
 
-    import coordexp.training.run as run
-    from coordexp.training.config import load_config
+    import coordexp.launch.run as run
+    from coordexp.launch.config import load_config
 
     rank = int(os.environ["RANK"])
     record: dict[str, Any] = {"rank": rank}

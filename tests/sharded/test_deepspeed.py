@@ -58,7 +58,7 @@ def zero_config(stage: int) -> dict[str, Any]:
 
 
 def write_config(root: Path, name: str, stage: int | None, **training: Any) -> Path:
-    from coordexp.training import demo_config
+    from coordexp.launch import demo_config
 
     raw = demo_config(root / "demo").model_dump(mode="json")
     raw["data"].update(layout="packing", packing_length=512, max_samples=32)

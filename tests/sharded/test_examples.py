@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from coordexp.config import ConfigError
-from coordexp.training import demo_config
-from coordexp.training.config import parse_config
+from coordexp.launch import demo_config
+from coordexp.launch.config import parse_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 

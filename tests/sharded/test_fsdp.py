@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 
 
 def _config(tmp_path: Path) -> Path:
-    from coordexp.training import demo_config
+    from coordexp.launch import demo_config
 
     raw = demo_config(tmp_path / "demo").model_dump(mode="json")
     raw["data"].update(val=[], max_samples=8)

@@ -14,7 +14,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from coordexp.config import ConfigError
-from coordexp.training.resume import resolve_resume_checkpoint, supersede_logs_after
+from coordexp.run_folder.resume import resolve_resume_checkpoint, supersede_logs_after
 from tests.hardening.support import custom, stage1_trainer
 
 

@@ -15,8 +15,8 @@ import yaml
 
 from coordexp.cli.main import main
 from coordexp.config import ConfigError
-from coordexp.training.arguments import validate_training_arguments
-from coordexp.training.config import load_config
+from coordexp.launch.arguments import validate_training_arguments
+from coordexp.launch.config import load_config
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from coordexp.demo import DemoAssets, build_demo_assets
-from coordexp.training import TrainConfig, demo_config
-from coordexp.training.vl_support import missing_vl_dependency
+from coordexp.launch import TrainConfig, demo_config
+from coordexp.launch.vl_support import missing_vl_dependency
 from tests.run_configs import small_run_config
 
 REQUIRE_VL = os.environ.get("COORDEXP_REQUIRE_VL") == "1"

@@ -12,8 +12,8 @@ import pytest
 
 from coordexp.demo import DemoAssets
 from coordexp.demo.dataset import as_coordjson
-from coordexp.training import TrainConfig, train
-from coordexp.training.untyped import UNTYPED_ROWS_FILENAME
+from coordexp.launch import TrainConfig, train
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 from tests.vl.test_vl_training import _assert_every_enabled_key_seen
 
 pytestmark = [pytest.mark.vl, pytest.mark.slow]
@@ -43,7 +43,7 @@ def test_vl_coordjson_run_passes_check_logs(
     cfg.data.answer_format = "coordjson"
     assert "<|coord_" in Path(cfg.data.train[0]).read_text().split('"content": "{')[1][:80]
     result = train(cfg)
-    assert not (result.output_dir / UNTYPED_ROWS_FILENAME).exists()
+    assert not (result.output_dir / UNTYPED_ROWS_FILE).exists()
     keys = {
         k
         for r in (json.loads(x) for x in (result.output_dir / "logging.jsonl").read_text().splitlines())

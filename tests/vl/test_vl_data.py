@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from coordexp.data_collators.enrichers import SOURCE_LINE_KEY
 from coordexp.demo import DemoAssets
-from coordexp.training.config import DataSection
-from coordexp.training.datasets import build_datasets
-from coordexp.training.refused import REFUSED_ROWS_FILENAME, DataError
+from coordexp.launch.config import DataSection
+from coordexp.rows.datasets import build_datasets
+from coordexp.rows.fields import SOURCE_LINE_KEY
+from coordexp.rows.refused import DataError
+from coordexp.run_folder.names import REFUSED_ROWS_FILE
 
 pytestmark = pytest.mark.vl
 
@@ -95,7 +96,7 @@ def test_missing_and_unreadable_images_refuse_their_rows(vl_assets: DemoAssets, 
         _build(template, [path], run)
     where = str(path.resolve())
     assert str(info.value).startswith(f"{where}:2: images: media file not found: 'images/nope.png'")
-    records = [json.loads(line) for line in (run / REFUSED_ROWS_FILENAME).read_text().splitlines()]
+    records = [json.loads(line) for line in (run / REFUSED_ROWS_FILE).read_text().splitlines()]
     assert [(r["file"], r["line"]) for r in records] == [(where, 2), (where, 3)]
     assert f"relative paths resolve against {path.parent.resolve()}" in records[0]["reason"]
     assert records[1]["reason"].startswith("UnidentifiedImageError: ")
@@ -103,4 +104,4 @@ def test_missing_and_unreadable_images_refuse_their_rows(vl_assets: DemoAssets, 
     # Tolerated: the run goes on with the two good rows; the summary still lists the refused ones.
     kept = _build(template, [path], tmp_path / "run2", fraction=0.5)
     assert [enc[SOURCE_LINE_KEY] for enc in kept] == [1, 4]
-    assert len((tmp_path / "run2" / REFUSED_ROWS_FILENAME).read_text().splitlines()) == 2
+    assert len((tmp_path / "run2" / REFUSED_ROWS_FILE).read_text().splitlines()) == 2

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from coordexp.demo import DemoAssets
-from coordexp.training import TrainConfig
-from coordexp.training.config import DataSection
-from coordexp.training.datasets import build_datasets
-from coordexp.training.refused import DataError
+from coordexp.launch import TrainConfig
+from coordexp.launch.config import DataSection
+from coordexp.rows.datasets import build_datasets
+from coordexp.rows.refused import DataError
 from tests.data.eager import build_eager_datasets
 from tests.data.test_lazy_rows import same_value
 from tests.integration.test_lazy_loader_logs import eager_and_lazy_logs

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from coordexp.coord_tokens.codec import get_coord_token_ids
-from coordexp.data_collators.dataset_metrics import build_dataset_metrics_collator
 from coordexp.demo import DemoAssets
 from coordexp.demo.vl_model import IMAGE_TOKEN_ID
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_IGNORE
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
-from coordexp.training.config import DataSection
-from coordexp.training.datasets import build_datasets
+from coordexp.launch.config import DataSection
+from coordexp.rows.collator import build_dataset_metrics_collator
+from coordexp.rows.datasets import build_datasets
 
 pytestmark = pytest.mark.vl
 

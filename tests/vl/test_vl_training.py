@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
-from coordexp.training import TrainConfig, build_trainer, train
+from coordexp.launch import TrainConfig, build_trainer, train
 from tests.integration.test_one_pass_seam import LAYOUTS, _assert_same, _run_window, _window
 
 pytestmark = [pytest.mark.vl, pytest.mark.slow]

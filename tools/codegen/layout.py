@@ -18,9 +18,11 @@ SCHEMA_FILES = (
     "instability_meta.schema.json",
     "metrics.schema.json",
 )
+# Schemas the runtime validates against at run time (embedded in generated/schemas.py); the others
+# reach the runtime only through the tables and models generated from them.
+EMBEDDED_SCHEMAS = ("instability_meta.schema.json",)
 CODEGEN_MODELS = {
     # schema file -> generated module under generated/models/ (datamodel-code-generator)
     "config.schema.json": "config.py",
     "instability_meta.schema.json": "instability_meta.py",
-    "metrics.schema.json": "metrics_record.py",
 }

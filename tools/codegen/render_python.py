@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .frozen_models import FROZEN_SCHEMAS, frozen_input
-from .layout import CODEGEN_MODELS, SCHEMA_FILES, SCHEMAS
+from .layout import CODEGEN_MODELS, EMBEDDED_SCHEMAS, SCHEMAS
 from .templating import render
 from .validate import SchemaError, const_name, meta_enum
 from .views import extra_views, labels_view, metric_views
@@ -57,7 +57,7 @@ def render_batch_extras(extras: Mapping[str, Any]) -> str:
 
 def render_embedded_schemas(schemas: Mapping[str, Mapping[str, Any]]) -> str:
     embedded = []
-    for name in SCHEMA_FILES:
+    for name in EMBEDDED_SCHEMAS:
         text = json.dumps(schemas[name], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         embedded.append(
             {

@@ -1,5 +1,5 @@
 """One row of a JSONL file, from its line to the encoded dict the collator gets; the same code for
-the pre-pass (:mod:`coordexp.training.row_index`) and the lazy dataset (:mod:`coordexp.training.lazy_rows`).
+the pre-pass (:mod:`coordexp.rows.row_index`) and the lazy dataset (:mod:`coordexp.rows.lazy_rows`).
 
 ``template.encode`` keeps only token ids and labels (and, for vision-language templates, the media
 tensors), so the row fields the collator's enrichers read (payload, dataset label, ids) are merged
@@ -16,7 +16,7 @@ packing). Instability dumps read the row back from there; a row's own ``base_idx
 of the row.
 
 A row that cannot be trained on as written is refused, with its ``file:line`` and the reason
-(``coordexp.training.refused``): a line that is not a JSON object with ``messages``, a coord-token
+(``coordexp.rows.refused``): a line that is not a JSON object with ``messages``, a coord-token
 lookalike outside the 1000 bins in an assistant message (the tokenizer would split it into plain
 text and train it as such), a media file that does not exist, a row the template refuses (too long,
 malformed messages, an image it cannot read, any encode error), and a row with nothing supervised.
@@ -24,7 +24,7 @@ malformed messages, an image it cannot read, any encode error), and a row with n
 Each encoded dict also carries its assistant answer texts and ``data.answer_format``
 (``ANSWER_TEXTS_KEY`` / ``ANSWER_FORMAT_KEY``): token types are read from the text the labels were
 made from. With ``custom.token_type_metrics`` on, the pre-pass lists the rows that cannot be typed
-(``coordexp.training.untyped``).
+(``coordexp.rows.untyped``).
 """
 
 from __future__ import annotations
@@ -36,16 +36,15 @@ from typing import Any
 
 from coordexp.answers import AnswerFormat
 from coordexp.coord_tokens.codec import COORD_BINS, invalid_coord_tokens
-from coordexp.data_collators.enrichers import (
+from coordexp.functional.targets import IGNORE_INDEX
+from coordexp.io.jsonl import JsonlLine, read_jsonl_lines
+from coordexp.rows.fields import (
     ANSWER_FORMAT_KEY,
     ANSWER_TEXTS_KEY,
+    CARRIED_FIELDS,
     SOURCE_FILE_KEY,
     SOURCE_LINE_KEY,
 )
-from coordexp.functional.targets import IGNORE_INDEX
-from coordexp.io.jsonl import JsonlLine, read_jsonl_lines
-
-CARRIED_FIELDS = ("assistant_payload", "dataset", "dataset_name", "metadata", "base_idx", "sample_id")
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class SourceRow:
     problem: str | None = None
 
 
-def read_jsonl(path: Path) -> Iterator[SourceRow]:
+def read_source_rows(path: Path) -> Iterator[SourceRow]:
     """Every non-blank line of a data file as a row, or why it is not one (the line numbers the
     dump reader counts: :mod:`coordexp.io.jsonl`)."""
     for line in read_jsonl_lines(path):

@@ -1,8 +1,8 @@
 """A split's rows as a map-style dataset that encodes each row when a batch asks for it.
 
-Only the :class:`~coordexp.training.row_index.RowIndex` lives in memory; ``rows[i]`` seeks to the
+Only the :class:`~coordexp.rows.row_index.RowIndex` lives in memory; ``rows[i]`` seeks to the
 row's byte offset, parses the line and encodes it with the template (the same
-:func:`~coordexp.training.data.encode_row` as the pre-pass), in the DataLoader worker that builds
+:func:`~coordexp.rows.data.encode_row` as the pre-pass), in the DataLoader worker that builds
 the batch, or in the training process with ``dataloader_num_workers: 0``. Media tensors live only
 for the batches in flight. ``rows["lengths"]`` is the column ms-swift's ``PackingDataset`` bins on
 (read from the index, nothing is encoded), so packing packs exactly as before.
@@ -21,9 +21,9 @@ from typing import IO, Any, overload
 
 from coordexp.answers import AnswerFormat
 from coordexp.io.jsonl import parse_jsonl_line
-from coordexp.training.data import encode_row, encoded_length, source_row
-from coordexp.training.refused import DataError, one_line
-from coordexp.training.row_index import RowIndex
+from coordexp.rows.data import encode_row, encoded_length, source_row
+from coordexp.rows.refused import DataError, one_line
+from coordexp.rows.row_index import RowIndex
 
 
 class LazyRows(Sequence[dict[str, Any]]):

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from coordexp.training.refused import DataError
-from coordexp.training.row_index import FileScan, RowIndex
-from coordexp.training.untyped import TypingSetup
+from coordexp.rows.refused import DataError
+from coordexp.rows.row_index import FileScan, RowIndex
+from coordexp.rows.untyped import TypingSetup
 
 FORMAT_VERSION = 2  # 2: the untyped rows
 CACHE_DIR_ENV = "COORDEXP_CACHE_DIR"

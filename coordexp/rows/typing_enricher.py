@@ -8,22 +8,21 @@ from typing import Any
 
 import torch
 
-from coordexp.data_collators.enrichers import (
+from coordexp.diagnostics.warn_once import WarnOnce
+from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
+from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Rows, group_rows
+from coordexp.rows.fields import (
     ANSWER_FORMAT_KEY,
     ANSWER_TEXTS_KEY,
-    DEFAULT_EXCLUDE,
-    DEFAULT_INCLUDE,
     PAYLOAD_FIELD,
     SOURCE_FILE_KEY,
     SOURCE_LINE_KEY,
-    Rows,
     Sample,
-    group_rows,
     is_source_line,
     sample_dataset_label,
     sample_fields,
 )
-from coordexp.data_collators.token_types import (
+from coordexp.rows.token_types import (
     compute_packed_token_types,
     dataset_included,
     ignore_types,
@@ -31,8 +30,7 @@ from coordexp.data_collators.token_types import (
     tail_special_ids,
     typing_outcome,
 )
-from coordexp.diagnostics.warn_once import WarnOnce
-from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 
 logger = logging.getLogger("coordexp.data_collators.enrichers")  # where these warnings always came from
 
@@ -111,9 +109,10 @@ class TokenTypesEnricher:
             logger,
             "token types: %s gets no token types (%s), so its tokens are IGNORE for the token-type "
             "metrics; further such rows are not warned about (the loader lists the rows it cannot "
-            "type in coordexp_untyped_rows.jsonl)",
+            "type in %s)",
             where,
             problem,
+            UNTYPED_ROWS_FILE,
         )
 
     def _check_payloads_reach_us(self, rows: Rows) -> None:

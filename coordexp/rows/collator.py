@@ -44,9 +44,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from coordexp.contracts import ContractViolation, check_batch_extras, check_enricher_output
-from coordexp.data_collators.enrichers import (
-    EXTRA_KWARGS_KEY,
-    META_FIELDS,
+from coordexp.diagnostics.warn_once import WarnOnce
+from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
+from coordexp.rows.enrichers import (
     MONITOR_DEFAULTS,
     TOKEN_TYPE_DEFAULTS,
     DatasetMetaEnricher,
@@ -54,11 +54,10 @@ from coordexp.data_collators.enrichers import (
     InstabilityMetaEnricher,
     cfg_setting,
 )
-from coordexp.data_collators.typing_enricher import TokenTypesEnricher
-from coordexp.diagnostics.warn_once import WarnOnce
-from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
+from coordexp.rows.fields import EXTRA_KWARGS_KEY, META_FIELDS
+from coordexp.rows.typing_enricher import TokenTypesEnricher
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("coordexp.data_collators.collator")  # the name users configure
 
 Collator = Callable[[list[Any]], dict[str, Any]]
 

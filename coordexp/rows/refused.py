@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from coordexp.monitor.samples import write_atomic
+from coordexp.run_folder.names import REFUSED_ROWS_FILE
 
-REFUSED_ROWS_FILENAME = "coordexp_refused_rows.jsonl"
 _SHOWN_ON_CONSOLE = 5
 _MAX_REASON_CHARS = 300
 
@@ -71,7 +71,7 @@ class RefusedRows:
     def enforce(self, max_fraction: float, output_dir: Path, *, console: bool = True) -> None:
         """List the refusals (file + console); raise ``DataError`` when a split refused more than
         ``max_fraction`` of its rows or kept none."""
-        summary_path = output_dir / REFUSED_ROWS_FILENAME
+        summary_path = output_dir / REFUSED_ROWS_FILE
         if self.rows:
             lines = [(json.dumps(asdict(r), ensure_ascii=False) + "\n").encode("utf-8") for r in self.rows]
             write_atomic(summary_path, lines)

@@ -25,25 +25,20 @@ from typing import Any, Final
 
 from coordexp.answers import AnswerFormat, parse_answer
 from coordexp.answers.compare import payload_disagreement
-from coordexp.data_collators.enrichers import (
-    DEFAULT_EXCLUDE,
-    DEFAULT_INCLUDE,
-    PAYLOAD_FIELD,
-    cfg_setting,
-    sample_dataset_label,
-)
-from coordexp.data_collators.token_types import (
+from coordexp.generated.models.config import TokenTypeMetricsConfig
+from coordexp.monitor.samples import write_atomic
+from coordexp.rows.data import answer_texts
+from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
+from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
+from coordexp.rows.refused import DataError, one_line
+from coordexp.rows.token_types import (
     dataset_included,
     resolve_suffix_ids,
     tail_special_ids,
     typing_outcome,
 )
-from coordexp.generated.models.config import TokenTypeMetricsConfig
-from coordexp.monitor.samples import write_atomic
-from coordexp.training.data import answer_texts
-from coordexp.training.refused import DataError, one_line
+from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 
-UNTYPED_ROWS_FILENAME: Final = "coordexp_untyped_rows.jsonl"
 UNTYPED: Final = "untyped"
 PAYLOAD_MISMATCH: Final = "payload_mismatch"
 _SHOWN_ON_CONSOLE = 5
@@ -147,7 +142,7 @@ class UntypedRows:
     def enforce(self, output_dir: Path, *, console: bool = True) -> None:
         """List the rows (file + console); raise ``DataError`` when an included dataset's train rows
         are all untyped."""
-        path = output_dir / UNTYPED_ROWS_FILENAME
+        path = output_dir / UNTYPED_ROWS_FILE
         if self.rows:
             write_atomic(
                 path, [(json.dumps(asdict(r), ensure_ascii=False) + "\n").encode() for r in self.rows]
@@ -187,7 +182,6 @@ class UntypedRows:
 __all__ = [
     "PAYLOAD_MISMATCH",
     "UNTYPED",
-    "UNTYPED_ROWS_FILENAME",
     "TypingSetup",
     "UntypedRow",
     "UntypedRows",

@@ -5,7 +5,7 @@ Each enricher declares the extras keys it writes (``emits``) and whether it is `
 collated ``batch`` (a dict of tensors from the base collator) and ``raw``, the list the base
 collator was given: sample dicts (padded / padding-free) or packs, i.e. lists of sample dicts.
 
-How the source row's fields reach a sample dict: see ``coordexp.data_collators.collator``;
+How the source row's fields reach a sample dict: see ``coordexp.rows.collator``;
 ``sample_fields`` reads them from the encoded sample's ``_extra_kwargs`` (ms-swift with
 ``remove_unused_columns=False``) or from its top-level keys.
 """
@@ -26,11 +26,19 @@ from coordexp.generated.batch_extras import (
     PACK_NUM_SAMPLES_KEY,
 )
 from coordexp.generated.models.config import InstabilityMonitorConfig, TokenTypeMetricsConfig
+from coordexp.rows.fields import (
+    DEFAULT_LABEL,
+    SOURCE_FILE_KEY,
+    SOURCE_LINE_KEY,
+    Sample,
+    is_source_line,
+    row_label,
+    sample_dataset_label,
+    sample_fields,
+)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("coordexp.data_collators.enrichers")  # the name users configure
 
-DEFAULT_LABEL: Final = "default"
-MIXED_LABEL: Final = "mixed"
 # The enrichers' settings default to the schema's defaults of the sections that turn them on
 # (custom.instability_monitor, custom.token_type_metrics), read from the generated models.
 MONITOR_DEFAULTS: Final = InstabilityMonitorConfig()
@@ -38,24 +46,6 @@ TOKEN_TYPE_DEFAULTS: Final = TokenTypeMetricsConfig()
 DEFAULT_MAX_META_SAMPLES: Final[int] = MONITOR_DEFAULTS.max_meta_samples
 DEFAULT_INCLUDE: Final[tuple[str, ...]] = TOKEN_TYPE_DEFAULTS.include
 DEFAULT_EXCLUDE: Final[tuple[str, ...]] = TOKEN_TYPE_DEFAULTS.exclude
-EXTRA_KWARGS_KEY: Final = "_extra_kwargs"  # where ms-swift's Template.encode keeps the row's extra columns
-PAYLOAD_FIELD: Final = "assistant_payload"
-# Source-row fields the metrics collator consumes; they are kept away from the model inputs.
-META_FIELDS: Final = frozenset(
-    {PAYLOAD_FIELD, "metadata", "dataset", "dataset_name", "base_idx", "sample_id"}
-)
-
-# Where the row came from: its file and 1-based line, put on the encoded sample by the loader
-# (coordexp.training.data) as top-level keys no row field can shadow, for instability dumps.
-SOURCE_FILE_KEY: Final = "coordexp_source_file"
-SOURCE_LINE_KEY: Final = "coordexp_source_line"
-# The row's assistant answer texts (one per assistant turn; multimodal content: its text parts
-# joined) and the data.answer_format to read them with, put there by the loader: token types are
-# derived from the text the labels were made from. Top-level keys, never model inputs.
-ANSWER_TEXTS_KEY: Final = "coordexp_answer_texts"
-ANSWER_FORMAT_KEY: Final = "coordexp_answer_format"
-
-Sample = Mapping[str, Any]
 Rows = list[list[Sample]]
 
 
@@ -87,55 +77,6 @@ def cfg_setting(cfg: Any, defaults: Any, name: str) -> Any:
     default, from the generated model) when the section lacks it or holds None."""
     value = cfg_get(cfg, name)
     return getattr(defaults, name) if value is None else value
-
-
-def sample_fields(sample: Sample) -> Mapping[str, Any]:
-    """The source row's extra fields of an encoded sample (``_extra_kwargs`` over top-level keys)."""
-    extra = sample.get(EXTRA_KWARGS_KEY)
-    if isinstance(extra, Mapping):
-        return {**sample, **extra}
-    return sample
-
-
-def _text(value: Any) -> str | None:
-    """A usable label: non-empty text (other non-None values are stringified), else None."""
-    if isinstance(value, str):
-        return value or None
-    return None if value is None else str(value)
-
-
-def sample_dataset_label(sample: Sample) -> str:
-    """metadata._fusion_source, else metadata.dataset, else dataset, else dataset_name, else 'default'.
-
-    THE label of a row, as written (case kept), for an encoded sample or a source JSONL row alike:
-    every reader of a row's label (metrics, token types, dumps, ``check-logs``) calls this.
-    """
-    fields = sample_fields(sample)
-    meta = fields.get("metadata")
-    meta = meta if isinstance(meta, Mapping) else {}
-    for value in (
-        meta.get("_fusion_source"),
-        meta.get("dataset"),
-        fields.get("dataset"),
-        fields.get("dataset_name"),
-    ):
-        label = _text(value)
-        if label is not None:
-            return label
-    return DEFAULT_LABEL
-
-
-def is_source_line(value: object) -> bool:
-    """A usable SOURCE_LINE_KEY value: a 1-based int."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def row_label(labels: Sequence[str]) -> str:
-    """A packed row's label: the shared label of its samples, else 'mixed' ('default' when empty)."""
-    unique = set(labels)
-    if not unique:
-        return DEFAULT_LABEL
-    return labels[0] if len(unique) == 1 else MIXED_LABEL
 
 
 def sample_length(sample: Sample) -> int:
@@ -273,15 +214,6 @@ class InstabilityMetaEnricher:
 
 
 __all__ = [
-    "ANSWER_FORMAT_KEY",
-    "ANSWER_TEXTS_KEY",
-    "DEFAULT_LABEL",
-    "EXTRA_KWARGS_KEY",
-    "META_FIELDS",
-    "MIXED_LABEL",
-    "PAYLOAD_FIELD",
-    "SOURCE_FILE_KEY",
-    "SOURCE_LINE_KEY",
     "DatasetMetaEnricher",
     "Enricher",
     "InstabilityMetaEnricher",
@@ -289,8 +221,4 @@ __all__ = [
     "cfg_get",
     "cfg_setting",
     "group_rows",
-    "is_source_line",
-    "row_label",
-    "sample_dataset_label",
-    "sample_fields",
 ]

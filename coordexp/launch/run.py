@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from coordexp.config import ConfigError, ContractsConfig, Stage1CustomConfig
 from coordexp.contracts import set_default_mode
-from coordexp.training.config import TrainConfig, dump_config, parse_config
-from coordexp.training.rank_failure import stop_all_ranks_on_error
-from coordexp.training.resume import checkpoint_step, resolve_resume_checkpoint, supersede_logs_after
+from coordexp.launch.config import TrainConfig, dump_config, parse_config
+from coordexp.launch.rank_failure import stop_all_ranks_on_error
+from coordexp.run_folder.names import CONFIG_FILE
+from coordexp.run_folder.resume import checkpoint_step, resolve_resume_checkpoint, supersede_logs_after
 
 if TYPE_CHECKING:  # the demo builders import torch: only when a demo runs
     from coordexp.demo.build import DemoKind
-
-CONFIG_FILENAME = "coordexp_config.yaml"
 
 
 @dataclass(frozen=True)
@@ -64,22 +63,12 @@ def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "te
             "save_strategy": "steps",
             "save_total_limit": 1,
         },
+        # Every feature on; every other value is the schema's default (schemas/config.schema.json).
         "custom": {
-            "token_type_metrics": {
-                "enabled": True,
-                "include": ["lvis", "coco"],
-                "log_top5": True,
-                "coord_monitor_mass": True,
-            },
-            "coord_soft_ce_w1": {
-                "enabled": True,
-                "gate_weight": 1.0,
-                "soft_ce_weight": 1.0,
-                "w1_weight": 1.0,
-                "ce_weight": 0.0,
-            },
+            "token_type_metrics": {"enabled": True, "include": ["lvis", "coco"]},
+            "coord_soft_ce_w1": {"enabled": True},
             "instability_monitor": {"enabled": True},
-            "contracts": {"mode": "warn"},
+            "contracts": {},
         },
         "seed": seed,
     }
@@ -125,10 +114,10 @@ def build_trainer(cfg: TrainConfig) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from swift import Seq2SeqTrainer, Seq2SeqTrainingArguments, get_model_processor, get_template
 
-    from coordexp.trainer import build_trainer_cls
-    from coordexp.training.datasets import build_datasets
-    from coordexp.training.engines import check_fsdp_enabled
-    from coordexp.training.vl_support import is_multimodal_model_type, require_vl_dependencies
+    from coordexp.launch.engines import check_fsdp_enabled
+    from coordexp.launch.vl_support import is_multimodal_model_type, require_vl_dependencies
+    from coordexp.rows.datasets import build_datasets
+    from coordexp.swift_seam.assembly import build_trainer_cls
 
     stage1: Stage1CustomConfig = cfg.stage1()
     set_default_mode((stage1.contracts or ContractsConfig()).mode)  # absent: the schema's default
@@ -208,7 +197,7 @@ def _train(cfg: TrainConfig, resume: Path | None) -> RunResult:
     say = print if main_process else (lambda *_: None)
     if main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / CONFIG_FILENAME).write_text(dump_config(cfg), encoding="utf-8")
+        (output_dir / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
     say(
         f"[coordexp] training -> {output_dir} (layout {cfg.data.layout}; "
         f"components: {', '.join(sorted(type(trainer).stage1_components()))})"

@@ -32,6 +32,13 @@ from typing import Any
 
 from coordexp.config import ConfigError
 from coordexp.io.jsonl import read_jsonl_lines
+from coordexp.run_folder.names import (
+    EVENTS_FILE,
+    LOGGING_FILE,
+    SAMPLE_DUMP,
+    TRAINER_STATE_FILE,
+    newest_checkpoint,
+)
 
 __all__ = [
     "checkpoint_step",
@@ -41,9 +48,6 @@ __all__ = [
     "supersede_logs_after",
 ]
 
-_TRAINER_STATE = "trainer_state.json"
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-_DUMP = re.compile(r"step_(\d+)_(train|eval)(?:_\d+)?\.jsonl")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0", "none", ""})
 
@@ -89,32 +93,21 @@ def resolve_resume_checkpoint(training: Mapping[str, Any]) -> Path | None:
         output_dir = training.get("output_dir")
         if not output_dir:
             raise ConfigError(f"{_KEY}: true needs training.output_dir (where the checkpoints are)")
-        found = _last_checkpoint(Path(output_dir))
+        found = newest_checkpoint(Path(output_dir))
         if found is None:
             raise ConfigError(f"{_KEY}: true, but {output_dir} has no checkpoint-<step> folder")
         return found
     if not isinstance(value, str):
         raise ConfigError(f"{_KEY}: must be a checkpoint folder or true, got {value!r}")
     path = Path(value).expanduser()
-    if not (path / _TRAINER_STATE).is_file():
-        raise ConfigError(f"{_KEY}: {value} is not a checkpoint folder (no {_TRAINER_STATE})")
+    if not (path / TRAINER_STATE_FILE).is_file():
+        raise ConfigError(f"{_KEY}: {value} is not a checkpoint folder (no {TRAINER_STATE_FILE})")
     return path
-
-
-def _last_checkpoint(output_dir: Path) -> Path | None:
-    if not output_dir.is_dir():
-        return None
-    found = [
-        (int(m.group(1)), p)
-        for p in output_dir.iterdir()
-        if (m := _CHECKPOINT.fullmatch(p.name)) and (p / _TRAINER_STATE).is_file()
-    ]
-    return max(found)[1] if found else None
 
 
 def checkpoint_step(checkpoint: Path) -> int:
     """The optimizer step a checkpoint was saved at (its ``trainer_state.json``)."""
-    state = json.loads((checkpoint / _TRAINER_STATE).read_text(encoding="utf-8"))
+    state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     return int(state["global_step"])
 
 
@@ -124,19 +117,17 @@ def supersede_logs_after(step: int, output_dir: Path, dump_dir: Path | None) -> 
     Returns how many records or files were dropped, by file.
     """
     dropped: dict[str, int] = {}
-    logging_jsonl = output_dir / "logging.jsonl"
+    logging_jsonl = output_dir / LOGGING_FILE
     if logging_jsonl.is_file():
         dropped[str(logging_jsonl)] = _keep_lines(logging_jsonl, lambda r: _logged_step(r) <= step)
     if dump_dir is not None:
-        from coordexp.monitor.events import EVENTS_FILENAME
-
-        events = dump_dir / EVENTS_FILENAME
+        events = dump_dir / EVENTS_FILE
         if events.is_file():
             dropped[str(events)] = _keep_lines(
                 events, lambda r: _covered(r.get("mode"), r.get("global_step"), step)
             )
         for dump in sorted(dump_dir.glob("step_*.jsonl")) if dump_dir.is_dir() else []:
-            match = _DUMP.fullmatch(dump.name)
+            match = SAMPLE_DUMP.fullmatch(dump.name)
             if match and not _covered(match.group(2), int(match.group(1)), step):
                 dump.unlink()
                 dropped[str(dump)] = 1

@@ -3,7 +3,7 @@
 YAML-first: every setting lives in the file, there are no CLI flags besides its path. Unknown keys
 and bad values raise :class:`coordexp.config.ConfigError` naming the full key path, before anything
 is loaded: the ``training:`` section is checked against ms-swift's trainer arguments
-(:mod:`coordexp.training.arguments`) and the model folder and data files must exist and be readable.
+(:mod:`coordexp.launch.arguments`) and the model folder and data files must exist and be readable.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coordexp.answers import AnswerFormat
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
-from coordexp.config.schema import format_validation_error
-from coordexp.training.arguments import validate_training_arguments
-from coordexp.training.engines import fsdp_setup_errors
-from coordexp.training.resume import names_a_folder, resume_setting_errors
+from coordexp.config.loading import format_validation_error
+from coordexp.launch.arguments import validate_training_arguments
+from coordexp.launch.engines import fsdp_setup_errors
+from coordexp.run_folder.resume import names_a_folder, resume_setting_errors
 
 Layout = Literal["padded", "padding_free", "packing"]
 

@@ -4,12 +4,12 @@ measures the good ones, in ``data.num_proc`` processes; what it keeps per row is
 Per kept row: the file (an index into ``files``), the byte offset and 1-based line of its JSON line,
 its encoded length (what ``PackingDataset`` bins on) and its dataset label (an index into ``labels``),
 each a numpy array: 24 bytes a row, no token lists, no tensors. Refused rows are kept as
-``(file, line, reason)``. :mod:`coordexp.training.lazy_rows` encodes a row again when a batch asks.
+``(file, line, reason)``. :mod:`coordexp.rows.lazy_rows` encodes a row again when a batch asks.
 
 Each row goes through :func:`check_row`, the one place where per-row checks run: it encodes the row
-exactly as training will (:func:`coordexp.training.data.encode_row`) and returns its length, label
+exactly as training will (:func:`coordexp.rows.data.encode_row`) and returns its length, label
 or refusal reason, and, with token types on, whether the row can be typed
-(:func:`coordexp.training.untyped.token_type_problem`). A check on the encoded row goes there.
+(:func:`coordexp.rows.untyped.token_type_problem`). A check on the encoded row goes there.
 
 Parallelism: the files are cut into chunks of whole lines (the main process finds the line starts
 while it hashes the file for the cache key) and the chunks go to a ``fork`` pool, results in order.
@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from coordexp.data_collators.enrichers import sample_dataset_label
 from coordexp.io.jsonl import parse_jsonl_line
-from coordexp.training.data import SourceRow, encode_row, encoded_length, source_row
-from coordexp.training.refused import DataError, RefusedRows, one_line
-from coordexp.training.untyped import TypingSetup, UntypedRow, UntypedRows, token_type_problem
+from coordexp.rows.data import SourceRow, encode_row, encoded_length, source_row
+from coordexp.rows.fields import sample_dataset_label
+from coordexp.rows.refused import DataError, RefusedRows, one_line
+from coordexp.rows.untyped import TypingSetup, UntypedRow, UntypedRows, token_type_problem
 
 _READ_BYTES = 1 << 20  # hashing and line finding read 1 MiB at a time (a 16 MiB read costs 32 MiB of peak)
 _CHUNKS_PER_PROCESS = 8  # small enough to balance uneven rows, large enough to amortise the pickling
@@ -75,7 +75,7 @@ def scan_file(path: str) -> FileScan:
 @dataclass(frozen=True)
 class RowCheck:
     """What the pre-pass keeps of one row: its length and label, or why it is refused; and, for a
-    kept row, why it gets no token types (``(kind, reason)``, see :mod:`coordexp.training.untyped`)."""
+    kept row, why it gets no token types (``(kind, reason)``, see :mod:`coordexp.rows.untyped`)."""
 
     length: int = 0
     label: str = ""

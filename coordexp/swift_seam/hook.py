@@ -18,9 +18,7 @@ from torch import Tensor
 
 from coordexp.components import Stage1Pipeline
 from coordexp.components.extras_alignment import cut_like_labels
-from coordexp.components.loss_seam import Stage1LossFunc, refuse_unsupported_options
-from coordexp.components.output_head import refuse_unmaterialised_options
-from coordexp.components.trainer_config import materializes_logits, reads_logits
+from coordexp.components.needs import materializes_logits, reads_logits
 from coordexp.contracts.stash import (
     BatchExtras,
     get_stashed_batch_extras,
@@ -28,6 +26,9 @@ from coordexp.contracts.stash import (
     stash_batch_extras,
 )
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
+from coordexp.swift_seam.loss_func import Stage1LossFunc, refuse_unsupported_options
+from coordexp.swift_seam.output_head import refuse_unmaterialised_options
+from coordexp.swift_seam.trainer_sections import trainer_custom
 
 __all__ = ["Stage1TrainerHook"]
 
@@ -78,12 +79,13 @@ class Stage1TrainerHook:
         """ms-swift's seam for ``compute_loss_func`` (called while its trainer is being built).
 
         With any Stage-1 feature that reads the logits, the whole objective goes through
-        :class:`Stage1LossFunc` (one pass over the logits, see ``coordexp.components.loss_seam``); loss
+        :class:`Stage1LossFunc` (one pass over the logits, see ``coordexp.swift_seam.loss_func``); loss
         options that pass would not honour are refused here, before anything runs.
         """
         res: dict[str, Any] = super().create_loss_and_eval_metric(args)  # type: ignore[misc]
-        one_pass = reads_logits(self, type(self).stage1_components())
-        if not materializes_logits(self):
+        custom = trainer_custom(self)
+        one_pass = reads_logits(custom, type(self).stage1_components())
+        if not materializes_logits(custom):
             refuse_unmaterialised_options(args, reads_logits=one_pass)
         if one_pass:
             refuse_unsupported_options(args, getattr(self, "template", None))

@@ -23,17 +23,22 @@ import yaml
 
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.contracts.catalog import EVAL_PREFIX
-from coordexp.data_collators.enrichers import sample_dataset_label
+from coordexp.contracts.modes import Mode
 from coordexp.generated import metric_keys as K
 from coordexp.io.jsonl import iter_jsonl, read_jsonl_lines
+from coordexp.rows.fields import sample_dataset_label
+from coordexp.run_folder.names import (
+    CONFIG_FILE,
+    LOGGING_FILE,
+    TB_DIR,
+    TRAINER_STATE_FILE,
+    newest_checkpoint,
+)
 
 __all__ = [
-    "CONFIG_FILE",
-    "LOGGING_FILE",
     "SUMMARY_KEYS",
-    "TRAINER_STATE_FILE",
+    "LogMode",
     "LogRecord",
-    "Mode",
     "ReadProblem",
     "RunConfig",
     "RunDirError",
@@ -50,12 +55,9 @@ __all__ = [
     "tb_tag_to_key",
 ]
 
-LOGGING_FILE = "logging.jsonl"
-TRAINER_STATE_FILE = "trainer_state.json"
-CONFIG_FILE = "coordexp_config.yaml"
-TB_DIR = "runs"
 
-Mode = Literal["train", "eval", "summary"]
+LogMode = Literal[Mode, "summary"]
+"""A logged record's mode: a step's, or the end-of-training summary."""
 
 # Keys only the end-of-training summary record carries (HF's ``train()`` metrics).
 SUMMARY_KEYS: frozenset[str] = frozenset(
@@ -84,7 +86,7 @@ class LogRecord:
     source: str
     index: int
     step: int | None
-    mode: Mode
+    mode: LogMode
     values: Mapping[str, Any]
 
     def where(self) -> str:
@@ -131,7 +133,7 @@ class RunLogs:
         return next((name for name, count in self.sources.items() if count), None)
 
 
-def record_mode(values: Mapping[str, Any]) -> Mode:
+def record_mode(values: Mapping[str, Any]) -> LogMode:
     """Tell the three record kinds apart by the keys HF always puts in them."""
     if any(k in values for k in SUMMARY_KEYS):
         return "summary"
@@ -178,13 +180,8 @@ def find_trainer_state(run_dir: Path) -> Path | None:
     direct = run_dir / TRAINER_STATE_FILE
     if direct.is_file():
         return direct
-    best: tuple[int, Path] | None = None
-    for ckpt in run_dir.glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", ckpt.name)
-        state = ckpt / TRAINER_STATE_FILE
-        if match and state.is_file() and (best is None or int(match.group(1)) > best[0]):
-            best = (int(match.group(1)), state)
-    return None if best is None else best[1]
+    newest = newest_checkpoint(run_dir)
+    return None if newest is None else newest / TRAINER_STATE_FILE
 
 
 def read_trainer_state(path: Path, source: str) -> tuple[list[LogRecord], list[ReadProblem]]:
@@ -206,7 +203,7 @@ def read_trainer_state(path: Path, source: str) -> tuple[list[LogRecord], list[R
     return records, problems
 
 
-def tb_tag_to_key(tag: str) -> tuple[str, Mode]:
+def tb_tag_to_key(tag: str) -> tuple[str, LogMode]:
     """HF's TensorBoard callback writes ``train/x`` for ``x`` and ``eval/x`` for ``eval_x``."""
     if tag.startswith("eval/"):
         return EVAL_PREFIX + tag[len("eval/") :], "eval"
@@ -229,7 +226,7 @@ def read_tensorboard(run_dir: Path) -> dict[str, list[LogRecord]]:
         source = f"tensorboard:{event_file.relative_to(run_dir).as_posix()}"
         acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
         acc.Reload()
-        grouped: dict[tuple[int, Mode], dict[str, float]] = {}
+        grouped: dict[tuple[int, LogMode], dict[str, float]] = {}
         for tag in acc.Tags().get("scalars", []):
             key, mode = tb_tag_to_key(tag)
             for event in acc.Scalars(tag):

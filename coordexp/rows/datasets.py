@@ -29,12 +29,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from coordexp.training.config import DataSection
-from coordexp.training.index_cache import cache_key, cache_path, default_cache_dir, load_index, save_index
-from coordexp.training.lazy_rows import LazyRows
-from coordexp.training.refused import RefusedRows
-from coordexp.training.row_index import RowIndex, build_index, scan_file
-from coordexp.training.untyped import TypingSetup, UntypedRows
+from coordexp.launch.config import DataSection
+from coordexp.rows.index_cache import cache_key, cache_path, default_cache_dir, load_index, save_index
+from coordexp.rows.lazy_rows import LazyRows
+from coordexp.rows.refused import RefusedRows
+from coordexp.rows.row_index import RowIndex, build_index, scan_file
+from coordexp.rows.untyped import TypingSetup, UntypedRows
 
 
 def index_split(

@@ -299,7 +299,7 @@ def _check_bound(name: str, value: object) -> None:
 # ---------------------------------------------------------------- the section
 
 # Fields whose dataclass annotation is narrower than what the trainer takes: HF's ``train()`` reads
-# ``resume_from_checkpoint: true`` as "the newest checkpoint in output_dir" (coordexp.training.resume);
+# ``resume_from_checkpoint: true`` as "the newest checkpoint in output_dir" (coordexp.run_folder.resume);
 # transformers 5.x documents ``fsdp: true`` (its field's argparse ``const``) as the way to turn FSDP on.
 _HINT_OVERRIDES: dict[str, Any] = {"resume_from_checkpoint": str | bool | None, "fsdp": str | bool | None}
 

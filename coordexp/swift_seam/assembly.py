@@ -1,16 +1,17 @@
 """Assembling the Stage-1 trainer class from a ``custom:`` block (what the training entry does).
 
 Which mixins go in front of the base class is the catalog's answer (``components_for``, re-exported
-here from :mod:`coordexp.components.trainer_config`)."""
+here from :mod:`coordexp.components.needs`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from coordexp.components.trainer_config import components_for, trainer_section_attrs
+from coordexp.components.needs import components_for
 from coordexp.config import Stage1CustomConfig, load_custom_config
-from coordexp.trainer.mixins import MIXIN_BY_COMPONENT, DatasetMetricsCollatorMixin
+from coordexp.swift_seam.mixins import MIXIN_BY_COMPONENT, DatasetMetricsCollatorMixin
+from coordexp.swift_seam.trainer_sections import trainer_section_attrs
 
 __all__ = ["build_trainer_cls", "components_for"]
 

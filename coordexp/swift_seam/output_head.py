@@ -27,8 +27,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from coordexp.components.loss_seam import Stage1OptionError
 from coordexp.functional.linear_pass import OutputHead
+from coordexp.swift_seam.loss_func import Stage1OptionError
 
 OPTION = "custom.stage1_pass.materialize_logits=false"
 

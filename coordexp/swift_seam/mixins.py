@@ -1,6 +1,6 @@
 """The Stage-1 trainer mixins (public names kept): each only *declares* a component.
 
-The shared base :class:`~coordexp.trainer.hook.Stage1TrainerHook` runs the declared components;
+The shared base :class:`~coordexp.swift_seam.hook.Stage1TrainerHook` runs the declared components;
 :class:`DatasetMetricsCollatorMixin` wraps the framework's collator with the enrichers.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from coordexp.components import COMPONENT_ORDER
-from coordexp.trainer.hook import Stage1TrainerHook
+from coordexp.swift_seam.hook import Stage1TrainerHook
 
 __all__ = [
     "MIXIN_BY_COMPONENT",
@@ -58,7 +58,7 @@ class DatasetMetricsCollatorMixin:
     """Further enrichers to run after the built-in ones (each declares the extras it emits)."""
 
     def _get_data_collator(self, args: Any, template: Any) -> Any:
-        from coordexp.data_collators.collator import build_dataset_metrics_collator
+        from coordexp.rows.collator import build_dataset_metrics_collator
 
         base = super()._get_data_collator(args, template)  # type: ignore[misc]
         return build_dataset_metrics_collator(

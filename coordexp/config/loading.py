@@ -1,0 +1,186 @@
+"""The ``custom.*`` configuration: the generated pydantic models, parsed with key-path errors.
+
+Fields, defaults, bounds and types are said once, in ``schemas/config.schema.json``; the models
+``tools/regen.py`` generates from it are frozen (arrays are tuples) and are the configuration every
+component reads. This module keeps what is not a model: :class:`ConfigError` and its wording, the
+parse entry points (:meth:`from_mapping`, :func:`load_custom_config`), the one rule across fields
+(codegen cannot generate it), and the public names, each a thin subclass of its generated model that adds
+``from_mapping`` and mapping-style reads. Errors name the full key path, e.g.
+``custom.coord_soft_ce_w1.temperature: must be > 0``.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ValidationError, model_validator
+
+from coordexp.generated.models import config as generated
+from coordexp.rows.fields import dataset_included
+
+
+class ConfigError(ValueError):
+    """Invalid ``custom.*`` configuration; the message names every offending key path."""
+
+
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error (``ValidationError.errors()`` item) in words: ``must be > 0``."""
+    ctx = error.get("ctx") or {}
+    kind = error.get("type", "")
+    templates = {
+        "greater_than": "must be > {gt}",
+        "greater_than_equal": "must be >= {ge}",
+        "less_than": "must be < {lt}",
+        "less_than_equal": "must be <= {le}",
+        "extra_forbidden": "unknown key",
+        "bool_parsing": "must be a boolean",
+        "bool_type": "must be a boolean",
+        "int_parsing": "must be an integer",
+        "int_type": "must be an integer",
+        "int_from_float": "must be an integer",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "tuple_type": "must be a list",  # the models hold arrays as tuples; YAML says list
+        "enum": "must be one of {expected}",
+        "literal_error": "must be one of {expected}",
+        "model_type": "must be a mapping",
+        "dict_type": "must be a mapping",
+    }
+    if kind == "value_error":
+        return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    template = templates.get(kind)
+    if template is None:
+        return str(error.get("msg", "invalid value"))
+    try:
+        return template.format(**ctx)
+    except (KeyError, IndexError):
+        return str(error.get("msg", "invalid value"))
+
+
+def format_validation_error(exc: ValidationError, prefix: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error["loc"] if p != "__root__")
+        path = f"{prefix}.{loc}" if loc else prefix
+        lines.append(f"{path}: {describe_error(error)}")
+    return "\n".join(lines)
+
+
+def coord_loss_weight_error(cfg: generated.CoordSoftCEW1Config) -> str | None:
+    """An enabled coord loss needs a non-zero weight (a rule across fields: no generated code for it)."""
+    weights = (cfg.ce_weight, cfg.soft_ce_weight, cfg.w1_weight, cfg.gate_weight)
+    if cfg.enabled and not any(w > 0 for w in weights):
+        return (
+            "enabled with every weight 0: set at least one of ce_weight, soft_ce_weight, "
+            "w1_weight, gate_weight > 0"
+        )
+    return None
+
+
+def rule_errors(model: BaseModel, where: str) -> list[str]:
+    """``path: message`` for each rule ``model`` or a section inside it breaks."""
+    errors = []
+    if isinstance(model, generated.CoordSoftCEW1Config) and (msg := coord_loss_weight_error(model)):
+        errors.append(f"{where}: {msg}")
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            errors += rule_errors(value, f"{where}.{name}")
+    return errors
+
+
+def _section_path(model: type[BaseModel]) -> str:
+    """``custom.<key>`` of a section model, read from the generated ``custom`` block."""
+    for name, field in generated.CustomConfig.model_fields.items():
+        if model in typing.get_args(field.annotation):
+            return f"custom.{name}"
+    return "custom"
+
+
+class _Section(BaseModel):
+    """Mixin of the public names: parsing from a plain mapping, and mapping-style reads."""
+
+    SECTION: ClassVar[str] = "custom"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        generated_base = next(b for b in cls.__mro__ if b.__module__ == generated.__name__)
+        cls.SECTION = _section_path(generated_base)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, *, prefix: str | None = None) -> Self:
+        """Validate ``data`` (a mapping, or a section model built elsewhere) into this section."""
+        where = prefix or cls.SECTION
+        if isinstance(data, cls):
+            return data
+        if data is None:
+            data = {}
+        if isinstance(data, BaseModel):  # e.g. the generated model the loader built: re-typed
+            data = dict(data)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
+        try:
+            model = cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, where)) from None
+        errors = rule_errors(model, where)
+        if errors:
+            raise ConfigError("\n".join(errors))
+        return model
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Mapping-style read, so code written for the old dict configs keeps working."""
+        return getattr(self, name, default)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in type(self).model_fields:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+class TokenTypeMetricsConfig(_Section, generated.TokenTypeMetricsConfig):
+    """``custom.token_type_metrics``."""
+
+    def includes(self, dataset_label: str) -> bool:
+        """Whether samples of ``dataset_label`` get token types (include, minus exclude)."""
+        return dataset_included(dataset_label, self.include, self.exclude)
+
+
+class CoordSoftCEW1Config(_Section, generated.CoordSoftCEW1Config):
+    """``custom.coord_soft_ce_w1``; constructing one checks its weight rule too."""
+
+    @model_validator(mode="after")
+    def _some_weight_when_enabled(self) -> Self:
+        msg = coord_loss_weight_error(self)
+        if msg is not None:
+            raise ValueError(msg)
+        return self
+
+
+class InstabilityMonitorConfig(_Section, generated.InstabilityMonitorConfig):
+    """``custom.instability_monitor``."""
+
+
+class ContractsConfig(_Section, generated.ContractsConfig):
+    """``custom.contracts``."""
+
+
+class MetricsConfig(_Section, generated.MetricsConfig):
+    """``custom.metrics``."""
+
+
+class Stage1PassConfig(_Section, generated.Stage1PassConfig):
+    """``custom.stage1_pass``."""
+
+
+class Stage1CustomConfig(_Section, generated.CustomConfig):
+    """The whole ``custom:`` block: the generated section models, None where a section is absent."""
+
+
+def load_custom_config(custom: Mapping[str, Any] | None) -> Stage1CustomConfig:
+    """Validate the ``custom:`` block of a training YAML (unknown keys and bad values raise)."""
+    return Stage1CustomConfig.from_mapping(custom or {})

@@ -1,0 +1,65 @@
+"""How a Stage-1 trainer class carries its ``custom:`` block, and what the seam reads off a trainer.
+
+:func:`~coordexp.swift_seam.assembly.build_trainer_cls` sets each section as the class attribute
+``<section>_cfg`` (the seed's mixins took them so, as plain mappings, and still do);
+:func:`trainer_custom` reads them back as ONE parsed :class:`~coordexp.config.Stage1CustomConfig`,
+which is what the pipeline and its components receive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from coordexp.config import (
+    CoordSoftCEW1Config,
+    InstabilityMonitorConfig,
+    MetricsConfig,
+    Stage1CustomConfig,
+    Stage1PassConfig,
+    TokenTypeMetricsConfig,
+)
+
+__all__ = ["TRAINER_SECTIONS", "find_tokenizer", "section_attr", "trainer_custom", "trainer_section_attrs"]
+
+# The custom.* sections a Stage-1 trainer class carries, with the public model each is parsed as.
+TRAINER_SECTIONS: Mapping[str, Any] = MappingProxyType(
+    {
+        "coord_soft_ce_w1": CoordSoftCEW1Config,
+        "token_type_metrics": TokenTypeMetricsConfig,
+        "instability_monitor": InstabilityMonitorConfig,
+        "metrics": MetricsConfig,
+        "stage1_pass": Stage1PassConfig,
+    }
+)
+
+
+def section_attr(section: str) -> str:
+    """The trainer class attribute that carries ``custom.<section>``."""
+    return f"{section}_cfg"
+
+
+def trainer_section_attrs(custom: Stage1CustomConfig) -> dict[str, Any]:
+    """The class attributes of a Stage-1 trainer built for ``custom``."""
+    return {section_attr(section): getattr(custom, section) for section in TRAINER_SECTIONS}
+
+
+def trainer_custom(trainer: Any) -> Stage1CustomConfig:
+    """The trainer's ``custom:`` sections, each parsed once into its model (None where absent)."""
+    sections = {}
+    for section, model in TRAINER_SECTIONS.items():
+        raw = getattr(trainer, section_attr(section), None)
+        sections[section] = None if raw is None else model.from_mapping(raw)
+    return Stage1CustomConfig(**sections)
+
+
+def find_tokenizer(trainer: Any) -> Any:
+    """The tokenizer of an ms-swift trainer (its template's, else the processing class), unwrapped
+    from a processor."""
+    template = getattr(trainer, "template", None)
+    for owner, name in ((template, "tokenizer"), (trainer, "processing_class"), (trainer, "tokenizer")):
+        tok = getattr(owner, name, None) if owner is not None else None
+        if tok is not None:
+            return getattr(tok, "tokenizer", tok)  # processors wrap the tokenizer
+    return None
