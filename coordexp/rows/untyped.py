@@ -30,7 +30,7 @@ from coordexp.monitor.samples import write_atomic
 from coordexp.rows.data import answer_texts
 from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
 from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
-from coordexp.rows.refused import DataError, one_line
+from coordexp.rows.refused import DataError
 from coordexp.rows.token_types import (
     dataset_included,
     resolve_suffix_ids,
@@ -118,21 +118,14 @@ class UntypedRow:
 
 @dataclass
 class UntypedRows:
-    """The untyped and payload-mismatch rows of every split, with typed / checked counts per
-    (split, dataset). ``setup`` None (token types off): nothing is checked."""
+    """The untyped and payload-mismatch rows of every split, with checked / untyped counts per
+    (split, dataset), filled from the pre-pass (``RowIndex.record_untyped``). ``setup`` None (token
+    types off): nothing is checked."""
 
     setup: TypingSetup | None
     rows: list[UntypedRow] = field(default_factory=list)
     checked: Counter[tuple[str, str]] = field(default_factory=Counter)
     untyped: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-    def check(self, file: str, line: int, split: str, row: Mapping[str, Any], labels: Sequence[int]) -> None:
-        if self.setup is None or not self.setup.includes(label := sample_dataset_label(row)):
-            return
-        self.checked[split, label] += 1
-        found = token_type_problem(self.setup, row, labels)
-        if found is not None:
-            self.add(UntypedRow(file, line, split, label, found[0], one_line(found[1])))
 
     def add(self, row: UntypedRow) -> None:
         self.rows.append(row)
