@@ -13,12 +13,17 @@ import atexit
 import functools
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from coordexp.demo import DemoAssets, build_demo_assets
 from coordexp.demo.dataset import make_rows
@@ -33,6 +38,7 @@ from coordexp.run_folder.names import REFUSED_ROWS_FILE, UNTYPED_ROWS_FILE
 __all__ = [
     "Written",
     "assert_dumps_hold_their_rows",
+    "cli_stop_line",
     "demo_assets",
     "demo_rows",
     "dump_split",
@@ -306,3 +312,26 @@ def out_of_range_coord_row() -> dict[str, Any]:
     end = answer.index("|>", first) + 2
     row["messages"][1]["content"] = answer[:first] + "<|coord_1555|>" + answer[end:]
     return row
+
+
+def cli_stop_line(tmp_path: Path, config: dict[str, Any]) -> str:
+    """Run ``python -m coordexp train`` on ``config`` (written to ``tmp_path/train.yaml``, run from
+    ``tmp_path``) and return its one error line; asserts exit 2, no traceback, and that the line
+    is the last thing printed."""
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "coordexp", "train", str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("coordexp train:")]
+    assert len(ours) == 1 and proc.stderr.rstrip().endswith(ours[0]), proc.stderr[-3000:]
+    return ours[0]

@@ -9,13 +9,9 @@ the CLI's one-line error after a real model load.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from coordexp.coord_tokens.codec import invalid_coord_tokens
 from coordexp.demo.dataset import make_rows
@@ -129,27 +125,10 @@ def test_cli_stops_with_one_line_and_exit_2(tmp_path: Path) -> None:
         "data": {"train": [train.name]},
         "training": {"output_dir": "out", "max_steps": 1},
     }
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "coordexp", "train", str(path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("coordexp train:")]
+    line = support.cli_stop_line(tmp_path, config)
     summary = tmp_path / "out" / REFUSED_ROWS_FILE
-    assert len(ours) == 1 and proc.stderr.rstrip().endswith(ours[0]), proc.stderr[-3000:]
-    assert ours[0].startswith(
-        f"coordexp train: {train.resolve()}:2: assistant text has a coord token outside"
-    )
-    assert ours[0].endswith(f"every refused row: {summary})")
+    assert line.startswith(f"coordexp train: {train.resolve()}:2: assistant text has a coord token outside")
+    assert line.endswith(f"every refused row: {summary})")
     assert [json.loads(x)["line"] for x in summary.read_text().splitlines()] == [2]
     assert not (tmp_path / "out" / "coordexp_config.yaml").exists()  # stopped before training
 

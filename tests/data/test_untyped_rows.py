@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from coordexp.demo.dataset import make_rows
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
@@ -186,23 +182,8 @@ def test_cli_stops_with_one_line_and_exit_2_when_no_row_can_be_typed(tmp_path: P
         "training": {"output_dir": "out", "max_steps": 1},
         "custom": {"token_type_metrics": ON},
     }
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "coordexp", "train", str(path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("coordexp train:")]
-    assert len(ours) == 1 and proc.stderr.rstrip().endswith(ours[0]), proc.stderr[-3000:]
-    assert ours[0].startswith(f"coordexp train: {train.resolve()}:1: no token types: not a JSON or CoordJSON")
+    line = support.cli_stop_line(tmp_path, config)
+    assert line.startswith(f"coordexp train: {train.resolve()}:1: no token types: not a JSON or CoordJSON")
     assert not (tmp_path / "out" / "coordexp_config.yaml").exists()  # stopped before training
 
 
