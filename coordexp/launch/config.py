@@ -21,6 +21,7 @@ from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.config.loading import format_validation_error
 from coordexp.launch.arguments import validate_training_arguments
 from coordexp.launch.engines import fsdp_setup_errors
+from coordexp.rows.image_lengths import ImageCheck
 from coordexp.run_folder.resume import names_a_folder, resume_setting_errors
 
 Layout = Literal["padded", "padding_free", "packing"]
@@ -63,6 +64,12 @@ class DataSection(_Strict):
         default_factory=lambda: len(os.sched_getaffinity(0)),
         ge=1,
         description="Processes of the pre-pass that refuses and measures rows; default the visible cores.",
+    )
+    image_check: ImageCheck = Field(
+        "header",
+        description="How the pre-pass checks a row's images: header (size and, for PNG, checksums "
+        "from the file, no pixels decoded; a damaged image stops the run when its batch comes) or "
+        "decode (every image decoded and processed as training will; slower, refuses it at start).",
     )
     cache_dir: str | None = Field(
         None,

@@ -29,7 +29,8 @@ made from. With ``custom.token_type_metrics`` on, the pre-pass lists the rows th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ from coordexp.rows.fields import (
     SOURCE_FILE_KEY,
     SOURCE_LINE_KEY,
 )
+
+# row (media paths resolved) -> the template's encoded dict, with "lengths"; raises to refuse
+Encode = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ MEDIA_FIELDS = ("images", "videos", "audios")
 # ms-swift also takes URLs, data URIs and inline base64 for media: those are left as they are.
 _NOT_A_PATH = ("http://", "https://", "data:")
 _MAX_PATH_CHARS = 4096
+_BUFFER = re.compile(r" ?<_io\.\w+ object at 0x[0-9a-fA-F]+>")
 
 
 def _resolve_media_path(value: str, base: Path) -> tuple[str, str | None]:
@@ -141,7 +146,9 @@ def _resolve_media(row: dict[str, Any], base: Path) -> str | None:
     return None
 
 
-def _encode(template: Any, row: dict[str, Any], base: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _encode(
+    template: Any, row: dict[str, Any], base: Path, encode: Encode | None
+) -> tuple[dict[str, Any] | None, str | None]:
     """The encoded row, or why it is refused."""
     bad = _bad_coord_tokens(row)
     if bad is not None:
@@ -151,11 +158,13 @@ def _encode(template: Any, row: dict[str, Any], base: Path) -> tuple[dict[str, A
     if missing is not None:
         return None, missing
     try:
-        enc = dict(template.encode(row, return_length=True))
+        enc = encode(row) if encode is not None else dict(template.encode(row, return_length=True))
     except Exception as exc:  # swift raises its own MaxLengthError and friends
-        # An unreadable image's error names an in-memory buffer, not the file: name the row's media.
+        # An unreadable image's error names an in-memory buffer, not the file: name the row's media
+        # (and drop the buffer's address, which would make the same refusal read differently).
         media = {f: source[f] for f in MEDIA_FIELDS if source.get(f) is not None}
-        return None, f"{type(exc).__name__}: {exc}" + (f" (row media: {media})" if media else "")
+        message = _BUFFER.sub("", f"{type(exc).__name__}: {exc}")
+        return None, message + (f" (row media: {media})" if media else "")
     labels = enc.get("labels")
     if labels is None or all(int(label) == IGNORE_INDEX for label in labels):
         return None, f"nothing supervised: every label is {IGNORE_INDEX} (no assistant turn to learn?)"
@@ -169,14 +178,19 @@ def encoded_length(enc: Mapping[str, Any]) -> int:
 
 
 def encode_row(
-    template: Any, src: SourceRow, source_file: str, answer_format: AnswerFormat = "auto"
+    template: Any,
+    src: SourceRow,
+    source_file: str,
+    answer_format: AnswerFormat = "auto",
+    encode: Encode | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The row as the collator gets it (encoded, its carried fields, where it was read, its answer
     texts and how to read them), or why it is refused. ``source_file`` is the absolute path (the
-    dump reader must find it whatever the cwd)."""
+    dump reader must find it whatever the cwd). ``encode`` replaces the template's own encode
+    (the pre-pass measures image rows by size: :mod:`coordexp.rows.image_lengths`)."""
     if src.row is None:
         return None, src.problem or "refused"
-    enc, reason = _encode(template, src.row, Path(source_file).parent)
+    enc, reason = _encode(template, src.row, Path(source_file).parent, encode)
     if enc is None:
         return None, reason or "refused"
     for field in CARRIED_FIELDS:

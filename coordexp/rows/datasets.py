@@ -50,7 +50,7 @@ def index_split(
     token-type settings), else from the pre-pass (then cached)."""
     start = time.perf_counter()
     scans = [scan_file(os.path.abspath(name)) for name in files]
-    key = cache_key(template, scans, getattr(template, "max_length", None), typing)
+    key = cache_key(template, scans, getattr(template, "max_length", None), typing, data.image_check)
     path = cache_path(Path(data.cache_dir) if data.cache_dir else default_cache_dir(), split, key)
     index = load_index(path, key)
     if index is not None:
@@ -70,7 +70,14 @@ def index_split(
     with tqdm(
         total=lines, desc=f"indexing {split} rows", unit=" rows", disable=not progress, dynamic_ncols=True
     ) as bar:
-        index = build_index(template, scans, num_proc=data.num_proc, progress=bar.update, typing=typing)
+        index = build_index(
+            template,
+            scans,
+            num_proc=data.num_proc,
+            progress=bar.update,
+            typing=typing,
+            image_check=data.image_check,
+        )
     seconds = time.perf_counter() - start
     save_index(path, key, index)
     rate = (len(index) + len(index.refused)) / max(seconds, 1e-9)

@@ -3,11 +3,11 @@ changes which rows are refused and how long the kept ones are.
 
 The key hashes: the loader's format version, each data file's absolute path and content (SHA-256),
 the tokenizer and processor files of the model folder (or the vocabulary when the tokenizer has no
-folder), the template class and type, ``max_length``, the token-type settings that decide which rows
-are listed as untyped (included and excluded datasets, ``data.answer_format``; none when token types
-are off), and the environment variables ms-swift reads for image and video sizes. It does not hash
-media files: a row whose image changed after the pre-pass encodes to another length, which the lazy
-dataset reports (file:line) instead of using.
+folder), the template class and type, ``max_length``, ``data.image_check``, the token-type
+settings that decide which rows are listed as untyped (included and excluded datasets,
+``data.answer_format``; none when token types are off), and the environment variables ms-swift
+reads for image and video sizes. It does not hash media files: a row whose image changed after the
+pre-pass encodes to another length, which the lazy dataset reports (file:line) instead of using.
 ``data.max_samples`` is applied after the cache, so it is not in the key.
 
 A cache file is written to a temporary name in the same folder and renamed (a reader never sees a
@@ -81,7 +81,11 @@ def tokenizer_identity(template: Any) -> str:
 
 
 def cache_key(
-    template: Any, scans: Sequence[FileScan], max_length: int | None, typing: TypingSetup | None = None
+    template: Any,
+    scans: Sequence[FileScan],
+    max_length: int | None,
+    typing: TypingSetup | None = None,
+    image_check: str = "header",
 ) -> str:
     meta = getattr(template, "template_meta", None)
     parts = {
@@ -90,6 +94,7 @@ def cache_key(
         "tokenizer": tokenizer_identity(template),
         "template": [type(template).__name__, getattr(meta, "template_type", None)],
         "max_length": max_length,
+        "image_check": image_check,  # a decode pre-pass refuses damaged images a header one keeps
         "typing": None if typing is None else [typing.include, typing.exclude, typing.answer_format],
         "env": sorted((k, v) for k, v in os.environ.items() if any(m in k for m in _ENV_MARKERS)),
     }

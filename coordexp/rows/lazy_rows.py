@@ -8,7 +8,8 @@ for the batches in flight. ``rows["lengths"]`` is the column ms-swift's ``Packin
 (read from the index, nothing is encoded), so packing packs exactly as before.
 
 A row that passed the pre-pass but no longer encodes to what the index says (the file or an image
-changed or went away since) stops the run with a ``DataError`` naming ``file:line``: skipping it
+changed or went away since, or an image's pixels are damaged past the header the pre-pass read,
+:mod:`coordexp.rows.image_lengths`) stops the run with a ``DataError`` naming ``file:line``: skipping it
 would silently change the data, and another row in its place would change the order.
 """
 
@@ -68,6 +69,11 @@ class LazyRows(Sequence[dict[str, Any]]):
         enc, reason = encode_row(self.template, source_row(line), source_file, self.answer_format)
         changed = " (it passed the pre-pass: the data changed since; restart to index it again)"
         if enc is None:
+            if isinstance(line.value, dict) and line.value.get("images"):
+                changed = (
+                    " (it passed the pre-pass: the data changed since, or an image is damaged past the "
+                    "header the pre-pass read, which data.image_check: decode checks at start)"
+                )
             raise DataError(f"{source_file}:{number}: {one_line(reason or 'refused')}{changed}")
         length = encoded_length(enc)
         if length != int(index.length[i]):

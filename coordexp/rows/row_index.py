@@ -7,7 +7,8 @@ each a numpy array: 24 bytes a row, no token lists, no tensors. Refused rows are
 ``(file, line, reason)``. :mod:`coordexp.rows.lazy_rows` encodes a row again when a batch asks.
 
 Each row goes through :func:`check_row`, the one place where per-row checks run: it encodes the row
-exactly as training will (:func:`coordexp.rows.data.encode_row`) and returns its length, label
+exactly as training will (:func:`coordexp.rows.data.encode_row`; images are measured from their
+headers, not decoded, :mod:`coordexp.rows.image_lengths`) and returns its length, label
 or refusal reason, and, with token types on, whether the row can be typed
 (:func:`coordexp.rows.untyped.token_type_problem`). A check on the encoded row goes there.
 
@@ -33,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from coordexp.io.jsonl import parse_jsonl_line
-from coordexp.rows.data import SourceRow, encode_row, encoded_length, source_row
+from coordexp.rows.data import Encode, SourceRow, encode_row, encoded_length, source_row
 from coordexp.rows.fields import sample_dataset_label
+from coordexp.rows.image_lengths import ImageCheck, row_encoder
 from coordexp.rows.refused import DataError, RefusedRows, one_line
 from coordexp.rows.untyped import TypingSetup, UntypedRow, UntypedRows, token_type_problem
 
@@ -83,9 +85,16 @@ class RowCheck:
     untyped: tuple[str, str] | None = None
 
 
-def check_row(template: Any, src: SourceRow, source_file: str, typing: TypingSetup | None = None) -> RowCheck:
-    """Every per-row check, on the row encoded as training will encode it."""
-    enc, reason = encode_row(template, src, source_file)
+def check_row(
+    template: Any,
+    src: SourceRow,
+    source_file: str,
+    typing: TypingSetup | None = None,
+    encode: Encode | None = None,
+) -> RowCheck:
+    """Every per-row check, on the row encoded as training will encode it (``encode``: the
+    pre-pass's encode, which measures images by size, :mod:`coordexp.rows.image_lengths`)."""
+    enc, reason = encode_row(template, src, source_file, encode=encode)
     if enc is None or src.row is None:
         return RowCheck(reason=reason or "refused")
     untyped = None if typing is None else token_type_problem(typing, src.row, enc["labels"])
@@ -171,8 +180,10 @@ class _ChunkResult:
     untyped: list[tuple[int, str, str, str]]  # (line, label, kind, reason)
 
 
-# What a forked worker inherits (set before the pool starts): the template and the typing setup.
+# What a forked worker inherits (set before the pool starts): the template, its pre-pass encode
+# and the typing setup.
 _TEMPLATE: Any = None
+_ENCODE: Encode | None = None
 _TYPING: TypingSetup | None = None
 
 
@@ -193,7 +204,7 @@ def _check_chunk(chunk: _Chunk) -> _ChunkResult:
         terminated = raw.endswith(b"\n")
         number = chunk.first_line + k
         line = parse_jsonl_line(path, number, raw[:-1] if terminated else raw, terminated, last=False)
-        check = check_row(_TEMPLATE, source_row(line), chunk.path, _TYPING)
+        check = check_row(_TEMPLATE, source_row(line), chunk.path, _TYPING, _ENCODE)
         if check.reason is not None:
             refused.append((number, check.reason))
             continue
@@ -258,11 +269,13 @@ def build_index(
     num_proc: int,
     progress: Callable[[int], None] = lambda _: None,
     typing: TypingSetup | None = None,
+    image_check: ImageCheck = "header",
 ) -> RowIndex:
     """Check every row of ``scans`` (in ``num_proc`` processes); ``progress`` gets lines done;
-    ``typing`` (token types on) also checks that each kept row can be typed."""
-    global _TEMPLATE, _TYPING
-    _TEMPLATE, _TYPING = template, typing
+    ``typing`` (token types on) also checks that each kept row can be typed; ``image_check``:
+    images measured from their headers, or decoded (``data.image_check``)."""
+    global _TEMPLATE, _ENCODE, _TYPING
+    _TEMPLATE, _ENCODE, _TYPING = template, row_encoder(template, image_check), typing
     chunks = _chunks(scans, num_proc)
     file_ids: list[np.ndarray] = []
     parts: list[_ChunkResult] = []
@@ -276,7 +289,7 @@ def build_index(
             untyped += [(chunk.file, *row) for row in part.untyped]
             progress(len(chunk.starts))
     finally:
-        _TEMPLATE, _TYPING = None, None
+        _TEMPLATE, _ENCODE, _TYPING = None, None, None
     labels = sorted({label for part in parts for label in part.labels})
     label_id = {label: i for i, label in enumerate(labels)}
 
