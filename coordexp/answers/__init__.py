@@ -6,7 +6,7 @@ grouping of the box losses and the detection evaluation build on the same object
 training data, salvage for model output) and :func:`parse_json_answer`.
 """
 
-from coordexp.answers.coordjson import FieldOrder, parse_coordjson, write_coordjson
+from coordexp.answers.coordjson import FieldOrder, balanced_end, parse_coordjson, write_coordjson
 from coordexp.answers.json_answer import parse_json_answer
 from coordexp.answers.model import (
     ANSWER_FORMATS,
@@ -30,6 +30,7 @@ __all__ = [
     "FieldOrder",
     "Geometry",
     "ParsedAnswer",
+    "balanced_end",
     "parse_answer",
     "parse_coordjson",
     "parse_json_answer",

@@ -99,7 +99,7 @@ def _string_end(text: str, i: int) -> int:
         raise _RecordError("other", f"bad JSON string: {exc.msg}") from None
 
 
-def _balanced_end(text: str, i: int) -> int | None:
+def balanced_end(text: str, i: int) -> int | None:
     """The index after the bracket closing ``text[i]`` (strings respected), None when it never closes."""
     stack: list[str] = []
     pairs = {"{": "}", "[": "]"}
@@ -135,7 +135,7 @@ def _value_end(text: str, i: int, limit: int) -> int:
     if literal:
         return literal.end()
     if text[i] in "{[":
-        end = _balanced_end(text, i)
+        end = balanced_end(text, i)
         if end is None or end > limit:
             raise _RecordError("other", f"unbalanced {text[i]!r} in a value")
         return end
@@ -259,7 +259,7 @@ def _container(text: str, start: int, order: FieldOrder | None, strict: bool) ->
             break
         if text[i] != "{":
             raise _Rejected(f"expected a record or ']' in the objects array, found {text[i]!r}")
-        end = _balanced_end(text, i)
+        end = balanced_end(text, i)
         if end is None:
             out.problems.append(AnswerProblem("dropped_incomplete_tail", "the record is not closed", index))
             return out

@@ -1,0 +1,139 @@
+"""The ``det_*`` values of one evaluation slice (logged as ``eval_det_*``), from the val rows' ground
+truth and the model's generated answers: pure, the same on every rank given the same samples.
+
+Keys (after the ``eval_`` prefix, spelled as the reference spells them):
+
+- hygiene: ``det_empty_pred`` (images with no surviving prediction, a correct empty answer too),
+  ``det_parse_valid_rate`` = (images - empty_pred) / max(images, 1), and the share of answers that
+  start (left-stripped) with ``{"objects"`` (``det_start_objects_wrapper_rate``), with ``{"desc"``
+  (``det_start_bare_desc_rate``) or with a coord token (``det_start_coord_first_rate``); coordexp
+  adds ``det_truncated_rate`` (answers whose last record never closed) and ``det_invalid_rate``
+  (answers with no container at all);
+- ``metrics: coco | both``: ``det_bbox_{AP, AP50, ..., ARl}`` (:mod:`coordexp.detection.coco`);
+- ``metrics: f1ish | both``: ``det_f1ish@{tau:.2f}_{name}`` for each threshold and the 24 names of
+  :mod:`coordexp.detection.f1ish`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from coordexp.detection.coco import COCO_STATS, ScoredImage, coco_metrics
+from coordexp.detection.confidence import object_scores
+from coordexp.detection.f1ish import F1ISH_NAMES, Scope, f1ish_metrics
+from coordexp.detection.objects import DetObject, ReadAnswer, read_prediction
+
+MetricsChoice = Literal["coco", "f1ish", "both"]
+ScoreMode = Literal["constant", "coord_logprob"]
+HYGIENE_NAMES = (
+    "empty_pred",
+    "parse_valid_rate",
+    "start_objects_wrapper_rate",
+    "start_bare_desc_rate",
+    "start_coord_first_rate",
+    "truncated_rate",
+    "invalid_rate",
+)
+PREFIX = "det_"
+
+
+def f1ish_key(tau: float, name: str) -> str:
+    return f"{PREFIX}f1ish@{tau:.2f}_{name}"
+
+
+def detection_keys(metrics: MetricsChoice, f1ish_iou_thrs: Sequence[float]) -> list[str]:
+    """Every key a slice writes under these settings (what the catalog must declare)."""
+    keys = [PREFIX + n for n in HYGIENE_NAMES]
+    if metrics in ("coco", "both"):
+        keys += [f"{PREFIX}bbox_{s}" for s in COCO_STATS]
+    if metrics in ("f1ish", "both"):
+        keys += [f1ish_key(t, n) for t in sorted(set(f1ish_iou_thrs)) for n in F1ISH_NAMES]
+    return keys
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One val row's ground truth and the model's answer to it (with the generated tokens'
+    character spans and log-probs when boxes are scored by them)."""
+
+    gt: tuple[DetObject, ...]
+    width: int
+    height: int
+    answer: str
+    token_spans: tuple[tuple[int, int], ...] | None = None
+    logprobs: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    metrics: dict[str, float]
+    answers: list[ReadAnswer]
+    scores: list[list[float | None]]
+    dropped: Counter[str]
+
+
+def _start(answer: str, prefix: str) -> bool:
+    return answer.lstrip().startswith(prefix)
+
+
+def score_boxes(
+    read: ReadAnswer, sample: EvalSample, score_mode: ScoreMode, constant_score: float
+) -> list[float | None]:
+    if score_mode == "constant":
+        return [constant_score] * len(read.objects)
+    if sample.token_spans is None or sample.logprobs is None:
+        raise ValueError("score_mode coord_logprob needs each answer's token spans and log-probs")
+    return object_scores(read, sample.token_spans, sample.logprobs)
+
+
+def detection_metrics(
+    samples: Sequence[EvalSample],
+    *,
+    metrics: MetricsChoice = "both",
+    score_mode: ScoreMode = "constant",
+    constant_score: float = 1.0,
+    f1ish_iou_thrs: Sequence[float] = (0.3, 0.5),
+    f1ish_pred_scope: Scope = "annotated",
+    iou_thrs: Sequence[float] | None = None,
+) -> SliceResult:
+    """The slice's ``det_*`` values (see the module docstring) and what each answer gave."""
+    answers = [read_prediction(s.answer, s.width, s.height) for s in samples]
+    dropped: Counter[str] = Counter()
+    for read in answers:
+        dropped.update(read.dropped)
+    scores = [score_boxes(r, s, score_mode, constant_score) for r, s in zip(answers, samples, strict=True)]
+    scored = [
+        tuple(obj for obj, sc in zip(r.objects, row, strict=True) if sc is not None)
+        for r, row in zip(answers, scores, strict=True)
+    ]
+    dropped["unscorable"] += sum(sc is None for row in scores for sc in row)
+    n = len(samples)
+    empty = sum(not r.objects for r in answers)
+    out: dict[str, float] = {
+        "empty_pred": float(empty),
+        "parse_valid_rate": (n - empty) / max(n, 1),
+        "start_objects_wrapper_rate": sum(_start(s.answer, '{"objects"') for s in samples) / max(n, 1),
+        "start_bare_desc_rate": sum(_start(s.answer, '{"desc"') for s in samples) / max(n, 1),
+        "start_coord_first_rate": sum(_start(s.answer, "<|coord_") for s in samples) / max(n, 1),
+        "truncated_rate": sum(r.truncated for r in answers) / max(n, 1),
+        "invalid_rate": sum(r.invalid for r in answers) / max(n, 1),
+    }
+    values = {PREFIX + k: v for k, v in out.items()}
+    if metrics in ("coco", "both"):
+        images = [
+            ScoredImage(s.width, s.height, s.gt, objs, tuple(float(sc) for sc in row if sc is not None))
+            for s, objs, row in zip(samples, scored, scores, strict=True)
+        ]
+        coco, unknown = coco_metrics(images, iou_thrs)
+        dropped["unknown_dropped"] += unknown
+        values.update({f"{PREFIX}bbox_{k}": v for k, v in coco.items()})
+    if metrics in ("f1ish", "both"):
+        pairs = [(objs, s.gt) for objs, s in zip(scored, samples, strict=True)]
+        for tau in sorted(set(f1ish_iou_thrs)):
+            values.update(
+                {f1ish_key(tau, k): v for k, v in f1ish_metrics(pairs, tau, f1ish_pred_scope).items()}
+            )
+    return SliceResult(values, answers, scores, dropped)
