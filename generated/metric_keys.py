@@ -81,6 +81,97 @@ __all__ = [
     "EVAL_STEPS_PER_SECOND",
     "EVAL_LOSS",
     "STEP",
+    "DET_EMPTY_PRED",
+    "DET_PARSE_VALID_RATE",
+    "DET_START_OBJECTS_WRAPPER_RATE",
+    "DET_START_BARE_DESC_RATE",
+    "DET_START_COORD_FIRST_RATE",
+    "DET_TRUNCATED_RATE",
+    "DET_INVALID_RATE",
+    "DET_BBOX_AP",
+    "DET_BBOX_AP50",
+    "DET_BBOX_AP75",
+    "DET_BBOX_APS",
+    "DET_BBOX_APM",
+    "DET_BBOX_APL",
+    "DET_BBOX_AR1",
+    "DET_BBOX_AR10",
+    "DET_BBOX_AR100",
+    "DET_BBOX_ARS",
+    "DET_BBOX_ARM",
+    "DET_BBOX_ARL",
+    "DET_F1ISH_0_30_TP_LOC",
+    "DET_F1ISH_0_30_FP_LOC",
+    "DET_F1ISH_0_30_FN_LOC",
+    "DET_F1ISH_0_30_PRED_TOTAL",
+    "DET_F1ISH_0_30_PRED_EVAL",
+    "DET_F1ISH_0_30_PRED_IGNORED",
+    "DET_F1ISH_0_30_PRECISION_LOC_MICRO",
+    "DET_F1ISH_0_30_RECALL_LOC_MICRO",
+    "DET_F1ISH_0_30_F1_LOC_MICRO",
+    "DET_F1ISH_0_30_PRECISION_LOC_MACRO",
+    "DET_F1ISH_0_30_RECALL_LOC_MACRO",
+    "DET_F1ISH_0_30_F1_LOC_MACRO",
+    "DET_F1ISH_0_30_MATCHED_SEM_OK",
+    "DET_F1ISH_0_30_MATCHED_SEM_BAD",
+    "DET_F1ISH_0_30_SEM_ACC_ON_MATCHED",
+    "DET_F1ISH_0_30_TP_FULL",
+    "DET_F1ISH_0_30_FP_FULL",
+    "DET_F1ISH_0_30_FN_FULL",
+    "DET_F1ISH_0_30_PRECISION_FULL_MICRO",
+    "DET_F1ISH_0_30_RECALL_FULL_MICRO",
+    "DET_F1ISH_0_30_F1_FULL_MICRO",
+    "DET_F1ISH_0_30_PRECISION_FULL_MACRO",
+    "DET_F1ISH_0_30_RECALL_FULL_MACRO",
+    "DET_F1ISH_0_30_F1_FULL_MACRO",
+    "DET_F1ISH_0_50_TP_LOC",
+    "DET_F1ISH_0_50_FP_LOC",
+    "DET_F1ISH_0_50_FN_LOC",
+    "DET_F1ISH_0_50_PRED_TOTAL",
+    "DET_F1ISH_0_50_PRED_EVAL",
+    "DET_F1ISH_0_50_PRED_IGNORED",
+    "DET_F1ISH_0_50_PRECISION_LOC_MICRO",
+    "DET_F1ISH_0_50_RECALL_LOC_MICRO",
+    "DET_F1ISH_0_50_F1_LOC_MICRO",
+    "DET_F1ISH_0_50_PRECISION_LOC_MACRO",
+    "DET_F1ISH_0_50_RECALL_LOC_MACRO",
+    "DET_F1ISH_0_50_F1_LOC_MACRO",
+    "DET_F1ISH_0_50_MATCHED_SEM_OK",
+    "DET_F1ISH_0_50_MATCHED_SEM_BAD",
+    "DET_F1ISH_0_50_SEM_ACC_ON_MATCHED",
+    "DET_F1ISH_0_50_TP_FULL",
+    "DET_F1ISH_0_50_FP_FULL",
+    "DET_F1ISH_0_50_FN_FULL",
+    "DET_F1ISH_0_50_PRECISION_FULL_MICRO",
+    "DET_F1ISH_0_50_RECALL_FULL_MICRO",
+    "DET_F1ISH_0_50_F1_FULL_MICRO",
+    "DET_F1ISH_0_50_PRECISION_FULL_MACRO",
+    "DET_F1ISH_0_50_RECALL_FULL_MACRO",
+    "DET_F1ISH_0_50_F1_FULL_MACRO",
+    "DET_F1ISH_0_75_TP_LOC",
+    "DET_F1ISH_0_75_FP_LOC",
+    "DET_F1ISH_0_75_FN_LOC",
+    "DET_F1ISH_0_75_PRED_TOTAL",
+    "DET_F1ISH_0_75_PRED_EVAL",
+    "DET_F1ISH_0_75_PRED_IGNORED",
+    "DET_F1ISH_0_75_PRECISION_LOC_MICRO",
+    "DET_F1ISH_0_75_RECALL_LOC_MICRO",
+    "DET_F1ISH_0_75_F1_LOC_MICRO",
+    "DET_F1ISH_0_75_PRECISION_LOC_MACRO",
+    "DET_F1ISH_0_75_RECALL_LOC_MACRO",
+    "DET_F1ISH_0_75_F1_LOC_MACRO",
+    "DET_F1ISH_0_75_MATCHED_SEM_OK",
+    "DET_F1ISH_0_75_MATCHED_SEM_BAD",
+    "DET_F1ISH_0_75_SEM_ACC_ON_MATCHED",
+    "DET_F1ISH_0_75_TP_FULL",
+    "DET_F1ISH_0_75_FP_FULL",
+    "DET_F1ISH_0_75_FN_FULL",
+    "DET_F1ISH_0_75_PRECISION_FULL_MICRO",
+    "DET_F1ISH_0_75_RECALL_FULL_MICRO",
+    "DET_F1ISH_0_75_F1_FULL_MICRO",
+    "DET_F1ISH_0_75_PRECISION_FULL_MACRO",
+    "DET_F1ISH_0_75_RECALL_FULL_MACRO",
+    "DET_F1ISH_0_75_F1_FULL_MACRO",
 ]
 
 
@@ -438,3 +529,458 @@ STEP: Final = "step"
 """Optimizer step of a trainer.state.log_history record.
 
 Group: framework. Owner: framework. Unit: steps. In loss: no."""
+
+DET_EMPTY_PRED: Final = "det_empty_pred"
+"""Evaluated val rows whose answer left no usable box (a correct empty answer counts too).
+
+Group: detection. Owner: coordexp. Unit: images. In loss: no."""
+
+DET_PARSE_VALID_RATE: Final = "det_parse_valid_rate"
+"""(rows - det_empty_pred) / max(rows, 1): the share of answers with at least one usable box.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_START_OBJECTS_WRAPPER_RATE: Final = "det_start_objects_wrapper_rate"
+"""Share of answers that start (left-stripped) with '{"objects"'.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_START_BARE_DESC_RATE: Final = "det_start_bare_desc_rate"
+"""Share of answers that start (left-stripped) with '{"desc"' instead of the objects wrapper.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_START_COORD_FIRST_RATE: Final = "det_start_coord_first_rate"
+"""Share of answers that start (left-stripped) with a coord token.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_TRUNCATED_RATE: Final = "det_truncated_rate"
+"""Share of answers whose last record never closed (max_new_tokens reached inside it; the complete records before it are kept).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_INVALID_RATE: Final = "det_invalid_rate"
+"""Share of answers with no objects container at all (nothing parsed).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_AP: Final = "det_bbox_AP"
+"""COCO box AP averaged over IoU 0.50:0.05:0.95 (or iou_thrs), by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_AP50: Final = "det_bbox_AP50"
+"""COCO box AP at IoU 0.50, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_AP75: Final = "det_bbox_AP75"
+"""COCO box AP at IoU 0.75, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_APS: Final = "det_bbox_APs"
+"""COCO box AP of small GT boxes (area < 32^2 px), by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_APM: Final = "det_bbox_APm"
+"""COCO box AP of medium GT boxes (32^2..96^2 px), by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_APL: Final = "det_bbox_APl"
+"""COCO box AP of large GT boxes (> 96^2 px), by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_AR1: Final = "det_bbox_AR1"
+"""COCO box AR with 1 detection per image and category, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_AR10: Final = "det_bbox_AR10"
+"""COCO box AR with 10 detections, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_AR100: Final = "det_bbox_AR100"
+"""COCO box AR with 100 detections, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_ARS: Final = "det_bbox_ARs"
+"""COCO box AR of small GT boxes, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_ARM: Final = "det_bbox_ARm"
+"""COCO box AR of medium GT boxes, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_BBOX_ARL: Final = "det_bbox_ARl"
+"""COCO box AR of large GT boxes, by pycocotools COCOeval over the evaluated val rows (categories: the GT descs; -1 where nothing is evaluable; 0 when no GT box or no scored prediction exists).
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_TP_LOC: Final = "det_f1ish@0.30_tp_loc"
+"""F1-ish at IoU 0.30: matches (IoU >= threshold, greedy, class-agnostic); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_FP_LOC: Final = "det_f1ish@0.30_fp_loc"
+"""F1-ish at IoU 0.30: in-scope predictions without a match; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_FN_LOC: Final = "det_f1ish@0.30_fn_loc"
+"""F1-ish at IoU 0.30: GT boxes without a match; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_PRED_TOTAL: Final = "det_f1ish@0.30_pred_total"
+"""F1-ish at IoU 0.30: predicted boxes of the scored images; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_PRED_EVAL: Final = "det_f1ish@0.30_pred_eval"
+"""F1-ish at IoU 0.30: predictions in scope (desc among the image's GT descs, or every prediction with f1ish_pred_scope all); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_PRED_IGNORED: Final = "det_f1ish@0.30_pred_ignored"
+"""F1-ish at IoU 0.30: predictions out of scope (not false positives); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_PRECISION_LOC_MICRO: Final = "det_f1ish@0.30_precision_loc_micro"
+"""F1-ish at IoU 0.30: tp_loc / (tp_loc + fp_loc) over the summed counts (1 when nothing was predicted); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_RECALL_LOC_MICRO: Final = "det_f1ish@0.30_recall_loc_micro"
+"""F1-ish at IoU 0.30: tp_loc / (tp_loc + fn_loc) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_F1_LOC_MICRO: Final = "det_f1ish@0.30_f1_loc_micro"
+"""F1-ish at IoU 0.30: 2pr / (p + r) of the micro precision and recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_PRECISION_LOC_MACRO: Final = "det_f1ish@0.30_precision_loc_macro"
+"""F1-ish at IoU 0.30: mean over images of the per-image precision; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_RECALL_LOC_MACRO: Final = "det_f1ish@0.30_recall_loc_macro"
+"""F1-ish at IoU 0.30: mean over images of the per-image recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_F1_LOC_MACRO: Final = "det_f1ish@0.30_f1_loc_macro"
+"""F1-ish at IoU 0.30: mean over images of the per-image F1; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_MATCHED_SEM_OK: Final = "det_f1ish@0.30_matched_sem_ok"
+"""F1-ish at IoU 0.30: matches whose normalised descs are equal; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_MATCHED_SEM_BAD: Final = "det_f1ish@0.30_matched_sem_bad"
+"""F1-ish at IoU 0.30: matches whose descs differ; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_SEM_ACC_ON_MATCHED: Final = "det_f1ish@0.30_sem_acc_on_matched"
+"""F1-ish at IoU 0.30: matched_sem_ok / tp_loc (1 when there is no match); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_TP_FULL: Final = "det_f1ish@0.30_tp_full"
+"""F1-ish at IoU 0.30: matches with the right desc; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_FP_FULL: Final = "det_f1ish@0.30_fp_full"
+"""F1-ish at IoU 0.30: fp_loc + matched_sem_bad; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_FN_FULL: Final = "det_f1ish@0.30_fn_full"
+"""F1-ish at IoU 0.30: fn_loc + matched_sem_bad; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_30_PRECISION_FULL_MICRO: Final = "det_f1ish@0.30_precision_full_micro"
+"""F1-ish at IoU 0.30: tp_full / (tp_full + fp_full) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_RECALL_FULL_MICRO: Final = "det_f1ish@0.30_recall_full_micro"
+"""F1-ish at IoU 0.30: tp_full / (tp_full + fn_full) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_F1_FULL_MICRO: Final = "det_f1ish@0.30_f1_full_micro"
+"""F1-ish at IoU 0.30: 2pr / (p + r) of the full micro precision and recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_PRECISION_FULL_MACRO: Final = "det_f1ish@0.30_precision_full_macro"
+"""F1-ish at IoU 0.30: mean over images of the per-image full precision; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_RECALL_FULL_MACRO: Final = "det_f1ish@0.30_recall_full_macro"
+"""F1-ish at IoU 0.30: mean over images of the per-image full recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_30_F1_FULL_MACRO: Final = "det_f1ish@0.30_f1_full_macro"
+"""F1-ish at IoU 0.30: mean over images of the per-image full F1; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_TP_LOC: Final = "det_f1ish@0.50_tp_loc"
+"""F1-ish at IoU 0.50: matches (IoU >= threshold, greedy, class-agnostic); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_FP_LOC: Final = "det_f1ish@0.50_fp_loc"
+"""F1-ish at IoU 0.50: in-scope predictions without a match; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_FN_LOC: Final = "det_f1ish@0.50_fn_loc"
+"""F1-ish at IoU 0.50: GT boxes without a match; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_PRED_TOTAL: Final = "det_f1ish@0.50_pred_total"
+"""F1-ish at IoU 0.50: predicted boxes of the scored images; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_PRED_EVAL: Final = "det_f1ish@0.50_pred_eval"
+"""F1-ish at IoU 0.50: predictions in scope (desc among the image's GT descs, or every prediction with f1ish_pred_scope all); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_PRED_IGNORED: Final = "det_f1ish@0.50_pred_ignored"
+"""F1-ish at IoU 0.50: predictions out of scope (not false positives); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_PRECISION_LOC_MICRO: Final = "det_f1ish@0.50_precision_loc_micro"
+"""F1-ish at IoU 0.50: tp_loc / (tp_loc + fp_loc) over the summed counts (1 when nothing was predicted); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_RECALL_LOC_MICRO: Final = "det_f1ish@0.50_recall_loc_micro"
+"""F1-ish at IoU 0.50: tp_loc / (tp_loc + fn_loc) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_F1_LOC_MICRO: Final = "det_f1ish@0.50_f1_loc_micro"
+"""F1-ish at IoU 0.50: 2pr / (p + r) of the micro precision and recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_PRECISION_LOC_MACRO: Final = "det_f1ish@0.50_precision_loc_macro"
+"""F1-ish at IoU 0.50: mean over images of the per-image precision; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_RECALL_LOC_MACRO: Final = "det_f1ish@0.50_recall_loc_macro"
+"""F1-ish at IoU 0.50: mean over images of the per-image recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_F1_LOC_MACRO: Final = "det_f1ish@0.50_f1_loc_macro"
+"""F1-ish at IoU 0.50: mean over images of the per-image F1; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_MATCHED_SEM_OK: Final = "det_f1ish@0.50_matched_sem_ok"
+"""F1-ish at IoU 0.50: matches whose normalised descs are equal; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_MATCHED_SEM_BAD: Final = "det_f1ish@0.50_matched_sem_bad"
+"""F1-ish at IoU 0.50: matches whose descs differ; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_SEM_ACC_ON_MATCHED: Final = "det_f1ish@0.50_sem_acc_on_matched"
+"""F1-ish at IoU 0.50: matched_sem_ok / tp_loc (1 when there is no match); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_TP_FULL: Final = "det_f1ish@0.50_tp_full"
+"""F1-ish at IoU 0.50: matches with the right desc; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_FP_FULL: Final = "det_f1ish@0.50_fp_full"
+"""F1-ish at IoU 0.50: fp_loc + matched_sem_bad; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_FN_FULL: Final = "det_f1ish@0.50_fn_full"
+"""F1-ish at IoU 0.50: fn_loc + matched_sem_bad; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_50_PRECISION_FULL_MICRO: Final = "det_f1ish@0.50_precision_full_micro"
+"""F1-ish at IoU 0.50: tp_full / (tp_full + fp_full) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_RECALL_FULL_MICRO: Final = "det_f1ish@0.50_recall_full_micro"
+"""F1-ish at IoU 0.50: tp_full / (tp_full + fn_full) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_F1_FULL_MICRO: Final = "det_f1ish@0.50_f1_full_micro"
+"""F1-ish at IoU 0.50: 2pr / (p + r) of the full micro precision and recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_PRECISION_FULL_MACRO: Final = "det_f1ish@0.50_precision_full_macro"
+"""F1-ish at IoU 0.50: mean over images of the per-image full precision; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_RECALL_FULL_MACRO: Final = "det_f1ish@0.50_recall_full_macro"
+"""F1-ish at IoU 0.50: mean over images of the per-image full recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_50_F1_FULL_MACRO: Final = "det_f1ish@0.50_f1_full_macro"
+"""F1-ish at IoU 0.50: mean over images of the per-image full F1; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_TP_LOC: Final = "det_f1ish@0.75_tp_loc"
+"""F1-ish at IoU 0.75: matches (IoU >= threshold, greedy, class-agnostic); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_FP_LOC: Final = "det_f1ish@0.75_fp_loc"
+"""F1-ish at IoU 0.75: in-scope predictions without a match; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_FN_LOC: Final = "det_f1ish@0.75_fn_loc"
+"""F1-ish at IoU 0.75: GT boxes without a match; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_PRED_TOTAL: Final = "det_f1ish@0.75_pred_total"
+"""F1-ish at IoU 0.75: predicted boxes of the scored images; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_PRED_EVAL: Final = "det_f1ish@0.75_pred_eval"
+"""F1-ish at IoU 0.75: predictions in scope (desc among the image's GT descs, or every prediction with f1ish_pred_scope all); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_PRED_IGNORED: Final = "det_f1ish@0.75_pred_ignored"
+"""F1-ish at IoU 0.75: predictions out of scope (not false positives); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_PRECISION_LOC_MICRO: Final = "det_f1ish@0.75_precision_loc_micro"
+"""F1-ish at IoU 0.75: tp_loc / (tp_loc + fp_loc) over the summed counts (1 when nothing was predicted); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_RECALL_LOC_MICRO: Final = "det_f1ish@0.75_recall_loc_micro"
+"""F1-ish at IoU 0.75: tp_loc / (tp_loc + fn_loc) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_F1_LOC_MICRO: Final = "det_f1ish@0.75_f1_loc_micro"
+"""F1-ish at IoU 0.75: 2pr / (p + r) of the micro precision and recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_PRECISION_LOC_MACRO: Final = "det_f1ish@0.75_precision_loc_macro"
+"""F1-ish at IoU 0.75: mean over images of the per-image precision; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_RECALL_LOC_MACRO: Final = "det_f1ish@0.75_recall_loc_macro"
+"""F1-ish at IoU 0.75: mean over images of the per-image recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_F1_LOC_MACRO: Final = "det_f1ish@0.75_f1_loc_macro"
+"""F1-ish at IoU 0.75: mean over images of the per-image F1; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_MATCHED_SEM_OK: Final = "det_f1ish@0.75_matched_sem_ok"
+"""F1-ish at IoU 0.75: matches whose normalised descs are equal; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_MATCHED_SEM_BAD: Final = "det_f1ish@0.75_matched_sem_bad"
+"""F1-ish at IoU 0.75: matches whose descs differ; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_SEM_ACC_ON_MATCHED: Final = "det_f1ish@0.75_sem_acc_on_matched"
+"""F1-ish at IoU 0.75: matched_sem_ok / tp_loc (1 when there is no match); images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_TP_FULL: Final = "det_f1ish@0.75_tp_full"
+"""F1-ish at IoU 0.75: matches with the right desc; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_FP_FULL: Final = "det_f1ish@0.75_fp_full"
+"""F1-ish at IoU 0.75: fp_loc + matched_sem_bad; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_FN_FULL: Final = "det_f1ish@0.75_fn_full"
+"""F1-ish at IoU 0.75: fn_loc + matched_sem_bad; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: boxes. In loss: no."""
+
+DET_F1ISH_0_75_PRECISION_FULL_MICRO: Final = "det_f1ish@0.75_precision_full_micro"
+"""F1-ish at IoU 0.75: tp_full / (tp_full + fp_full) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_RECALL_FULL_MICRO: Final = "det_f1ish@0.75_recall_full_micro"
+"""F1-ish at IoU 0.75: tp_full / (tp_full + fn_full) over the summed counts; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_F1_FULL_MICRO: Final = "det_f1ish@0.75_f1_full_micro"
+"""F1-ish at IoU 0.75: 2pr / (p + r) of the full micro precision and recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_PRECISION_FULL_MACRO: Final = "det_f1ish@0.75_precision_full_macro"
+"""F1-ish at IoU 0.75: mean over images of the per-image full precision; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_RECALL_FULL_MACRO: Final = "det_f1ish@0.75_recall_full_macro"
+"""F1-ish at IoU 0.75: mean over images of the per-image full recall; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""
+
+DET_F1ISH_0_75_F1_FULL_MACRO: Final = "det_f1ish@0.75_f1_full_macro"
+"""F1-ish at IoU 0.75: mean over images of the per-image full F1; images without GT are not scored.
+
+Group: detection. Owner: coordexp. Unit: 1. In loss: no."""

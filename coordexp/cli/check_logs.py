@@ -20,7 +20,13 @@ from coordexp.cli.run_dir import parse_run_args, read_run_or_say_why, run_dir_pa
 from coordexp.contracts import classify_log_key, find_dataset_bucket, keys_written_under, metric_key_violation
 from coordexp.contracts.catalog import EVAL_PREFIX, conditions_from_config, owner_under
 from coordexp.contracts.metric_keys import metric_value_violation
-from coordexp.generated.metric_catalog import ALL_KEYS, COORDEXP_KEYS, DEPRECATED_ALIASES, METRIC_SPECS
+from coordexp.generated.metric_catalog import (
+    ALL_KEYS,
+    COORDEXP_KEYS,
+    DEPRECATED_ALIASES,
+    EVAL_ONLY_KEYS,
+    METRIC_SPECS,
+)
 from coordexp.run_folder.names import CONFIG_FILE, LOGGING_FILE, TRAINER_STATE_FILE
 from coordexp.run_folder.reader import LogRecord, RunLogs, eval_configured
 
@@ -77,12 +83,14 @@ class CheckReport:
 
     def coverage_line(self) -> str:
         """One line in the spirit of a telemetry live check: how much of the registry was seen."""
-        total, enabled = len(COORDEXP_KEYS), len(self.expected)
         expected = set(self.expected)
+        train_expected = expected - EVAL_ONLY_KEYS  # eval-only keys never appear in a train record
+        train_total, total = len(COORDEXP_KEYS - EVAL_ONLY_KEYS), len(COORDEXP_KEYS)
         parts = [
-            f"coverage: train {len(self.seen_train)}/{total} catalog keys seen "
-            f"({len(expected & set(self.seen_train))}/{enabled} enabled), "
-            f"eval {len(self.seen_eval)}/{total} ({len(expected & set(self.seen_eval))}/{enabled} enabled)"
+            f"coverage: train {len(self.seen_train)}/{train_total} catalog keys seen "
+            f"({len(train_expected & set(self.seen_train))}/{len(train_expected)} enabled), "
+            f"eval {len(self.seen_eval)}/{total} "
+            f"({len(expected & set(self.seen_eval))}/{len(expected)} enabled)"
         ]
         never = [*self.missing_train, *(EVAL_PREFIX + k for k in self.missing_eval)]
         parts.append("enabled but never seen: " + (", ".join(never) if never else "none"))
@@ -166,7 +174,9 @@ def check_record(
             continue
         if owner == "coordexp":
             eval_form = key != base
-            if eval_form and record.mode == "train":
+            if base in EVAL_ONLY_KEYS and record.mode == "train":
+                out.append(Violation(where, key, "mode_mismatch", "an eval-only key in a train record"))
+            elif eval_form and record.mode == "train":
                 out.append(Violation(where, key, "mode_mismatch", "eval_ key in a train record"))
             elif not eval_form and record.mode == "eval":
                 out.append(Violation(where, key, "mode_mismatch", "train-mode key in an eval record"))
@@ -211,7 +221,7 @@ def check_run(logs: RunLogs, *, extra_labels: Iterable[str] = (), train_only: bo
         expected=sorted(expected),
         seen_train=sorted(seen_train),
         seen_eval=sorted(seen_eval),
-        missing_train=sorted(expected - seen_train),
+        missing_train=sorted(expected - EVAL_ONLY_KEYS - seen_train),
         missing_eval=[] if train_only or not has_eval else sorted(expected - seen_eval),
         deprecated_seen={k: v for k, v in DEPRECATED_ALIASES.items() if k in seen_train | seen_eval},
     )

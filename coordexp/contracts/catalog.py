@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
+from coordexp.detection.metrics import f1ish_condition
 from coordexp.generated.metric_catalog import (
     ALL_KEYS,
     CONDITIONS,
@@ -109,4 +110,11 @@ def conditions_from_config(custom: Stage1CustomConfig | None) -> frozenset[str]:
     monitor = custom.instability_monitor
     if monitor is not None and monitor.enabled:
         held.add("instability_monitor")
+    detection = custom.eval_detection
+    if detection is not None and detection.enabled:
+        held.add("det_eval")
+        if detection.metrics in ("coco", "both"):
+            held.add("det_coco")
+        if detection.metrics in ("f1ish", "both"):
+            held |= {f1ish_condition(t) for t in detection.f1ish_iou_thrs}
     return frozenset(held)

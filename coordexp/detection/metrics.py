@@ -25,6 +25,7 @@ from coordexp.detection.coco import COCO_STATS, ScoredImage, coco_metrics
 from coordexp.detection.confidence import object_scores
 from coordexp.detection.f1ish import F1ISH_NAMES, Scope, f1ish_metrics
 from coordexp.detection.objects import DetObject, ReadAnswer, read_prediction
+from coordexp.generated.metric_catalog import CONDITIONS
 
 MetricsChoice = Literal["coco", "f1ish", "both"]
 ScoreMode = Literal["constant", "coord_logprob"]
@@ -38,6 +39,24 @@ HYGIENE_NAMES = (
     "invalid_rate",
 )
 PREFIX = "det_"
+_F1ISH_CONDITION = "det_f1ish@"
+# The thresholds whose keys the catalog declares (one condition each): the only ones a config may ask.
+F1ISH_THRESHOLDS: tuple[float, ...] = tuple(
+    sorted(float(c.removeprefix(_F1ISH_CONDITION)) for c in CONDITIONS if c.startswith(_F1ISH_CONDITION))
+)
+
+
+def f1ish_condition(tau: float) -> str:
+    return f"{_F1ISH_CONDITION}{tau:.2f}"
+
+
+def f1ish_threshold_error(thresholds: Sequence[float]) -> str | None:
+    """Why ``f1ish_iou_thrs`` cannot be used (a threshold without declared keys), or None."""
+    bad = [t for t in thresholds if round(t, 2) not in F1ISH_THRESHOLDS or round(t, 2) != t]
+    if not bad:
+        return None
+    allowed = ", ".join(f"{t:g}" for t in F1ISH_THRESHOLDS)
+    return f"{bad[0]:g} has no declared eval_det_f1ish keys; use thresholds among {allowed}"
 
 
 def f1ish_key(tau: float, name: str) -> str:
@@ -71,7 +90,8 @@ class EvalSample:
 class SliceResult:
     metrics: dict[str, float]
     answers: list[ReadAnswer]
-    scores: list[list[float | None]]
+    scores: list[list[float | None]]  # per answer, per kept object (None: unscorable, dropped)
+    images: list[ScoredImage]  # what was scored: GT and the scored predictions
     dropped: Counter[str]
 
 
@@ -105,9 +125,15 @@ def detection_metrics(
     for read in answers:
         dropped.update(read.dropped)
     scores = [score_boxes(r, s, score_mode, constant_score) for r, s in zip(answers, samples, strict=True)]
-    scored = [
-        tuple(obj for obj, sc in zip(r.objects, row, strict=True) if sc is not None)
-        for r, row in zip(answers, scores, strict=True)
+    images = [
+        ScoredImage(
+            s.width,
+            s.height,
+            s.gt,
+            tuple(obj for obj, sc in zip(r.objects, row, strict=True) if sc is not None),
+            tuple(float(sc) for sc in row if sc is not None),
+        )
+        for s, r, row in zip(samples, answers, scores, strict=True)
     ]
     dropped["unscorable"] += sum(sc is None for row in scores for sc in row)
     n = len(samples)
@@ -123,17 +149,13 @@ def detection_metrics(
     }
     values = {PREFIX + k: v for k, v in out.items()}
     if metrics in ("coco", "both"):
-        images = [
-            ScoredImage(s.width, s.height, s.gt, objs, tuple(float(sc) for sc in row if sc is not None))
-            for s, objs, row in zip(samples, scored, scores, strict=True)
-        ]
         coco, unknown = coco_metrics(images, iou_thrs)
         dropped["unknown_dropped"] += unknown
         values.update({f"{PREFIX}bbox_{k}": v for k, v in coco.items()})
     if metrics in ("f1ish", "both"):
-        pairs = [(objs, s.gt) for objs, s in zip(scored, samples, strict=True)]
+        pairs = [(image.pred, image.gt) for image in images]
         for tau in sorted(set(f1ish_iou_thrs)):
             values.update(
                 {f1ish_key(tau, k): v for k, v in f1ish_metrics(pairs, tau, f1ish_pred_scope).items()}
             )
-    return SliceResult(values, answers, scores, dropped)
+    return SliceResult(values, answers, scores, images, dropped)

@@ -9,7 +9,8 @@ Both go through the one answer parser (:mod:`coordexp.answers`):
   mode, read once with each field order, the reading with more objects kept (a tie: geometry first).
   This is the reference's rule, so an answer mixing both orders keeps one order's records.
 
-Each object then needs exactly one geometry, a ``bbox_2d`` of 4 bins or a ``poly`` of at least 6,
+Each object then needs a geometry (its ``bbox_2d`` when it has one, as today's JSON answers may
+also give a ``poly``), a ``bbox_2d`` of 4 bins or a ``poly`` of at least 6,
 every element a bin 0..999; bins become pixels as ``x = round(v / 999 * (W - 1))`` and
 ``y = round(v / 999 * (H - 1))``, clamped to the image, and a box must have x1 < x2 and y1 < y2
 (the reference's codes for the failures: ``bbox_points``, ``poly_points``, ``coord_range``,
@@ -74,10 +75,11 @@ def to_pixels(bins: tuple[int, ...], width: int, height: int) -> tuple[int, ...]
 
 def _box(obj: AnswerObject, width: int, height: int) -> tuple[int, int, int, int] | str:
     """The object's pixel box, or the code of why it has none."""
-    if len(obj.geometries) != 1:
+    if not obj.geometries:
         return "geometry_count"
-    bins = obj.geometries[0].bins
-    kind = obj.geometries[0].kind
+    # today's JSON answers may give a bbox_2d and a poly: the box is what is scored
+    geometry = next((g for g in obj.geometries if g.kind == "bbox_2d"), obj.geometries[0])
+    bins, kind = geometry.bins, geometry.kind
     if kind == "bbox_2d" and len(bins) != 4:
         return "bbox_points"
     if kind == "poly" and (len(bins) < MIN_POLY_POINTS or len(bins) % 2):

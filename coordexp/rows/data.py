@@ -146,6 +146,13 @@ def _resolve_media(row: dict[str, Any], base: Path) -> str | None:
     return None
 
 
+def with_resolved_media(row: Mapping[str, Any], source_file: str) -> tuple[dict[str, Any], str | None]:
+    """A copy of ``row`` whose relative media paths resolve against its file's folder, and the
+    first media problem (a missing file), if any."""
+    copy = dict(row)
+    return copy, _resolve_media(copy, Path(source_file).parent)
+
+
 def _encode(
     template: Any, row: dict[str, Any], base: Path, encode: Encode | None
 ) -> tuple[dict[str, Any] | None, str | None]:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import IO, Any, overload
 
 from coordexp.answers import AnswerFormat
-from coordexp.io.jsonl import parse_jsonl_line
-from coordexp.rows.data import encode_row, encoded_length, source_row
+from coordexp.io.jsonl import JsonlLine, parse_jsonl_line
+from coordexp.rows.data import encode_row, encoded_length, source_row, with_resolved_media
 from coordexp.rows.refused import DataError, one_line
 from coordexp.rows.row_index import RowIndex
 
@@ -57,7 +57,19 @@ class LazyRows(Sequence[dict[str, Any]]):
             raise IndexError(key)
         return self._encode(int(key) % len(self))
 
-    def _encode(self, i: int) -> dict[str, Any]:
+    def source(self, i: int) -> tuple[str, int, dict[str, Any]]:
+        """Row ``i`` as its file holds it (media paths resolved against the file's folder), with
+        the file and 1-based line; a row that no longer reads as it did raises ``DataError``."""
+        source_file, number, line = self._line(i)
+        src = source_row(line)
+        if src.row is None:
+            raise DataError(f"{source_file}:{number}: {one_line(src.problem or 'refused')}")
+        row, problem = with_resolved_media(src.row, source_file)
+        if problem is not None:
+            raise DataError(f"{source_file}:{number}: {one_line(problem)}")
+        return source_file, number, row
+
+    def _line(self, i: int) -> tuple[str, int, JsonlLine]:
         index = self.row_index
         source_file = index.files[int(index.file[i])]
         number = int(index.line[i])
@@ -66,6 +78,10 @@ class LazyRows(Sequence[dict[str, Any]]):
         line = parse_jsonl_line(
             Path(source_file), number, raw[:-1] if terminated else raw, terminated, last=False
         )
+        return source_file, number, line
+
+    def _encode(self, i: int) -> dict[str, Any]:
+        source_file, number, line = self._line(i)
         enc, reason = encode_row(self.template, source_row(line), source_file, self.answer_format)
         changed = " (it passed the pre-pass: the data changed since; restart to index it again)"
         if enc is None:
@@ -76,10 +92,10 @@ class LazyRows(Sequence[dict[str, Any]]):
                 )
             raise DataError(f"{source_file}:{number}: {one_line(reason or 'refused')}{changed}")
         length = encoded_length(enc)
-        if length != int(index.length[i]):
+        if length != int(self.row_index.length[i]):
             raise DataError(
                 f"{source_file}:{number}: encodes to {length} tokens, the index says "
-                f"{int(index.length[i])}{changed}"
+                f"{int(self.row_index.length[i])}{changed}"
             )
         return enc
 

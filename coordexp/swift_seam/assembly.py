@@ -10,6 +10,8 @@ from typing import Any
 
 from coordexp.components.needs import components_for
 from coordexp.config import Stage1CustomConfig, load_custom_config
+from coordexp.contracts.catalog import conditions_from_config
+from coordexp.swift_seam.detection_eval import DetectionEvalMixin
 from coordexp.swift_seam.mixins import MIXIN_BY_COMPONENT, DatasetMetricsCollatorMixin
 from coordexp.swift_seam.trainer_sections import trainer_section_attrs
 
@@ -38,5 +40,9 @@ def build_trainer_cls(
         "__module__": __name__,
         "__doc__": f"{base_trainer_cls.__name__} with Stage-1 components: {', '.join(names)}.",
     }
-    bases = (*mixins, DatasetMetricsCollatorMixin, base_trainer_cls)
+    # The detection evaluation acts at evaluate(), not in the step's pass: not a component.
+    front: tuple[type, ...] = mixins
+    if "det_eval" in conditions_from_config(custom):
+        front = (DetectionEvalMixin, *mixins)
+    bases = (*front, DatasetMetricsCollatorMixin, base_trainer_cls)
     return type(f"Stage1{base_trainer_cls.__name__}", bases, attrs)

@@ -14,6 +14,7 @@ from typing import Any
 
 from coordexp.config import (
     CoordSoftCEW1Config,
+    EvalDetectionConfig,
     InstabilityMonitorConfig,
     MetricsConfig,
     Stage1CustomConfig,
@@ -31,6 +32,7 @@ TRAINER_SECTIONS: Mapping[str, Any] = MappingProxyType(
         "instability_monitor": InstabilityMonitorConfig,
         "metrics": MetricsConfig,
         "stage1_pass": Stage1PassConfig,
+        "eval_detection": EvalDetectionConfig,
     }
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class TokenTypeMetricsConfig(BaseModel):
@@ -179,6 +179,78 @@ class Stage1PassConfig(BaseModel):
     )
 
 
+class IouThr(RootModel[float]):
+    model_config = ConfigDict(
+        frozen=True,
+    )
+    root: float = Field(..., ge=0.0, le=1.0)
+
+
+class F1ishIouThr(RootModel[float]):
+    model_config = ConfigDict(
+        frozen=True,
+    )
+    root: float = Field(..., ge=0.0, le=1.0)
+
+
+class EvalDetectionConfig(BaseModel):
+    """
+    custom.eval_detection: at each evaluation, generate answers for the first limit val rows with the live model and log COCO AP and F1-ish set-matching scores as eval_det_* (identical on every rank).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+    )
+    enabled: bool = Field(False, description="Turn the detection evaluation on.")
+    limit: int | None = Field(
+        None,
+        description="Evaluate the first limit kept val rows (file order); null: every val row.",
+        gt=0,
+    )
+    batch_size: int = Field(1, description="Rows per generate call on each rank.", gt=0)
+    max_new_tokens: int = Field(
+        1024,
+        description="Longest generated answer; an answer cut there counts as truncated (its complete records are kept).",
+        gt=0,
+    )
+    temperature: float = Field(
+        0.0,
+        description="0: greedy decoding; > 0: sampling at this temperature.",
+        ge=0.0,
+    )
+    top_p: float = Field(
+        1.0, description="Nucleus sampling mass (sampling only).", gt=0.0, le=1.0
+    )
+    repetition_penalty: float = Field(
+        1.0, description="HF generate's repetition penalty (1: none).", gt=0.0
+    )
+    metrics: Literal["coco", "f1ish", "both"] = Field(
+        "both",
+        description="coco: COCO box AP/AR (pycocotools); f1ish: set-matching precision, recall and F1; both.",
+    )
+    score_mode: Literal["constant", "coord_logprob"] = Field(
+        "constant",
+        description="A box's confidence for AP: constant_score, or from the log-probs of the tokens that wrote it (0.7 x exp(mean log-prob of its coord tokens) + 0.3 x that of its desc).",
+    )
+    constant_score: float = Field(
+        1.0, description="Every box's score with score_mode constant.", gt=0.0, le=1.0
+    )
+    iou_thrs: list[IouThr] | None = Field(
+        None, description="COCOeval IoU thresholds; null: 0.50:0.05:0.95.", min_length=1
+    )
+    f1ish_iou_thrs: tuple[float, ...] = Field(
+        [0.3, 0.5],
+        description="IoU thresholds of the F1-ish matching, each one of 0.3, 0.5, 0.75 (the thresholds whose keys eval_det_f1ish@<thr>_* the catalog declares).",
+        min_length=1,
+        validate_default=True,
+    )
+    f1ish_pred_scope: Literal["annotated", "all"] = Field(
+        "annotated",
+        description="annotated: only predictions whose desc is among the image's GT descs are scored; all: every prediction.",
+    )
+
+
 class InstabilityMonitorConfig(BaseModel):
     """
     custom.instability_monitor: loss/logit instability detection, event dumps, early stop and guard.
@@ -237,6 +309,7 @@ class CustomConfig(BaseModel):
     contracts: ContractsConfig | None = None
     metrics: MetricsConfig | None = None
     stage1_pass: Stage1PassConfig | None = None
+    eval_detection: EvalDetectionConfig | None = None
 
 
 class Stage1Config(BaseModel):

@@ -12,9 +12,11 @@ from PIL import Image
 from coordexp.cli import report
 from coordexp.cli.report import CSV_NAME, PNG_NAME, build_table, panels_for
 from coordexp.generated import metric_keys as K
-from coordexp.generated.metric_catalog import COORDEXP_KEYS
+from coordexp.generated.metric_catalog import COORDEXP_KEYS, EVAL_ONLY_KEYS
 from coordexp.run_folder.reader import read_run
 from tests.cli.runs import make_run
+
+TRAIN_MODE_KEYS = COORDEXP_KEYS - EVAL_ONLY_KEYS  # the fixture run does not evaluate detection
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -37,8 +39,8 @@ def test_report_writes_png_and_csv_into_the_run(tmp_path: Path, capsys: pytest.C
     header, rows = read_csv(csv_path)
     assert header[0] == "step"
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
-    train_cols = {K.LOSS, K.GRAD_NORM, K.TOKEN_ACC, K.EPOCH, *COORDEXP_KEYS}
-    eval_cols = {K.EVAL_LOSS, K.EVAL_RUNTIME, "eval_" + K.TOKEN_ACC, *("eval_" + k for k in COORDEXP_KEYS)}
+    train_cols = {K.LOSS, K.GRAD_NORM, K.TOKEN_ACC, K.EPOCH, *TRAIN_MODE_KEYS}
+    eval_cols = {K.EVAL_LOSS, K.EVAL_RUNTIME, "eval_" + K.TOKEN_ACC, *("eval_" + k for k in TRAIN_MODE_KEYS)}
     eval_speed = {K.EVAL_SAMPLES_PER_SECOND, K.EVAL_STEPS_PER_SECOND}
     assert set(header[1:]) == train_cols | eval_cols | eval_speed | {K.TRAIN_SPEED_S_IT}
     # train columns first, loss leading; eval columns after every train column

@@ -92,9 +92,13 @@ REFERENCE_FRAMEWORK_KEYS = {
 }
 
 
-def test_catalog_holds_exactly_the_49_package_keys() -> None:
+def test_catalog_holds_exactly_the_49_package_keys_and_the_detection_keys() -> None:
+    from coordexp.detection import detection_keys
+
     assert len(REFERENCE_PACKAGE_KEYS) == 49
-    assert set(cat.COORDEXP_KEYS) == REFERENCE_PACKAGE_KEYS
+    detection = set(detection_keys("both", (0.3, 0.5, 0.75)))  # every threshold the config allows
+    assert set(cat.EVAL_ONLY_KEYS) == detection
+    assert set(cat.COORDEXP_KEYS) == REFERENCE_PACKAGE_KEYS | detection
 
 
 def test_framework_keys_are_listed_and_owned_by_the_framework() -> None:

@@ -35,6 +35,8 @@ class MetricView:
     stability: str
     renamed_to: str | None
     deprecation_note: str
+    eval_only: bool
+    """written only into eval records (once per evaluation)"""
 
 
 def metric_views(metrics: Mapping[str, Any]) -> list[MetricView]:
@@ -65,6 +67,7 @@ def metric_views(metrics: Mapping[str, Any]) -> list[MetricView]:
                 stability=ext["stability"],
                 renamed_to=dep.get("renamed_to"),
                 deprecation_note=dep.get("note", ""),
+                eval_only=bool(ext.get("eval_only", False)),
             )
         )
     return views
