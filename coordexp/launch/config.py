@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from coordexp.answers import AnswerFormat
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
 from coordexp.config.loading import format_validation_error
+from coordexp.contracts.catalog import conditions_from_config, keys_written_under
+from coordexp.generated.metric_catalog import EVAL_ONLY_KEYS
 from coordexp.launch.arguments import validate_training_arguments
 from coordexp.launch.engines import fsdp_setup_errors
 from coordexp.rows.image_lengths import ImageCheck
@@ -136,9 +138,29 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Tra
     errors += input_path_errors(cfg)
     errors += resume_setting_errors(cfg.training)
     errors += fsdp_setup_errors(cfg.training)
+    errors += detection_setting_errors(cfg)
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
+
+
+def detection_setting_errors(cfg: TrainConfig) -> list[str]:
+    """A best-model metric this config never logs (an ``eval_det_*`` key whose evaluation is off);
+    ``custom.eval_detection`` without val rows to evaluate."""
+    custom = cfg.stage1()
+    errors = []
+    best = cfg.training.get("metric_for_best_model")
+    if isinstance(best, str):
+        base = best.removeprefix("eval_")
+        if base in EVAL_ONLY_KEYS and base not in keys_written_under(conditions_from_config(custom)):
+            errors.append(
+                f"training.metric_for_best_model: {best} is not logged with this custom.eval_detection "
+                "(enable it, with the metrics and f1ish_iou_thrs that write this key)"
+            )
+    detection = custom.eval_detection
+    if detection is not None and detection.enabled and not cfg.data.val:
+        errors.append("custom.eval_detection: enabled, but data.val names no rows to evaluate")
+    return errors
 
 
 def input_path_errors(cfg: TrainConfig) -> list[str]:
