@@ -47,7 +47,7 @@ def _train(argv: Sequence[str]) -> int:
 
             if is_multimodal_model_type(DEMO_KINDS[kind].model_type):
                 require_vl_dependencies(f"the --demo {kind} model ({DEMO_KINDS[kind].description})")
-        cfg = load_config(args.config) if args.config else demo_config(kind=kind)
+        cfg = load_config(args.config) if args.config else demo_config(kind=kind, detection=True)
         if not args.config:
             print(f"[coordexp] no config given: running the embedded demo ({DEMO_KINDS[kind].description})")
         train(cfg)

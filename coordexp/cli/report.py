@@ -129,6 +129,20 @@ def _group_order() -> list[str]:
     return list(seen)
 
 
+_DETECTION_GROUP = "detection"
+_DETECTION_HEADLINES = (
+    "det_bbox_AP",
+    "det_bbox_AP50",
+    "det_bbox_AP75",
+    "det_bbox_AR100",
+    "det_parse_valid_rate",
+)
+
+
+def _headline(key: str) -> bool:
+    return key in _DETECTION_HEADLINES or key.endswith(("_f1_full_micro", "_f1_loc_micro"))
+
+
 def panels_for(table: MetricTable) -> list[Panel]:
     """The loss composition, then each catalog group split into [0, 1] keys and scale keys.
 
@@ -139,6 +153,9 @@ def panels_for(table: MetricTable) -> list[Panel]:
     candidates = [Panel("loss composition (loss = base_ce + coord_diag terms)", tuple(loss))]
     for group in _group_order():
         keys = [k for k in _catalog_sorted(KEYS_BY_GROUP[group]) if k not in loss]
+        if group == _DETECTION_GROUP:  # ~90 keys: the ones a checkpoint is picked by (the CSV has all)
+            candidates.append(Panel("detection (eval)", tuple(k for k in keys if _headline(k))))
+            continue
         if group == "token_acc":
             keys.insert(0, K.TOKEN_ACC)  # ms-swift's own top-1 accuracy sits best next to ours
         bounded = [k for k in keys if METRIC_SPECS[k].minimum == 0 and METRIC_SPECS[k].maximum == 1]

@@ -30,10 +30,17 @@ class RunResult:
     eval_metrics: dict[str, Any]
 
 
-def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "text") -> TrainConfig:
+# The demo's detection evaluation: a few val rows and short answers keep it to seconds on CPU.
+DEMO_DETECTION: dict[str, Any] = {"enabled": True, "limit": 8, "batch_size": 4, "max_new_tokens": 48}
+
+
+def demo_config(
+    root: Path | None = None, *, seed: int = 0, kind: DemoKind = "text", detection: bool = False
+) -> TrainConfig:
     """Every Stage-1 feature on, on an embedded default: ``text`` (a tiny Qwen3), ``coordjson`` (the
     same, answered in CoordJSON) or ``vl`` (a tiny Qwen3-VL with generated images); about a minute
-    on 2 CPU cores."""
+    on 2 CPU cores. ``detection``: the detection evaluation too (what ``coordexp train`` runs
+    without a config; the tests that build on the demo leave it off unless they test it)."""
     from coordexp.demo.build import DEMO_KINDS, build_demo_assets
 
     spec = DEMO_KINDS[kind]
@@ -69,6 +76,7 @@ def demo_config(root: Path | None = None, *, seed: int = 0, kind: DemoKind = "te
             "coord_soft_ce_w1": {"enabled": True},
             "instability_monitor": {"enabled": True},
             "contracts": {},
+            **({"eval_detection": dict(DEMO_DETECTION)} if detection else {}),
         },
         "seed": seed,
     }

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coordexp.cli import check_logs
+from coordexp.cli import check_logs, report
 from coordexp.config import load_custom_config
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.detection import evaluation as evaluation_module
@@ -32,6 +32,7 @@ from coordexp.launch import TrainConfig, demo_config, parse_config, train
 from coordexp.rows.data import answer_texts
 from coordexp.rows.refused import DataError
 from coordexp.run_folder.names import DET_METRICS_FILE, DET_PREDICTIONS_FILE, detection_eval_dir
+from coordexp.run_folder.reader import read_run
 from tests.integration.test_lazy_loader_logs import logged_values
 from tests.processes import child_env, torchrun
 
@@ -77,6 +78,9 @@ def test_detection_keys_land_in_the_eval_records_and_training_is_unchanged(
         assert len((folder / DET_PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()) == 6
     capsys.readouterr()
     assert check_logs.main([str(run)]) == 0, capsys.readouterr().out
+    panels = report.panels_for(report.build_table(read_run(run).records, "logging.jsonl"))
+    detection_panel = next(p for p in panels if p.title == "detection (eval)")
+    assert "det_bbox_AP" in detection_panel.keys and "det_f1ish@0.50_f1_full_micro" in detection_panel.keys
 
     plain = make_config(training={**best, "metric_for_best_model": "eval_loss", "greater_is_better": False})
     plain.training["output_dir"] = str(Path(plain.training["output_dir"]).with_name("plain"))
