@@ -22,7 +22,7 @@ from coordexp.config.loading import format_validation_error
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.generated.metric_catalog import EVAL_ONLY_KEYS
 from coordexp.launch.arguments import validate_training_arguments
-from coordexp.launch.engines import fsdp_setup_errors
+from coordexp.launch.engines import fsdp_requested, fsdp_setup_errors
 from coordexp.rows.image_lengths import ImageCheck
 from coordexp.run_folder.resume import names_a_folder, resume_setting_errors
 
@@ -158,9 +158,31 @@ def detection_setting_errors(cfg: TrainConfig) -> list[str]:
                 "(enable it, with the metrics and f1ish_iou_thrs that write this key)"
             )
     detection = custom.eval_detection
-    if detection is not None and detection.enabled and not cfg.data.val:
-        errors.append("custom.eval_detection: enabled, but data.val names no rows to evaluate")
+    if detection is not None and detection.enabled:
+        if not cfg.data.val:
+            errors.append("custom.eval_detection: enabled, but data.val names no rows to evaluate")
+        if fsdp_requested(cfg.training) or _zero_stage(cfg.training.get("deepspeed")) == 3:
+            errors.append(
+                "custom.eval_detection: not supported with FSDP or DeepSpeed ZeRO-3 yet (ranks generating "
+                "answers of different lengths over sharded parameters would wait on each other); use "
+                "ZeRO-2, DDP or one process"
+            )
     return errors
+
+
+def _zero_stage(deepspeed: Any) -> int | None:
+    """``zero_optimization.stage`` of a DeepSpeed config given inline or as a JSON file."""
+    import json
+
+    if isinstance(deepspeed, str) and Path(deepspeed).is_file():
+        try:
+            deepspeed = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    if isinstance(deepspeed, Mapping):
+        stage = (deepspeed.get("zero_optimization") or {}).get("stage")
+        return stage if isinstance(stage, int) else None
+    return None
 
 
 def input_path_errors(cfg: TrainConfig) -> list[str]:

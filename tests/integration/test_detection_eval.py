@@ -122,6 +122,13 @@ def test_a_best_model_metric_the_config_never_logs_is_refused_at_load(
 
     with pytest.raises(ConfigError, match=r"^training.metric_for_best_model: eval_det_bbox_AP is not logged"):
         make_config(training={"metric_for_best_model": "eval_det_bbox_AP"})
+    with pytest.raises(
+        ConfigError, match=r"^custom.eval_detection: not supported with FSDP or DeepSpeed ZeRO-3"
+    ):
+        make_config(
+            custom={"eval_detection": DETECTION},
+            training={"deepspeed": {"zero_optimization": {"stage": 3}}},
+        )
     with pytest.raises(ConfigError, match=r"eval_det_f1ish@0.75_f1_full_micro is not logged"):
         make_config(
             custom={"eval_detection": DETECTION},
