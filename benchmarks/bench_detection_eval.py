@@ -33,7 +33,7 @@ def run(kind: str, rows: int, max_new_tokens: Sequence[int], batch_size: int) ->
     import torch
 
     from coordexp.detection.evaluation import DetectionEvaluator, evaluation_rows
-    from coordexp.detection.generate import GenerationSettings, generate_answers
+    from coordexp.detection.generate import generate_answers
     from coordexp.detection.metrics import EvalSample, detection_metrics
     from coordexp.launch import demo_config
     from coordexp.launch.config import DataSection
@@ -58,7 +58,7 @@ def run(kind: str, rows: int, max_new_tokens: Sequence[int], batch_size: int) ->
     pairs = [(k, r.row) for k, r in enumerate(eval_rows)]
     results = []
     for tokens in max_new_tokens:
-        settings = GenerationSettings(batch_size=batch_size, max_new_tokens=tokens)
+        settings = _cfg("constant", batch_size=batch_size, max_new_tokens=tokens)
         generate_answers(model, template, pairs[:batch_size], settings)  # warm-up
         start = time.perf_counter()
         answers = generate_answers(model, template, pairs, settings)
@@ -66,16 +66,14 @@ def run(kind: str, rows: int, max_new_tokens: Sequence[int], batch_size: int) ->
         generated = sum(len(a.token_ids) for a in answers)
         scoring = {}
         for mode in ("constant", "coord_logprob"):
-            evaluator = DetectionEvaluator(
-                _cfg(mode), eval_rows, work / "run"
-            )  # for its _sample (token spans), as the evaluation does
+            evaluator = DetectionEvaluator(_cfg(mode), eval_rows, work / "run")  # its _sample: token spans
             start = time.perf_counter()
             samples = [evaluator._sample(r, a, template) for r, a in zip(eval_rows, answers, strict=True)]
-            detection_metrics(samples, metrics="both", score_mode=mode)  # type: ignore[arg-type]
+            detection_metrics(samples, evaluator.cfg)
             scoring[mode] = (time.perf_counter() - start) / len(eval_rows)
         truth = [EvalSample(r.gt, r.width, r.height, answer_texts(r.row)[-1]) for r in eval_rows]
         start = time.perf_counter()
-        perfect = detection_metrics(truth, metrics="both")
+        perfect = detection_metrics(truth, _cfg("constant"))
         truth_s = (time.perf_counter() - start) / len(eval_rows)
         results.append(
             {
@@ -95,10 +93,12 @@ def run(kind: str, rows: int, max_new_tokens: Sequence[int], batch_size: int) ->
     return {"kind": kind, "batch_size": batch_size, "results": results}
 
 
-def _cfg(mode: str) -> Any:
+def _cfg(mode: str, **values: Any) -> Any:
     from coordexp.config import EvalDetectionConfig
 
-    return EvalDetectionConfig.from_mapping({"enabled": True, "score_mode": mode})
+    return EvalDetectionConfig.from_mapping(
+        {"enabled": True, "metrics": "both", "score_mode": mode, **values}
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:

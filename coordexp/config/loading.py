@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ValidationError, model_validator
 
-from coordexp.detection.metrics import f1ish_threshold_error
+from coordexp.detection.metrics import f1ish_threshold_error, iou_thresholds_error
 from coordexp.generated.models import config as generated
 from coordexp.rows.fields import dataset_included
 
@@ -87,10 +87,11 @@ def rule_errors(model: BaseModel, where: str) -> list[str]:
     errors = []
     if isinstance(model, generated.CoordSoftCEW1Config) and (msg := coord_loss_weight_error(model)):
         errors.append(f"{where}: {msg}")
-    if isinstance(model, generated.EvalDetectionConfig) and (
-        msg := f1ish_threshold_error(model.f1ish_iou_thrs)
-    ):
-        errors.append(f"{where}.f1ish_iou_thrs: {msg}")
+    if isinstance(model, generated.EvalDetectionConfig):
+        if msg := f1ish_threshold_error(model.f1ish_iou_thrs):
+            errors.append(f"{where}.f1ish_iou_thrs: {msg}")
+        if msg := iou_thresholds_error(model.iou_thrs):
+            errors.append(f"{where}.iou_thrs: {msg}")
     for name in type(model).model_fields:
         value = getattr(model, name)
         if isinstance(value, BaseModel):

@@ -24,9 +24,10 @@ from typing import Any
 
 from coordexp.detection.coco import coco_json
 from coordexp.detection.confidence import token_spans
-from coordexp.detection.generate import Generated, GenerationSettings, generate_answers
+from coordexp.detection.generate import Generated, generate_answers
 from coordexp.detection.metrics import EvalSample, SliceResult, detection_metrics
 from coordexp.detection.objects import DetObject, GroundTruthError, read_ground_truth
+from coordexp.generated.models.config import EvalDetectionConfig
 from coordexp.rows.data import answer_texts
 from coordexp.rows.refused import DataError, one_line
 from coordexp.run_folder.names import (
@@ -105,17 +106,10 @@ def _rank_world() -> tuple[int, int]:
 class DetectionEvaluator:
     """Generates, gathers, scores and writes one evaluation (see the module docstring)."""
 
-    def __init__(self, cfg: Any, rows: Sequence[EvalRow], output_dir: Path) -> None:
+    def __init__(self, cfg: EvalDetectionConfig, rows: Sequence[EvalRow], output_dir: Path) -> None:
         self.cfg = cfg
         self.rows = list(rows)
         self.output_dir = output_dir
-        self.settings = GenerationSettings(
-            batch_size=cfg.batch_size,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            repetition_penalty=cfg.repetition_penalty,
-        )
 
     def evaluate(self, model: Any, template: Any, global_step: int) -> dict[str, float]:
         rank, world = _rank_world()
@@ -123,7 +117,7 @@ class DetectionEvaluator:
         error = None
         generated: list[Generated] = []
         try:
-            generated = generate_answers(model, template, mine, self.settings, progress=rank == 0)
+            generated = generate_answers(model, template, mine, self.cfg, progress=rank == 0)
         except Exception as exc:  # every rank must learn of it, or the others wait forever
             error = f"rank {rank}: {type(exc).__name__}: {one_line(str(exc))}"
         parts = _gather((generated, error))
@@ -133,13 +127,7 @@ class DetectionEvaluator:
         by_index = {g.index: g for part, _ in parts for g in part}
         answers = [by_index[k] for k in range(len(self.rows))]
         result = detection_metrics(
-            [self._sample(r, a, template) for r, a in zip(self.rows, answers, strict=True)],
-            metrics=self.cfg.metrics,
-            score_mode=self.cfg.score_mode,
-            constant_score=self.cfg.constant_score,
-            f1ish_iou_thrs=self.cfg.f1ish_iou_thrs,
-            f1ish_pred_scope=self.cfg.f1ish_pred_scope,
-            iou_thrs=self.cfg.iou_thrs,
+            [self._sample(r, a, template) for r, a in zip(self.rows, answers, strict=True)], self.cfg
         )
         if rank == 0:
             self._write(result, [a.text for a in answers], global_step)

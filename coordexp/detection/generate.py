@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coordexp.generated.models.config import EvalDetectionConfig
 from coordexp.rows.data import MEDIA_FIELDS
 
 
@@ -36,15 +37,6 @@ class Generated:
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    batch_size: int = 1
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
 
 
 def prompt_of(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,20 +82,22 @@ def generate_answers(
     model: Any,
     template: Any,
     rows: Sequence[tuple[int, Mapping[str, Any]]],
-    settings: GenerationSettings,
+    cfg: EvalDetectionConfig,
     *,
     progress: bool = False,
 ) -> list[Generated]:
-    """The model's answers to ``rows`` (``(index, row)`` pairs, media paths absolute), in order.
-    An engine error raises (the caller stops the run on every rank)."""
+    """The model's answers to ``rows`` (``(index, row)`` pairs, media paths absolute), in order,
+    generated as ``cfg`` (``custom.eval_detection``) says: ``batch_size``, ``max_new_tokens``,
+    ``temperature``, ``top_p``, ``repetition_penalty``. An engine error raises (the caller stops
+    the run on every rank)."""
     from swift.infer_engine import InferRequest, RequestConfig, TransformersEngine
 
-    engine = TransformersEngine(model, template=copy.copy(template), max_batch_size=settings.batch_size)
+    engine = TransformersEngine(model, template=copy.copy(template), max_batch_size=cfg.batch_size)
     request_config = RequestConfig(
-        max_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        repetition_penalty=settings.repetition_penalty,
+        max_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty,
         logprobs=True,
         return_details=True,
     )

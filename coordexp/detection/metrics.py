@@ -23,9 +23,10 @@ from typing import Literal
 
 from coordexp.detection.coco import COCO_STATS, ScoredImage, coco_metrics
 from coordexp.detection.confidence import object_scores
-from coordexp.detection.f1ish import F1ISH_NAMES, Scope, f1ish_metrics
+from coordexp.detection.f1ish import F1ISH_NAMES, f1ish_metrics
 from coordexp.detection.objects import DetObject, ReadAnswer, read_prediction
 from coordexp.generated.metric_catalog import CONDITIONS
+from coordexp.generated.models.config import EvalDetectionConfig
 
 MetricsChoice = Literal["coco", "f1ish", "both"]
 ScoreMode = Literal["constant", "coord_logprob"]
@@ -48,6 +49,12 @@ F1ISH_THRESHOLDS: tuple[float, ...] = tuple(
 
 def f1ish_condition(tau: float) -> str:
     return f"{_F1ISH_CONDITION}{tau:.2f}"
+
+
+def iou_thresholds_error(thresholds: Sequence[float] | None) -> str | None:
+    """Why ``iou_thrs`` cannot be used (a threshold outside [0, 1]), or None."""
+    bad = [t for t in thresholds or () if not 0.0 <= t <= 1.0]
+    return None if not bad else f"{bad[0]:g} is not an IoU threshold in [0, 1]"
 
 
 def f1ish_threshold_error(thresholds: Sequence[float]) -> str | None:
@@ -109,22 +116,17 @@ def score_boxes(
     return object_scores(read, sample.token_spans, sample.logprobs)
 
 
-def detection_metrics(
-    samples: Sequence[EvalSample],
-    *,
-    metrics: MetricsChoice = "both",
-    score_mode: ScoreMode = "constant",
-    constant_score: float = 1.0,
-    f1ish_iou_thrs: Sequence[float] = (0.3, 0.5),
-    f1ish_pred_scope: Scope = "annotated",
-    iou_thrs: Sequence[float] | None = None,
-) -> SliceResult:
-    """The slice's ``det_*`` values (see the module docstring) and what each answer gave."""
+def detection_metrics(samples: Sequence[EvalSample], cfg: EvalDetectionConfig) -> SliceResult:
+    """The slice's ``det_*`` values (see the module docstring) and what each answer gave, under the
+    ``custom.eval_detection`` settings ``cfg`` (metrics, scores, thresholds, scope)."""
+    metrics = cfg.metrics
     answers = [read_prediction(s.answer, s.width, s.height) for s in samples]
     dropped: Counter[str] = Counter()
     for read in answers:
         dropped.update(read.dropped)
-    scores = [score_boxes(r, s, score_mode, constant_score) for r, s in zip(answers, samples, strict=True)]
+    scores = [
+        score_boxes(r, s, cfg.score_mode, cfg.constant_score) for r, s in zip(answers, samples, strict=True)
+    ]
     images = [
         ScoredImage(
             s.width,
@@ -149,13 +151,13 @@ def detection_metrics(
     }
     values = {PREFIX + k: v for k, v in out.items()}
     if metrics in ("coco", "both"):
-        coco, unknown = coco_metrics(images, iou_thrs)
+        coco, unknown = coco_metrics(images, cfg.iou_thrs)
         dropped["unknown_dropped"] += unknown
         values.update({f"{PREFIX}bbox_{k}": v for k, v in coco.items()})
     if metrics in ("f1ish", "both"):
         pairs = [(image.pred, image.gt) for image in images]
-        for tau in sorted(set(f1ish_iou_thrs)):
+        for tau in sorted(set(cfg.f1ish_iou_thrs)):
             values.update(
-                {f1ish_key(tau, k): v for k, v in f1ish_metrics(pairs, tau, f1ish_pred_scope).items()}
+                {f1ish_key(tau, k): v for k, v in f1ish_metrics(pairs, tau, cfg.f1ish_pred_scope).items()}
             )
     return SliceResult(values, answers, scores, images, dropped)

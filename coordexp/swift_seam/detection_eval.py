@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from coordexp.config import EvalDetectionConfig, Stage1CustomConfig
+from coordexp.config import Stage1CustomConfig
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.generated.metric_catalog import EVAL_ONLY_KEYS
 from coordexp.reporting.reporter import MetricReporter
 from coordexp.rows.refused import DataError
+from coordexp.swift_seam.trainer_sections import trainer_custom
 
 __all__ = ["DetectionEvalMixin", "evaluated_rows_of"]
 
@@ -40,10 +41,10 @@ class DetectionEvalMixin:
         super().__init__(*args, **kwargs)
         from coordexp.detection.evaluation import DetectionEvaluator, evaluation_rows
 
-        cfg = EvalDetectionConfig.from_mapping(self.eval_detection_cfg)
         trainer: Any = self
+        cfg = trainer_custom(trainer).eval_detection
         self._coordexp_detection = None
-        if not cfg.enabled or trainer.eval_dataset is None:
+        if cfg is None or not cfg.enabled or trainer.eval_dataset is None:
             return
         rows = evaluation_rows(evaluated_rows_of(trainer.eval_dataset), cfg.limit)
         self._coordexp_detection = DetectionEvaluator(cfg, rows, _output_dir(trainer))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TokenTypeMetricsConfig(BaseModel):
@@ -179,20 +179,6 @@ class Stage1PassConfig(BaseModel):
     )
 
 
-class IouThr(RootModel[float]):
-    model_config = ConfigDict(
-        frozen=True,
-    )
-    root: float = Field(..., ge=0.0, le=1.0)
-
-
-class F1ishIouThr(RootModel[float]):
-    model_config = ConfigDict(
-        frozen=True,
-    )
-    root: float = Field(..., ge=0.0, le=1.0)
-
-
 class EvalDetectionConfig(BaseModel):
     """
     custom.eval_detection: at each evaluation, generate answers for the first limit val rows with the live model and log COCO AP and F1-ish set-matching scores as eval_det_* (identical on every rank).
@@ -236,8 +222,10 @@ class EvalDetectionConfig(BaseModel):
     constant_score: float = Field(
         1.0, description="Every box's score with score_mode constant.", gt=0.0, le=1.0
     )
-    iou_thrs: list[IouThr] | None = Field(
-        None, description="COCOeval IoU thresholds; null: 0.50:0.05:0.95.", min_length=1
+    iou_thrs: list[float] | None = Field(
+        None,
+        description="COCOeval IoU thresholds, each in [0, 1]; null: 0.50:0.05:0.95.",
+        min_length=1,
     )
     f1ish_iou_thrs: tuple[float, ...] = Field(
         [0.3, 0.5],

@@ -8,9 +8,11 @@ import contextlib
 import io
 import json
 import math
+from typing import Any
 
 import pytest
 
+from coordexp.config import EvalDetectionConfig
 from coordexp.detection import (
     COCO_STATS,
     F1ISH_NAMES,
@@ -21,6 +23,11 @@ from coordexp.detection import (
     read_prediction,
 )
 from coordexp.detection.confidence import token_spans
+
+
+def settings(**values: Any) -> EvalDetectionConfig:
+    return EvalDetectionConfig.from_mapping({"enabled": True, **values})
+
 
 W = H = 1000  # bins read as pixels: round(v / 999 * 999) = v
 Box = tuple[int, int, int, int]
@@ -50,7 +57,7 @@ GT_IMAGES = [
 
 def test_predictions_equal_to_the_ground_truth_score_one_everywhere() -> None:
     samples = [sample(gt, answer(*gt)) for gt in GT_IMAGES]
-    result = detection_metrics(samples, metrics="both")
+    result = detection_metrics(samples, settings(metrics="both"))
     m = result.metrics
     for stat in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100"):
         assert m[f"det_bbox_{stat}"] == pytest.approx(1.0), stat
@@ -113,7 +120,7 @@ def test_shifted_and_missing_boxes_give_what_pycocotools_gives() -> None:
         [("person", (100, 100, 600, 900)), ("cat", (700, 700, 990, 990)), ("cat", (0, 0, 60, 150))],
     ]
     samples = [sample(gt, answer(*p)) for gt, p in zip(GT_IMAGES, preds, strict=True)]
-    got = detection_metrics(samples, metrics="coco").metrics
+    got = detection_metrics(samples, settings(metrics="coco")).metrics
     expected = _pycocotools(GT_IMAGES, [[(d, b, 1.0) for d, b in p] for p in preds])
     assert [got[f"det_bbox_{s}"] for s in COCO_STATS] == pytest.approx(expected)
     assert 0 < got["det_bbox_AP"] < 1 and got["det_empty_pred"] == 1
@@ -122,7 +129,7 @@ def test_shifted_and_missing_boxes_give_what_pycocotools_gives() -> None:
 def test_the_reference_worked_f1ish_example() -> None:
     gt = [("cat", (0, 0, 100, 100)), ("dog", (200, 200, 300, 300))]
     pred = answer(("cat", (0, 0, 100, 80)), ("dog", (200, 200, 300, 240)), ("car", (500, 500, 600, 600)))
-    m = detection_metrics([sample(gt, pred)], metrics="f1ish", f1ish_iou_thrs=(0.5, 0.3)).metrics
+    m = detection_metrics([sample(gt, pred)], settings(metrics="f1ish", f1ish_iou_thrs=(0.5, 0.3))).metrics
     at5 = {n: m[f"det_f1ish@0.50_{n}"] for n in F1ISH_NAMES}
     assert (at5["tp_loc"], at5["fp_loc"], at5["fn_loc"]) == (1, 1, 1)
     assert at5["precision_loc_micro"] == at5["recall_loc_micro"] == at5["f1_loc_micro"] == 0.5
@@ -136,10 +143,10 @@ def test_the_reference_worked_f1ish_example() -> None:
 
 def test_a_right_box_with_the_wrong_desc_is_a_full_miss_not_a_localisation_miss() -> None:
     gt = [("cat", (0, 0, 100, 100))]
-    m = detection_metrics([sample(gt, answer(("cat", (0, 0, 100, 100))))], metrics="f1ish").metrics
+    m = detection_metrics([sample(gt, answer(("cat", (0, 0, 100, 100))))], settings(metrics="f1ish")).metrics
     assert m["det_f1ish@0.50_f1_full_micro"] == 1
     other = detection_metrics(
-        [sample(gt, answer(("dog", (0, 0, 100, 100))))], metrics="f1ish", f1ish_pred_scope="all"
+        [sample(gt, answer(("dog", (0, 0, 100, 100))))], settings(metrics="f1ish", f1ish_pred_scope="all")
     ).metrics
     assert other["det_f1ish@0.50_tp_loc"] == 1 and other["det_f1ish@0.50_matched_sem_bad"] == 1
     assert other["det_f1ish@0.50_tp_full"] == 0 and other["det_f1ish@0.50_sem_acc_on_matched"] == 0
@@ -167,7 +174,7 @@ def test_malformed_truncated_and_empty_answers_are_counted() -> None:
         answer(("cat", (300, 10, 10, 400))),  # x1 > x2
         answer(("cat", (10, 10, 300, 400)), ("dog", (5, 5, 5, 9))),  # one degenerate, one kept
     ]
-    result = detection_metrics([sample(gt, a) for a in answers], metrics="f1ish")
+    result = detection_metrics([sample(gt, a) for a in answers], settings(metrics="f1ish"))
     m = result.metrics
     assert m["det_empty_pred"] == 4
     assert m["det_parse_valid_rate"] == pytest.approx(2 / 6)
@@ -183,10 +190,12 @@ def test_an_empty_gt_image_in_the_middle_changes_no_other_image() -> None:
         answer(("cat", (30, 20, 320, 410))),
         answer(("dog", (700, 700, 990, 990)), ("cat", (0, 0, 60, 150))),
     ]
-    two = detection_metrics([sample(first, preds[0]), sample(last, preds[1])], metrics="both").metrics
+    two = detection_metrics(
+        [sample(first, preds[0]), sample(last, preds[1])], settings(metrics="both")
+    ).metrics
     empty = EvalSample((), W, H, '{"objects": []}')
     three = detection_metrics(
-        [sample(first, preds[0]), empty, sample(last, preds[1])], metrics="both"
+        [sample(first, preds[0]), empty, sample(last, preds[1])], settings(metrics="both")
     ).metrics
     assert {k: v for k, v in three.items() if "bbox" in k or "f1ish" in k} == {
         k: v for k, v in two.items() if "bbox" in k or "f1ish" in k
@@ -211,7 +220,7 @@ def test_coord_logprob_scores_equal_hand_computed_ones() -> None:
     spans = token_spans(list(range(len(pieces))), lambda ids: "".join(pieces[i] for i in ids))
     gt = read_ground_truth(text, W, H)
     s = EvalSample(gt, W, H, text, tuple(spans), tuple(lp))
-    result = detection_metrics([s], metrics="coco", score_mode="coord_logprob")
+    result = detection_metrics([s], settings(metrics="coco", score_mode="coord_logprob"))
     geom = math.exp((-0.3 - 0.4 - 0.2 - 0.6) / 4)
     desc = math.exp((-0.5 - 0.2) / 2)
     assert result.scores[0] == [pytest.approx(0.7 * geom + 0.3 * desc, rel=1e-12)]
@@ -227,6 +236,6 @@ def test_an_unscorable_box_is_dropped_not_a_false_positive() -> None:
     text = "".join(pieces)
     spans = token_spans([0, 1, 2], lambda ids: "".join(pieces[i] for i in ids))
     s = EvalSample(read_ground_truth(text, W, H), W, H, text, tuple(spans), (0.0, float("nan"), 0.0))
-    result = detection_metrics([s], metrics="f1ish", score_mode="coord_logprob")
+    result = detection_metrics([s], settings(metrics="f1ish", score_mode="coord_logprob"))
     assert result.scores == [[None]] and result.dropped["unscorable"] == 1
     assert result.metrics["det_f1ish@0.50_fp_loc"] == 0 and result.metrics["det_f1ish@0.50_fn_loc"] == 1

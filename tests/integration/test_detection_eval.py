@@ -26,7 +26,7 @@ from coordexp.cli import check_logs, report
 from coordexp.config import load_custom_config
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.detection import evaluation as evaluation_module
-from coordexp.detection.generate import Generated, GenerationSettings
+from coordexp.detection.generate import Generated
 from coordexp.generated.metric_catalog import EVAL_ONLY_KEYS
 from coordexp.launch import TrainConfig, demo_config, parse_config, train
 from coordexp.rows.data import answer_texts
@@ -92,7 +92,7 @@ def _scripted(
     model: Any,
     template: Any,
     rows: Sequence[tuple[int, Mapping[str, Any]]],
-    settings: GenerationSettings,
+    cfg: Any,
     **_: Any,
 ) -> list[Generated]:
     """The model "answers" each row with the row's own answer."""
