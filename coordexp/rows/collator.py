@@ -2,9 +2,10 @@
 
 ``build_dataset_metrics_collator(template, ...)`` returns ``collate(batch) -> dict`` that runs the
 base collator (``template.data_collator`` by default), then the enrichers (dataset meta always;
-instability meta when ``instability_monitor_cfg["enabled"]``; token types when
-``token_type_cfg.enabled``), then the contract guards of ``coordexp.contracts``
-(``check_enricher_output`` per enricher, ``check_batch_extras`` on the result).
+instability meta when ``custom.instability_monitor.enabled``; token types when
+``custom.token_type_metrics.enabled``; each section parsed once into its model), then the contract
+guards of ``coordexp.contracts`` (``check_enricher_output`` per enricher, ``check_batch_extras`` on
+the result).
 
 How the source row's fields reach the collator (ms-swift 4.6)
 --------------------------------------------------------------
