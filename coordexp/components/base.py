@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from coordexp.components.context import StepContext
-from coordexp.functional import CoordLossConfig
 from coordexp.functional.pass_spec import PassOptions
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class PassRequest:
     mass: bool = False
     mass_max_tokens: int = 0
     types: bool = False
-    coord_cfg: CoordLossConfig | None = None
+    coord_cfg: CoordSoftCEW1Config | None = None
 
     def merge(self, other: PassRequest) -> PassRequest:
         if self.coord_cfg is not None and other.coord_cfg is not None and self.coord_cfg != other.coord_cfg:

@@ -21,10 +21,10 @@ from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.pass_inputs import PassInputs
 from coordexp.components.runtime import current_accumulation_steps
-from coordexp.config import CoordSoftCEW1Config
-from coordexp.functional import IGNORE_INDEX, CoordLossConfig, CoordSlice, coord_loss
+from coordexp.functional import IGNORE_INDEX, CoordSlice, coord_loss
 from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
 from coordexp.generated import metric_keys as K
+from coordexp.generated.models.config import CoordSoftCEW1Config
 from coordexp.reporting.aggregation import Ratio, StepValue
 
 _ALIASES = (
@@ -38,11 +38,6 @@ _ALIASES = (
 
 class CoordObjectiveError(RuntimeError):
     """The enabled coord loss cannot be computed; training must not go on without it."""
-
-
-def loss_config(cfg: CoordSoftCEW1Config) -> CoordLossConfig:
-    """The section as the loss functions read it (same model, stricter checks)."""
-    return CoordLossConfig.from_mapping(cfg)
 
 
 def averages_tokens_across_devices(trainer: Any) -> bool:
@@ -71,7 +66,7 @@ class CoordLossComponent(BaseComponent):
     def __init__(self, cfg: CoordSoftCEW1Config) -> None:
         self.cfg = cfg
         self.enabled = bool(cfg.enabled)
-        self.loss_cfg = loss_config(cfg)
+        self.loss_cfg = cfg  # the parsed section is what the loss functions read
         self.gate_on = self.loss_cfg.gate_weight != 0.0
 
     # -- objective path ----------------------------------------------------------------------

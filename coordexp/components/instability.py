@@ -15,7 +15,7 @@ from transformers.trainer_callback import ExportableState
 from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.runtime import current_learning_rate
-from coordexp.config import InstabilityMonitorConfig
+from coordexp.generated.models.config import InstabilityMonitorConfig
 from coordexp.monitor import InstabilityMonitor, MonitorDecision, StepObservation
 
 

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
-from coordexp.config import TokenTypeMetricsConfig
 from coordexp.generated import metric_keys as K
+from coordexp.generated.models.config import TokenTypeMetricsConfig
 from coordexp.reporting.aggregation import Ratio, StepValue
 
 # (type name, frac key, acc key, top-5 key)

@@ -3,17 +3,27 @@
 Fields, defaults, bounds and types are said once, in ``schemas/config.schema.json``; the models
 ``tools/regen.py`` generates from it are frozen (arrays are tuples) and are the configuration every
 component reads. This module keeps what is not a model: :class:`ConfigError` and its wording, the
-parse entry points (:meth:`from_mapping`, :func:`load_custom_config`), the one rule across fields
-(codegen cannot generate it), and the public names, each a thin subclass of its generated model that adds
-``from_mapping`` and mapping-style reads. Errors name the full key path, e.g.
-``custom.coord_soft_ce_w1.temperature: must be > 0``.
+parse entry points, the rules codegen cannot generate (across fields, finite numbers), and the public
+names, each a thin subclass of its generated model that adds ``from_mapping`` and mapping-style reads.
+Errors name the full key path, e.g. ``custom.coord_soft_ce_w1.temperature: must be > 0``.
+
+Every ``custom.*`` section is parsed here, by one of three entries, and nowhere else:
+
+- :func:`load_custom_config` (and ``<Public>.from_mapping``): a YAML block, read as YAML reads it
+  (lax types; unknown keys refused);
+- :func:`parsed_section`: a section built by that parse and handed on (a trainer's class attribute) is
+  taken as it is, with its rules checked; anything else goes through ``from_mapping``;
+- :func:`held_section`: what a public entry point's caller holds (a model, a mapping, an attribute
+  object, None); strict types, unknown keys ignored, None for "the default".
 """
 
 from __future__ import annotations
 
+import math
+import os
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError, model_validator
 
@@ -82,11 +92,18 @@ def coord_loss_weight_error(cfg: generated.CoordSoftCEW1Config) -> str | None:
     return None
 
 
+def coord_loss_infinite(cfg: generated.CoordSoftCEW1Config) -> list[str]:
+    """The coord loss's numbers that are not finite (the schema's bounds let ``.inf`` through)."""
+    return [name for name, value in cfg if isinstance(value, float) and not math.isfinite(value)]
+
+
 def rule_errors(model: BaseModel, where: str) -> list[str]:
     """``path: message`` for each rule ``model`` or a section inside it breaks."""
     errors = []
-    if isinstance(model, generated.CoordSoftCEW1Config) and (msg := coord_loss_weight_error(model)):
-        errors.append(f"{where}: {msg}")
+    if isinstance(model, generated.CoordSoftCEW1Config):
+        errors += [f"{where}.{name}: must be finite" for name in coord_loss_infinite(model)]
+        if msg := coord_loss_weight_error(model):
+            errors.append(f"{where}: {msg}")
     if isinstance(model, generated.EvalDetectionConfig):
         if msg := f1ish_threshold_error(model.f1ish_iou_thrs):
             errors.append(f"{where}.f1ish_iou_thrs: {msg}")
@@ -97,6 +114,11 @@ def rule_errors(model: BaseModel, where: str) -> list[str]:
         if isinstance(value, BaseModel):
             errors += rule_errors(value, f"{where}.{name}")
     return errors
+
+
+def generated_model(model: type[BaseModel]) -> type[BaseModel]:
+    """The generated model a section class is (itself, or the base of a public name)."""
+    return next(b for b in model.__mro__ if b.__module__ == generated.__name__)
 
 
 def _section_path(model: type[BaseModel]) -> str:
@@ -114,8 +136,7 @@ class _Section(BaseModel):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        generated_base = next(b for b in cls.__mro__ if b.__module__ == generated.__name__)
-        cls.SECTION = _section_path(generated_base)
+        cls.SECTION = _section_path(generated_model(cls))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, *, prefix: str | None = None) -> Self:
@@ -194,3 +215,58 @@ class Stage1CustomConfig(_Section, generated.CustomConfig):
 def load_custom_config(custom: Mapping[str, Any] | None) -> Stage1CustomConfig:
     """Validate the ``custom:`` block of a training YAML (unknown keys and bad values raise)."""
     return Stage1CustomConfig.from_mapping(custom or {})
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parsed_section(model: type[_Section], data: object) -> BaseModel:
+    """``data`` as the section ``model``: a model the one parse built is taken as it is (its rules
+    checked, nothing parsed again); a mapping (the seed's way) is parsed by ``model.from_mapping``."""
+    if isinstance(data, generated_model(model)):
+        errors = rule_errors(data, model.SECTION)
+        if errors:
+            raise ConfigError("\n".join(errors))
+        return data
+    return model.from_mapping(data)  # type: ignore[arg-type]  # from_mapping says what else is wrong
+
+
+def _held_value(held: object, name: str) -> Any:
+    """``name`` of a mapping or an attribute object (None when absent)."""
+    if isinstance(held, Mapping):
+        return held.get(name)
+    return getattr(held, name, None)
+
+
+def held_section(model: type[_M], held: object, where: str | None = None) -> _M:
+    """The section ``model`` from what a public entry point's caller holds: the model itself
+    (returned as is), a mapping (YAML), an attribute object, or None (every default).
+
+    Unknown keys are ignored on purpose (rejecting them is the YAML loader's job) and None for a
+    field (an empty YAML value) means "use the default". Types are checked strictly (a bool is no
+    number, ``"yes"`` no bool); a bad value raises :class:`ConfigError` naming the key, e.g.
+    ``custom.instability_monitor.ema_decay must be < 1.0, got 2.0``.
+    """
+    where = where or _section_path(generated_model(model))
+    if isinstance(held, model):
+        return held
+    values = dict(model())  # the defaults, already typed: strict validation takes them as they are
+    for name, field in model.model_fields.items():
+        raw = None if held is None else _held_value(held, name)
+        if raw is None:
+            continue
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            raw = held_section(field.annotation, raw, f"{where}.{name}")
+        elif isinstance(raw, os.PathLike):
+            raw = os.fspath(raw)
+        elif isinstance(raw, list):
+            raw = tuple(raw)  # the models' arrays are tuples
+        values[name] = raw
+    try:
+        return model.model_validate(values, strict=True)
+    except ValidationError as exc:
+        lines = [
+            f"{'.'.join([where, *map(str, e['loc'])])} {describe_error(e)}, got {e['input']!r}"
+            for e in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None

@@ -28,6 +28,7 @@ from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.losses import coord_loss
 from coordexp.functional.stage1_pass import DEFAULT_CHUNK_SIZE
 from coordexp.functional.targets import next_token_targets
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 __all__ = ["CoordLossConfig", "CoordSoftCEW1Result", "coord_soft_ce_w1"]
 
@@ -52,10 +53,10 @@ class CoordSoftCEW1Result:
     """all sufficient statistics of the pass (see ``coordexp.functional.stat_keys``)"""
 
 
-def _as_config(cfg: CoordLossConfig | Mapping[str, Any] | None) -> CoordLossConfig:
+def _as_config(cfg: CoordSoftCEW1Config | Mapping[str, Any] | None) -> CoordSoftCEW1Config:
     if cfg is None:
         return CoordLossConfig()
-    if isinstance(cfg, CoordLossConfig):
+    if isinstance(cfg, CoordSoftCEW1Config):  # the section model, as parsed
         return cfg
     return CoordLossConfig.from_mapping(cfg)
 
@@ -71,7 +72,7 @@ def coord_soft_ce_w1(
     labels: Tensor,
     coord_token_ids: CoordSlice | Sequence[int] | Tensor,
     *,
-    cfg: CoordLossConfig | Mapping[str, Any] | None = None,
+    cfg: CoordSoftCEW1Config | Mapping[str, Any] | None = None,
     coord_denominator: Tensor | float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> CoordSoftCEW1Result:

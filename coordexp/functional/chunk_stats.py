@@ -12,7 +12,6 @@ import math
 import torch
 from torch import Tensor
 
-from coordexp.functional.coord_config import CoordLossConfig
 from coordexp.functional.coord_math import (
     SANITIZE_LIMIT,
     CoordTerms,
@@ -24,6 +23,7 @@ from coordexp.functional.coord_math import (
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.pass_spec import ChunkSource, GradSpec, PassSpec
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, TYPE_IGNORE
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 __all__ = ["ChunkStats", "Workspace"]
 
@@ -256,7 +256,7 @@ class ChunkStats:
                 coord, spec.coord_cfg, x, probs, lse_fix, loss_terms, gate_raw, base_row, raw_top
             )
 
-    def _coord_diag(self, cfg: CoordLossConfig, terms: CoordTerms, lse_t: Tensor | None) -> Tensor | None:
+    def _coord_diag(self, cfg: CoordSoftCEW1Config, terms: CoordTerms, lse_t: Tensor | None) -> Tensor | None:
         """Coord-term statistics of the coord rows; returns the gate's ``lse_t - lse_z`` (with ``lse_t``)."""
         rows, bins = self.coord_row, self.bins
         self.put("n_coord", rows)
@@ -284,7 +284,7 @@ class ChunkStats:
         return gate_raw
 
     def _coord_grad(
-        self, cfg: CoordLossConfig, terms: CoordTerms, gate_raw: Tensor | None
+        self, cfg: CoordSoftCEW1Config, terms: CoordTerms, gate_raw: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """``(d loss / d coord logits [n, K], per-row gate scale)`` of the coord terms, scaled."""
         assert self.grad is not None
@@ -292,12 +292,12 @@ class ChunkStats:
         zero = torch.zeros((), device=rows.device)
         row_scale = torch.where(rows, self.grad.coord_scale, zero)
         gate_scale = zero.expand(self.size)
-        if cfg.gate_enabled and gate_raw is not None:
+        if cfg.gate_weight != 0 and gate_raw is not None:
             gate_scale = torch.where(rows & (gate_raw >= 0), self.grad.coord_scale * cfg.gate_weight, zero)
         return coord_terms_grad(terms, self.bins, cfg, row_scale, gate_scale), gate_scale
 
     def _write_coord_only_grad(
-        self, coord: CoordSlice, cfg: CoordLossConfig, x: Tensor, terms: CoordTerms
+        self, coord: CoordSlice, cfg: CoordSoftCEW1Config, x: Tensor, terms: CoordTerms
     ) -> None:
         """No full-vocab term: the gradient is zero outside the coord columns."""
         if self.grad is None or self.grad_rows is None:
@@ -313,7 +313,7 @@ class ChunkStats:
     def _write_full_grad(
         self,
         coord: CoordSlice | None,
-        cfg: CoordLossConfig | None,
+        cfg: CoordSoftCEW1Config | None,
         x: Tensor,
         probs: Tensor,
         lse_fix: Tensor,

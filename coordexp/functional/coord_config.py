@@ -1,59 +1,51 @@
-"""Configuration of the coord-token loss: the ``custom.coord_soft_ce_w1`` section, as the loss reads it."""
+"""``CoordLossConfig``: the generated ``custom.coord_soft_ce_w1`` model, built by hand.
+
+The loss functions take the section model itself (``coordexp.generated.models.config.
+CoordSoftCEW1Config``), as the config loader parsed it; ``enabled`` is the caller's business. This
+subclass adds no field (tests/contracts ties it to the model): it is the name callers of the pure
+functions (tests, benchmarks, the seed's ``coord_soft_ce_w1``) build a section with, stricter than the
+YAML loader on construction, as code that passes numbers should be.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from pydantic import ValidationError
 
-from coordexp.config.loading import format_validation_error
+from coordexp.config.loading import ConfigError, format_validation_error
 from coordexp.generated.models.config import CoordSoftCEW1Config
 
-# The schema's defaults and bounds live in the generated model; this dataclass reads them from it.
-_SECTION: Final = CoordSoftCEW1Config()
+__all__ = ["CoordLossConfig"]
 
 
-@dataclass(frozen=True)
-class CoordLossConfig:
-    """Weights and shape of the coord loss: the fields of the generated ``coord_soft_ce_w1`` model but
-    ``enabled`` (the caller's business), with its defaults and bounds (tests/contracts ties the fields).
+class CoordLossConfig(CoordSoftCEW1Config):
+    """Weights and shape of the coord loss: the ``coord_soft_ce_w1`` section with its defaults and bounds.
 
     ``loss = ce_weight * CE + soft_ce_weight * softCE + w1_weight * W1 + gate_weight * gate``, each term
     averaged over the GT coord positions; ``temperature`` divides the logits, ``target_sigma`` and
-    ``target_truncate`` (in bins) shape the Gaussian soft target. A plain frozen dataclass: the loss
-    code reads it on every step and callers use ``dataclasses.replace``.
+    ``target_truncate`` (in bins) shape the Gaussian soft target.
     """
 
-    ce_weight: float = _SECTION.ce_weight
-    soft_ce_weight: float = _SECTION.soft_ce_weight
-    w1_weight: float = _SECTION.w1_weight
-    gate_weight: float = _SECTION.gate_weight
-    temperature: float = _SECTION.temperature
-    target_sigma: float = _SECTION.target_sigma
-    target_truncate: int | None = _SECTION.target_truncate
-
-    def __post_init__(self) -> None:
-        # Stricter than the YAML loader: a bool or a string is no number, and numbers are finite.
-        values = dataclasses.asdict(self)
-        for f in dataclasses.fields(self):
-            value = values[f.name]
-            if f.type != "float":
+    def __init__(self, **values: Any) -> None:
+        # Stricter than the YAML loader (whose lax types read YAML): a bool or a string is no number
+        # (TypeError), and numbers are finite; the bounds are the model's (ValueError).
+        for name, value in values.items():
+            if type(self).model_fields.get(name, None) is None or name in ("enabled", "target_truncate"):
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool):
-                raise TypeError(f"{f.name} must be a number, got {value!r}")
+                raise TypeError(f"{name} must be a number, got {value!r}")
             if not math.isfinite(value):
-                raise ValueError(f"{f.name} must be finite, got {value!r}")
-        trunc = self.target_truncate
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        trunc = values.get("target_truncate")
         if trunc is not None and (not isinstance(trunc, int) or isinstance(trunc, bool)):
             raise ValueError(f"target_truncate must be None or an int >= 0, got {trunc!r}")
-        try:  # the bounds: the schema's, through the generated model
-            CoordSoftCEW1Config.model_validate(values)
+        try:
+            super().__init__(**values)
         except ValidationError as exc:
-            raise ValueError(format_validation_error(exc, "coord_soft_ce_w1")) from None
+            raise ConfigError(format_validation_error(exc, "coord_soft_ce_w1")) from None
 
     @property
     def gate_enabled(self) -> bool:
@@ -67,11 +59,5 @@ class CoordLossConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | CoordSoftCEW1Config) -> CoordLossConfig:
-        """Build from a config section (a mapping or the section model): every field but ``enabled``,
-        which is ignored; other unknown keys raise ``ValueError``."""
-        data = dict(values)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names - {"enabled"})
-        if unknown:
-            raise ValueError(f"unknown coord loss config keys: {unknown}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Build from a config section (a mapping or the section model); unknown keys raise ``ValueError``."""
+        return cls(**dict(values))

@@ -23,7 +23,7 @@ from typing import Final
 import torch
 from torch import Tensor
 
-from coordexp.functional.coord_config import CoordLossConfig
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 SANITIZE_LIMIT: Final = 1e4
 """Non-finite coord-term logits are replaced (NaN -> 0, ±inf -> ±limit) and all are clamped to ±limit."""
@@ -99,7 +99,7 @@ class CoordTerms:
     ce: Tensor
 
 
-def coord_terms(coord_logits: Tensor, bins: Tensor, cfg: CoordLossConfig) -> CoordTerms:
+def coord_terms(coord_logits: Tensor, bins: Tensor, cfg: CoordSoftCEW1Config) -> CoordTerms:
     """softCE, W1 and CE per row from *sanitised* fp32 coord logits ``[n, K]`` and GT bins ``[n]``."""
     z = coord_logits / cfg.temperature
     lse_z = torch.logsumexp(z, dim=-1)
@@ -114,7 +114,7 @@ def coord_terms(coord_logits: Tensor, bins: Tensor, cfg: CoordLossConfig) -> Coo
 
 
 def coord_terms_grad(
-    terms: CoordTerms, bins: Tensor, cfg: CoordLossConfig, row_scale: Tensor, gate_scale: Tensor
+    terms: CoordTerms, bins: Tensor, cfg: CoordSoftCEW1Config, row_scale: Tensor, gate_scale: Tensor
 ) -> Tensor:
     """Gradient w.r.t. the (sanitised, untempered) coord logits of
     ``row_scale * (w_soft softCE + w_ce CE + w_w1 W1) - gate_scale * logsumexp(z)`` per row.

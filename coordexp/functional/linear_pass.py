@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from coordexp.functional.coord_config import CoordLossConfig
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.loss_plan import (
     Denominator,
@@ -35,6 +34,7 @@ from coordexp.functional.loss_plan import (
 )
 from coordexp.functional.pass_spec import DEFAULT_CHUNK_SIZE, ChunkSource, PassOptions, validate_targets
 from coordexp.functional.stage1_pass import run_stage1_pass
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 LINEAR_CHUNK_ELEMENTS = 1 << 26
 """On an accelerator a chunk holds at most this many logits (256 MiB in fp32): the head weight is read
@@ -229,7 +229,7 @@ def linear_coord_loss(
     head: OutputHead,
     targets: Tensor,
     coord: CoordSlice,
-    cfg: CoordLossConfig,
+    cfg: CoordSoftCEW1Config,
     *,
     coord_denominator: Denominator = None,
     base_ce: bool = False,
@@ -259,7 +259,7 @@ def linear_ce_loss(
     *,
     denominator: Denominator = None,
     coord: CoordSlice | None = None,
-    coord_cfg: CoordLossConfig | None = None,
+    coord_cfg: CoordSoftCEW1Config | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     types: Tensor | None = None,
     top5: bool = True,

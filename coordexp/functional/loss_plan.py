@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from coordexp.functional.coord_config import CoordLossConfig
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.pass_spec import GradSpec, PassOptions, PassSpec, pass_spec
 from coordexp.functional.targets import IGNORE_INDEX
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 __all__ = ["Denominator", "LogitsInfo", "LossPlan", "ce_loss_plan", "coord_loss_plan", "wants_grad"]
 
@@ -40,7 +40,7 @@ class LossPlan:
     ``stats`` receives the pass's statistics."""
 
     spec: PassSpec
-    cfg: CoordLossConfig | None
+    cfg: CoordSoftCEW1Config | None
     base_ce: bool
     want_grad: bool
     stats: dict[str, Tensor] = field(default_factory=dict)
@@ -111,7 +111,7 @@ class LogitsInfo:
 
 
 def coord_loss_plan(
-    coord: CoordSlice, cfg: CoordLossConfig, logits: LogitsInfo, options: PassOptions, *, base_ce: bool
+    coord: CoordSlice, cfg: CoordSoftCEW1Config, logits: LogitsInfo, options: PassOptions, *, base_ce: bool
 ) -> LossPlan:
     """The loss of :func:`~coordexp.functional.losses.coord_loss`: the coord terms, plus with
     ``base_ce`` the CE over the non-coord targets."""
@@ -120,7 +120,7 @@ def coord_loss_plan(
 
 
 def ce_loss_plan(
-    coord: CoordSlice | None, coord_cfg: CoordLossConfig | None, logits: LogitsInfo, options: PassOptions
+    coord: CoordSlice | None, coord_cfg: CoordSoftCEW1Config | None, logits: LogitsInfo, options: PassOptions
 ) -> LossPlan:
     """The loss of :func:`~coordexp.functional.losses.ce_loss`: the CE over every supervised target;
     ``coord_cfg`` (with ``coord``) adds the coord diagnostics, never a loss term."""

@@ -27,11 +27,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from coordexp.functional.coord_config import CoordLossConfig
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.loss_plan import Denominator, LogitsInfo, LossPlan, ce_loss_plan, coord_loss_plan
 from coordexp.functional.pass_spec import DEFAULT_CHUNK_SIZE, PassOptions, validate_inputs
 from coordexp.functional.stage1_pass import run_stage1_pass
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 
 def _unit_gradient(
@@ -88,7 +88,7 @@ def coord_loss(
     logits: Tensor,
     targets: Tensor,
     coord: CoordSlice,
-    cfg: CoordLossConfig,
+    cfg: CoordSoftCEW1Config,
     *,
     coord_denominator: Denominator = None,
     base_ce: bool = False,
@@ -124,7 +124,7 @@ def ce_loss(
     *,
     denominator: Denominator = None,
     coord: CoordSlice | None = None,
-    coord_cfg: CoordLossConfig | None = None,
+    coord_cfg: CoordSoftCEW1Config | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     types: Tensor | None = None,
     top5: bool = True,

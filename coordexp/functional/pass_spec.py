@@ -10,8 +10,8 @@ from typing import TypedDict
 import torch
 from torch import Tensor
 
-from coordexp.functional.coord_config import CoordLossConfig
 from coordexp.functional.coord_slice import CoordSlice
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 DEFAULT_CHUNK_SIZE = 2048
 
@@ -30,7 +30,7 @@ class PassSpec:
     """What one pass computes. Host-side booleans only: the work done never depends on the data."""
 
     coord: CoordSlice | None = None
-    coord_cfg: CoordLossConfig | None = None
+    coord_cfg: CoordSoftCEW1Config | None = None
     top5: bool = True
     mass: bool = False
     mass_max_tokens: int = 0
@@ -49,7 +49,7 @@ class PassSpec:
 
     @property
     def gate(self) -> bool:
-        return self.diag and self.coord_cfg is not None and self.coord_cfg.gate_enabled
+        return self.diag and self.coord_cfg is not None and self.coord_cfg.gate_weight != 0
 
     @property
     def temperature(self) -> float:
@@ -76,7 +76,7 @@ class PassSpec:
 
 def pass_spec(
     coord: CoordSlice | None,
-    coord_cfg: CoordLossConfig | None,
+    coord_cfg: CoordSoftCEW1Config | None,
     *,
     vocab: int,
     device: torch.device,

@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 from coordexp.functional.chunk_stats import ChunkStats, Workspace
-from coordexp.functional.coord_config import CoordLossConfig
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.pass_spec import (
     DEFAULT_CHUNK_SIZE,
@@ -52,6 +51,7 @@ from coordexp.functional.pass_spec import (
 from coordexp.functional.reduce import padded_quantile
 from coordexp.functional.stat_keys import STAT_KEYS
 from coordexp.functional.targets import IGNORE_INDEX
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 __all__ = [
     "CPU_CHUNK_ELEMENTS",
@@ -186,7 +186,7 @@ def stage1_stats(
     top5: bool = True,
     mass: bool = False,
     mass_max_tokens: int = 0,
-    coord_cfg: CoordLossConfig | None = None,
+    coord_cfg: CoordSoftCEW1Config | None = None,
     base_ce: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, Tensor]:

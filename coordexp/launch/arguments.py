@@ -10,7 +10,7 @@ YAML 1.1 reads as the string ``"3e-3"``, is a number again) and a few obvious bo
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, Union
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from coordexp.config import ConfigError
 
@@ -88,59 +90,42 @@ def training_argument_specs() -> dict[str, ArgumentSpec]:
 # ---------------------------------------------------------------- coercion
 
 
-def _to_bool(value: object) -> bool:
-    from transformers.hf_argparser import string_to_bool
+# The scalars are read by pydantic's lax mode (``TypeAdapter``): "3e-3" and "1e3" are numbers, "4" an
+# int, "no"/"True" booleans, as HF's argument parser reads them. ``_scalar``'s pre-steps keep what that
+# parser (and this loader before) reads otherwise: a bool is no number or string (lax takes True as 1);
+# a bool is a bool or one of HF's yes/no words (lax also takes "on"/"off" and the numbers 0/1); an
+# int stays an int where a float goes (HF reads ``warmup_steps: 2`` as a count, ``0.1`` as a ratio;
+# lax gives 2.0); and a string for a number is an int literal (``int()``: "4" but not "4.0") or else a
+# float (lax reads "4.0" as the int 4 and refuses "1e3" for an int). One difference is kept: an
+# integral float beyond 64 bits (``max_steps: 1e300``) is no integer any more.
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {
+    bool: TypeAdapter(bool),
+    int: TypeAdapter(int),
+    float: TypeAdapter(float),
+    str: TypeAdapter(str, config=ConfigDict(coerce_numbers_to_str=True)),  # run_name: 2024
+}
 
-    if isinstance(value, bool):
+
+def _scalar(value: object, hint: type) -> Any:
+    """``value`` as the scalar type ``hint`` (bool, int, float or str)."""
+    adapter = _ADAPTERS[hint]
+    if hint is bool:
+        taken = isinstance(value, bool) or (isinstance(value, str) and value.lower() not in ("on", "off"))
+    else:
+        taken = isinstance(value, str | int | float) and not isinstance(value, bool)
+    if not taken:
+        raise _BadValue(_expected(hint), value)
+    if hint is float and isinstance(value, int):
         return value
-    if isinstance(value, str):
-        try:
-            return bool(string_to_bool(value))
-        except argparse.ArgumentTypeError:  # not one of its yes/no words
-            pass
-    raise _BadValue("a boolean", value)
-
-
-def _to_int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    number: float | None = None
-    if isinstance(value, float):
-        number = value
-    elif isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            try:
-                number = float(value)  # "1e3"
-            except ValueError:
-                number = None
-    if number is not None and math.isfinite(number) and number.is_integer():
-        return int(number)
-    raise _BadValue("an integer", value)
-
-
-def _to_float(value: object) -> int | float:
-    """A number; ints stay ints (HF reads ``warmup_steps: 2`` as a count, ``0.1`` as a ratio)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    raise _BadValue("a number", value)
-
-
-def _to_str(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):  # e.g. run_name: 2024
-        return str(value)
-    raise _BadValue("a string", value)
+    if hint in (int, float) and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value)  # an int literal stays an int, where a float goes too
+    try:
+        if hint in (int, float) and isinstance(value, str):
+            return adapter.validate_python(_ADAPTERS[float].validate_python(value))  # "3e-3", "1e3"
+        return adapter.validate_python(value)
+    except ValidationError:
+        raise _BadValue(_expected(hint), value) from None
 
 
 def _expected(hint: Any) -> str:
@@ -200,15 +185,11 @@ def _coerce(value: object, hint: Any) -> Any:
     if origin is Literal:
         return _choice(value, tuple(typing.get_args(hint)))
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return value.value if isinstance(value, Enum) else _to_str(value)  # choices checked by the caller
-    simple: dict[Any, Callable[[object], Any]] = {
-        bool: _to_bool,
-        int: _to_int,
-        float: _to_float,
-        str: _to_str,
-    }
-    if hint in simple:
-        return simple[hint](value)
+        return (
+            value.value if isinstance(value, Enum) else _scalar(value, str)
+        )  # choices checked by the caller
+    if hint in _ADAPTERS:
+        return _scalar(value, hint)
     if hint is list or origin is list:
         (item,) = typing.get_args(hint) or (Any,)
         items = value if isinstance(value, list | tuple) else [value]  # HF's nargs="+" with one value

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from coordexp.answers import AnswerFormat
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
@@ -88,9 +88,14 @@ class TrainConfig(_Strict):
     )
     custom: dict[str, Any] = Field(default_factory=dict, description="The Stage-1 custom.* sections.")
     seed: int = 42
+    _stage1: Stage1CustomConfig | None = PrivateAttr(None)
 
     def stage1(self) -> Stage1CustomConfig:
-        return load_custom_config(self.custom)
+        """The ``custom:`` block as its models: parsed on the first call (``parse_config`` makes it,
+        so a bad section fails at load), the same models after."""
+        if self._stage1 is None:
+            self._stage1 = load_custom_config(self.custom)
+        return self._stage1
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -128,7 +133,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Tra
         cfg = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "config").replace("config.", "")) from None
-    cfg.stage1()  # validates custom.* with key paths
+    cfg.stage1()  # parses custom.* once (errors name the key paths)
     # Everything else a run needs before it loads anything: reported together, one line each.
     errors: list[str] = []
     try:

@@ -2,9 +2,10 @@
 
 ``build_dataset_metrics_collator(template, ...)`` returns ``collate(batch) -> dict`` that runs the
 base collator (``template.data_collator`` by default), then the enrichers (dataset meta always;
-instability meta when ``instability_monitor_cfg["enabled"]``; token types when
-``token_type_cfg.enabled``), then the contract guards of ``coordexp.contracts``
-(``check_enricher_output`` per enricher, ``check_batch_extras`` on the result).
+instability meta when ``custom.instability_monitor.enabled``; token types when
+``custom.token_type_metrics.enabled``; each section parsed once into its model), then the contract
+guards of ``coordexp.contracts`` (``check_enricher_output`` per enricher, ``check_batch_extras`` on
+the result).
 
 How the source row's fields reach the collator (ms-swift 4.6)
 --------------------------------------------------------------
@@ -43,17 +44,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from coordexp.config.loading import held_section
 from coordexp.contracts import ContractViolation, check_batch_extras, check_enricher_output
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
-from coordexp.rows.enrichers import (
-    MONITOR_DEFAULTS,
-    TOKEN_TYPE_DEFAULTS,
-    DatasetMetaEnricher,
-    Enricher,
-    InstabilityMetaEnricher,
-    cfg_setting,
-)
+from coordexp.generated.models.config import InstabilityMonitorConfig, TokenTypeMetricsConfig
+from coordexp.rows.enrichers import DatasetMetaEnricher, Enricher, InstabilityMetaEnricher
 from coordexp.rows.fields import EXTRA_KWARGS_KEY, META_FIELDS
 from coordexp.rows.typing_enricher import TokenTypesEnricher
 
@@ -155,16 +151,20 @@ class DatasetMetricsCollator:
 def build_enrichers(
     template: Any, token_type_cfg: Any = None, instability_monitor_cfg: Any = None
 ) -> list[Enricher]:
-    """Dataset meta always; instability meta and token types when their features are enabled."""
+    """Dataset meta always; instability meta and token types when their features are enabled.
+
+    A section is the parsed model, or what a caller of the public collator holds (a mapping, an
+    attribute object), parsed into the model here; None: the section is absent (off).
+    """
     enrichers: list[Enricher] = [DatasetMetaEnricher()]
-    monitor, tokens = instability_monitor_cfg, token_type_cfg  # None: the section is absent (off)
-    if monitor is not None and cfg_setting(monitor, MONITOR_DEFAULTS, "enabled"):
-        max_meta = int(cfg_setting(monitor, MONITOR_DEFAULTS, "max_meta_samples"))
-        enrichers.append(InstabilityMetaEnricher(max_meta))
-    if tokens is not None and cfg_setting(tokens, TOKEN_TYPE_DEFAULTS, "enabled"):
-        include = cfg_setting(tokens, TOKEN_TYPE_DEFAULTS, "include")
-        exclude = cfg_setting(tokens, TOKEN_TYPE_DEFAULTS, "exclude")
-        enrichers.append(TokenTypesEnricher(template, include=include, exclude=exclude))
+    if instability_monitor_cfg is not None:
+        monitor = held_section(InstabilityMonitorConfig, instability_monitor_cfg)
+        if monitor.enabled:
+            enrichers.append(InstabilityMetaEnricher(monitor.max_meta_samples))
+    if token_type_cfg is not None:
+        tokens = held_section(TokenTypeMetricsConfig, token_type_cfg)
+        if tokens.enabled:
+            enrichers.append(TokenTypesEnricher(template, include=tokens.include, exclude=tokens.exclude))
     return enrichers
 
 
@@ -179,7 +179,8 @@ def build_dataset_metrics_collator(
 ) -> DatasetMetricsCollator:
     """Wrap ``base_collator`` (default ``template.data_collator``) with the diagnostics enrichers.
 
-    ``token_type_cfg`` / ``instability_monitor_cfg`` may be Mappings or attribute-style configs.
+    ``token_type_cfg`` / ``instability_monitor_cfg``: the parsed section models, or Mappings or
+    attribute-style configs (parsed into the models, strictly; a bad value raises ``ConfigError``).
     ``contracts_mode`` (strict / warn / off) overrides the process default of ``coordexp.contracts``.
     ``extra_enrichers`` run after the built-in ones (they must emit contract-declared keys).
     """

@@ -63,22 +63,6 @@ class Enricher(Protocol):
 # ---------------------------------------------------------------- sample and row helpers
 
 
-def cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
-    """Read ``name`` from a Mapping or an attribute-style config (pydantic model, namespace)."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
-
-
-def cfg_setting(cfg: Any, defaults: Any, name: str) -> Any:
-    """``name`` of a config section (Mapping or attribute-style); ``defaults``' value (the schema's
-    default, from the generated model) when the section lacks it or holds None."""
-    value = cfg_get(cfg, name)
-    return getattr(defaults, name) if value is None else value
-
-
 def sample_length(sample: Sample) -> int:
     """The encoded length: ``length`` when the sample has it, else the length of its ids."""
     length = sample.get("length")
@@ -218,7 +202,5 @@ __all__ = [
     "Enricher",
     "InstabilityMetaEnricher",
     "batch_num_rows",
-    "cfg_get",
-    "cfg_setting",
     "group_rows",
 ]

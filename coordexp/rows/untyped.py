@@ -25,10 +25,11 @@ from typing import Any, Final
 
 from coordexp.answers import AnswerFormat, parse_answer
 from coordexp.answers.compare import payload_disagreement
+from coordexp.config.loading import held_section
 from coordexp.generated.models.config import TokenTypeMetricsConfig
 from coordexp.monitor.samples import write_atomic
 from coordexp.rows.data import answer_texts
-from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, cfg_setting
+from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from coordexp.rows.fields import PAYLOAD_FIELD, sample_dataset_label
 from coordexp.rows.refused import DataError
 from coordexp.rows.token_types import (
@@ -42,7 +43,6 @@ from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 UNTYPED: Final = "untyped"
 PAYLOAD_MISMATCH: Final = "payload_mismatch"
 _SHOWN_ON_CONSOLE = 5
-_DEFAULTS = TokenTypeMetricsConfig()
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,20 @@ class TypingSetup:
 
     @classmethod
     def for_run(cls, template: Any, token_types: Any, answer_format: AnswerFormat) -> TypingSetup | None:
-        """The setup of a run, None when ``custom.token_type_metrics`` is absent or disabled."""
-        if token_types is None or not cfg_setting(token_types, _DEFAULTS, "enabled"):
+        """The setup of a run, None when ``custom.token_type_metrics`` is absent or disabled.
+
+        ``token_types``: the parsed section, or a mapping a caller holds (parsed into the model)."""
+        if token_types is None:
+            return None
+        section = held_section(TokenTypeMetricsConfig, token_types)
+        if not section.enabled:
             return None
         return cls(
             tokenizer=template.tokenizer,
             suffix=tuple(resolve_suffix_ids(template)),
             specials=tail_special_ids(template.tokenizer),
-            include=tuple(cfg_setting(token_types, _DEFAULTS, "include")),
-            exclude=tuple(cfg_setting(token_types, _DEFAULTS, "exclude")),
+            include=section.include,
+            exclude=section.exclude,
             answer_format=answer_format,
         )
 

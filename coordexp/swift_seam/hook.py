@@ -5,7 +5,8 @@ the components the mixins in front of it declare through :class:`coordexp.compon
 in a fixed order, so any subset of the mixins, in any order, gives the same keys and the same loss.
 
 Trainer attributes read: ``coord_soft_ce_w1_cfg``, ``token_type_metrics_cfg``,
-``instability_monitor_cfg``, ``metrics_cfg``, ``stage1_pass_cfg`` (mappings or config objects),
+``instability_monitor_cfg``, ``metrics_cfg``, ``stage1_pass_cfg`` (the parsed section models, or the seed's
+mappings; read through ``trainer_sections.trainer_custom``),
 ``template`` (its ``tokenizer``), ``custom_metrics``, ``args``, ``model.training``, ``state``, ``control``.
 """
 

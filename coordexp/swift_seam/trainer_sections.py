@@ -21,6 +21,7 @@ from coordexp.config import (
     Stage1PassConfig,
     TokenTypeMetricsConfig,
 )
+from coordexp.config.loading import parsed_section
 
 __all__ = ["TRAINER_SECTIONS", "find_tokenizer", "section_attr", "trainer_custom", "trainer_section_attrs"]
 
@@ -48,11 +49,13 @@ def trainer_section_attrs(custom: Stage1CustomConfig) -> dict[str, Any]:
 
 
 def trainer_custom(trainer: Any) -> Stage1CustomConfig:
-    """The trainer's ``custom:`` sections, each parsed once into its model (None where absent)."""
+    """The trainer's ``custom:`` sections as their models (None where absent): the models
+    :func:`~coordexp.swift_seam.assembly.build_trainer_cls` set are taken as they are (parsed once,
+    by the config loader); a mapping set on a seed mixin is parsed here, once per call."""
     sections = {}
     for section, model in TRAINER_SECTIONS.items():
         raw = getattr(trainer, section_attr(section), None)
-        sections[section] = None if raw is None else model.from_mapping(raw)
+        sections[section] = None if raw is None else parsed_section(model, raw)
     return Stage1CustomConfig(**sections)
 
 

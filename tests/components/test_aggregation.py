@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from coordexp.components.coord_loss import loss_config
 from coordexp.config import CoordSoftCEW1Config
-from coordexp.functional import CoordLossConfig, next_token_targets, next_token_types
+from coordexp.functional import next_token_targets, next_token_types
 from coordexp.generated import metric_keys as K
 from coordexp.generated.batch_extras import PACK_NUM_SAMPLES_KEY, TOKEN_TYPES_KEY
 from coordexp.generated.metric_catalog import METRIC_SPECS
@@ -166,7 +165,7 @@ COUNTS = {
 }
 
 
-def _evaluate(expression: str, stats: dict[str, float], weights: CoordLossConfig) -> float:
+def _evaluate(expression: str, stats: dict[str, float], weights: CoordSoftCEW1Config) -> float:
     """A catalog numerator/denominator: ``stat`` or ``weight·stat`` terms joined by `` + ``."""
     total = 0.0
     for term in expression.split(" + "):
@@ -201,7 +200,7 @@ def _run(aggregation: str, tmp_path: Path) -> tuple[Any, dict[str, float]]:
         types=torch.cat(types),
         top5=True,
         mass=True,
-        cfg=loss_config(CoordSoftCEW1Config.from_mapping(FULL_CUSTOM["coord_soft_ce_w1"])),
+        cfg=CoordSoftCEW1Config.from_mapping(FULL_CUSTOM["coord_soft_ce_w1"]),
         base_ce=True,
     )
     stats["pack_samples"] = float(sum(int(make_batch(s)[PACK_NUM_SAMPLES_KEY].sum()) for s in SPECS))
@@ -210,7 +209,7 @@ def _run(aggregation: str, tmp_path: Path) -> tuple[Any, dict[str, float]]:
 
 def test_exact_values_equal_the_all_tokens_reference(tmp_path: Path) -> None:
     trainer, stats = _run("exact", tmp_path)
-    weights = loss_config(CoordSoftCEW1Config.from_mapping(FULL_CUSTOM["coord_soft_ce_w1"]))
+    weights = CoordSoftCEW1Config.from_mapping(FULL_CUSTOM["coord_soft_ce_w1"])
     store = trainer.custom_metrics["train"]
     logged = {k: v for k, m in store.items() if (v := m.compute()["value"]) is not None}
     checked = set()

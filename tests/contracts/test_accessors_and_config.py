@@ -124,6 +124,10 @@ def test_config_defaults_follow_the_reference() -> None:
         ),
         ({"contracts": {"mode": "loud"}}, "custom.contracts.mode: must be one of"),
         ({"coord_loss": {}}, "custom.coord_loss: unknown key"),
+        (
+            {"coord_soft_ce_w1": {"w1_weight": float("inf")}},
+            "custom.coord_soft_ce_w1.w1_weight: must be finite",
+        ),
     ],
 )
 def test_invalid_config_names_the_key_path(custom: dict[str, object], message: str) -> None:

@@ -4,7 +4,6 @@ compatibility check (a changed aggregation is breaking unless declared)."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from coordexp.generated.metric_catalog import METRIC_SPECS
 from tests.contracts.test_schemas_and_regen import ROOT, regen
 
 CATALOG = ROOT / "schemas" / "metrics.schema.json"
-WEIGHTS = {f.name for f in dataclasses.fields(CoordLossConfig) if f.name.endswith("_weight")}
+WEIGHTS = {name for name in CoordLossConfig.model_fields if name.endswith("_weight")}
 # statistics the pipeline adds to the functional layer's (the batch's original sample count)
 PIPELINE_STATS = {"pack_samples"}
 

@@ -8,7 +8,6 @@ schema is written again in the package (it is read from the generated models ins
 from __future__ import annotations
 
 import ast
-import dataclasses
 import inspect
 import json
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 import coordexp.config as config
 import coordexp.monitor.settings as settings
-from coordexp.components.coord_loss import loss_config
+from coordexp.components.coord_loss import CoordLossComponent
 from coordexp.functional import CoordLossConfig
 from coordexp.generated.models import config as generated
 from coordexp.rows.enrichers import InstabilityMetaEnricher
@@ -98,16 +97,15 @@ def test_monitor_settings_are_the_generated_models() -> None:
     assert settings.normalize_monitor_config({}) == generated.InstabilityMonitorConfig()
 
 
-def test_coord_loss_config_is_the_section_without_enabled() -> None:
-    section = generated.CoordSoftCEW1Config()
-    fields = dataclasses.fields(CoordLossConfig)
-    names = [n for n in generated.CoordSoftCEW1Config.model_fields if n != "enabled"]
-    assert [f.name for f in fields] == names
-    for f in fields:
-        assert f.default == getattr(section, f.name), f.name
+def test_coord_loss_config_is_the_generated_section() -> None:
+    assert issubclass(CoordLossConfig, generated.CoordSoftCEW1Config)
+    assert list(CoordLossConfig.model_fields) == list(generated.CoordSoftCEW1Config.model_fields)
+    assert not vars(CoordLossConfig).get("__annotations__")  # no field of its own
+    assert CoordLossConfig().model_dump() == generated.CoordSoftCEW1Config().model_dump()
     given = {"enabled": True, "temperature": 0.5, "target_truncate": 3}
-    custom = config.CoordSoftCEW1Config.from_mapping(given)
-    assert dataclasses.asdict(loss_config(custom)) == custom.model_dump(exclude={"enabled"})
+    custom = config.load_custom_config({"coord_soft_ce_w1": given}).coord_soft_ce_w1
+    assert custom is not None
+    assert CoordLossComponent(custom).loss_cfg is custom  # the loss reads the parsed section itself
 
 
 def test_enricher_defaults_are_the_schema_s() -> None:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from coordexp.functional import STAT_KEYS, CoordLossConfig
+from coordexp.functional import STAT_KEYS
+from coordexp.generated.models.config import CoordSoftCEW1Config
 
 LIMIT = 1e4
 TYPE_CODES = {"desc": 1, "format": 3, "coord": 2}
@@ -43,7 +44,7 @@ def reference_stats(
     top5: bool = True,
     mass: bool = False,
     mass_max_tokens: int = 0,
-    cfg: CoordLossConfig | None = None,
+    cfg: CoordSoftCEW1Config | None = None,
     base_ce: bool = False,
 ) -> dict[str, float]:
     x = logits.detach().float()
@@ -151,7 +152,7 @@ def reference_loss(
     logits: Tensor,
     targets: Tensor,
     coord_ids: Sequence[int],
-    cfg: CoordLossConfig,
+    cfg: CoordSoftCEW1Config,
     *,
     base_ce: bool = False,
     coord_denominator: float | None = None,

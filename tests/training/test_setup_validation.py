@@ -155,6 +155,39 @@ def test_validator_on_its_own() -> None:
         validate_training_arguments({"learnig_rate": 1})
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("learning_rate", "3e-3", 3e-3),
+        ("learning_rate", "4", 4),  # an int literal stays an int, as HF's parser reads a count
+        ("learning_rate", 2, 2),
+        ("max_steps", "1e3", 1000),
+        ("max_steps", 3.0, 3),
+        ("bf16", "No", False),
+        ("run_name", 2024, "2024"),
+    ],
+)
+def test_validator_reads_values_as_hf_s_parser(key: str, value: object, expected: object) -> None:
+    got = validate_training_arguments({key: value})[key]
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("bf16", "on"),
+        ("bf16", "OFF"),
+        ("bf16", 1),
+        ("max_steps", True),
+        ("learning_rate", True),
+        ("run_name", True),
+    ],
+)
+def test_validator_refuses_what_pydantic_s_lax_mode_alone_would_take(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^training\.{key}: must be"):
+        validate_training_arguments({key: value})
+
+
 # ---------------------------------------------------------------- input files
 
 
