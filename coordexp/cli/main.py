@@ -36,6 +36,7 @@ def _train(argv: Sequence[str]) -> int:
     if args.config and args.demo:
         parser.error("give a CONFIG or --demo, not both")
     from coordexp.config import ConfigError
+    from coordexp.detection.evaluation import DetectionEvalError
     from coordexp.rows.refused import DataError
 
     try:
@@ -53,12 +54,22 @@ def _train(argv: Sequence[str]) -> int:
         train(cfg)
     except ConfigError as exc:  # one line per error, each naming the file and key
         for line in str(exc).splitlines():
-            print(f"coordexp train: error: {line}", file=sys.stderr)
+            _stderr_line(f"coordexp train: error: {line}")
         return 2
     except DataError as exc:  # refused rows over data.max_refused_fraction: one line, file:line first
-        print(f"coordexp train: {exc}", file=sys.stderr)
+        _stderr_line(f"coordexp train: {exc}")
         return 2
+    except DetectionEvalError as exc:  # raised on every rank with the same line
+        _stderr_line(f"coordexp train: error: {exc}")
+        return 1
     return 0
+
+
+def _stderr_line(line: str) -> None:
+    """One write per line: the ranks of a run share stderr, and a line written in two pieces (text,
+    then the newline) can interleave with another rank's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 USAGE = (

@@ -207,3 +207,19 @@ def test_two_ranks_log_the_detection_values_of_one_rank_and_pick_the_same_best_c
     # the script only trains; train() evaluates once more at the end
     assert len(two_values) == 2 and two_values[0] and len(one_values) == 3
     assert two_values == one_values[:2]
+
+
+def test_a_generation_error_stops_the_run_with_one_line(
+    make_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coordexp.detection.evaluation import DetectionEvalError
+
+    def broken(*_: Any, **__: Any) -> list[Generated]:
+        raise RuntimeError("out of memory\nwhile generating")
+
+    monkeypatch.setattr(evaluation_module, "generate_answers", broken)
+    message = (
+        r"^custom.eval_detection: generation failed on rank 0: RuntimeError: out of memory while generating$"
+    )
+    with pytest.raises(DetectionEvalError, match=message):
+        train(make_config(custom={"eval_detection": DETECTION}))
