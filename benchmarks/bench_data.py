@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -43,6 +42,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report_files import machine, write_report
 
 VL_SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (640, 360), (427, 640), (612, 612), (640, 512)]
 BATCH = 4
@@ -417,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     report: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "machine": machine(),
         "note": args.note or "no note",
         "results": results,
         "targets": check_targets(results, text, vl, procs),
@@ -430,10 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{ {True: 'MET    ', False: 'NOT MET', None: '       '}[t['met']] } {t['target']}: {t['value']}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.markdown:
-        args.markdown.write_text(markdown(report), encoding="utf-8")
+    write_report(report, args.json, args.markdown, markdown)
     return 0
 
 

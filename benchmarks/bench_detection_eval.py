@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report_files import machine, write_report
 
 
 def _sizes(text: str) -> list[int]:
@@ -133,12 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--note", default="no note")
     args = parser.parse_args(argv)
     report = run(args.kind, args.rows, _sizes(args.max_new_tokens), args.batch_size)
-    report["machine"] = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+    report["machine"] = machine()
     report["note"] = args.note
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.markdown:
-        args.markdown.write_text(markdown(report), encoding="utf-8")
+    write_report(report, args.json, args.markdown, markdown)
     return 0
 
 
