@@ -2,7 +2,8 @@
 confidence from token log-probs; pure functions the evaluation during training builds on."""
 
 from coordexp.detection.coco import COCO_STATS, ScoredImage, coco_metrics
-from coordexp.detection.f1ish import F1ISH_NAMES, f1ish_metrics, normalize_desc
+from coordexp.detection.descs import normalize_desc
+from coordexp.detection.f1ish import F1ISH_NAMES, f1ish_metrics
 from coordexp.detection.metrics import EvalSample, SliceResult, detection_keys, detection_metrics
 from coordexp.detection.objects import DetObject, GroundTruthError, read_ground_truth, read_prediction
 

@@ -7,8 +7,9 @@ Conventions (the reference's where it has one):
   image's pairing depends on another's (the reference skipped empty-GT images on the GT side only,
   which paired every later image with another image's predictions).
 - Categories are the distinct GT descs (stripped, case-sensitive), numbered from 1 in order of first
-  appearance. A prediction takes the category its desc names exactly; a prediction whose desc names
-  no category is dropped and counted (``unknown_dropped``), not scored as a false positive.
+  appearance. A prediction takes the category its desc names exactly (or, with a ``semantic_model``,
+  the most similar one above the threshold: :mod:`coordexp.detection.descs`); a prediction whose
+  desc names no category is dropped and counted (``unknown_dropped``), not a false positive.
 - A GT box ``(x1, y1, x2, y2)`` becomes ``bbox [x1, y1, x2 - x1, y2 - y1]``, ``area = w * h``,
   ``iscrowd 0``; predictions alike, with their score.
 - ``COCOeval(iouType="bbox")`` with its defaults (IoU 0.50:0.05:0.95, or ``iou_thrs``; 101 recall
@@ -25,6 +26,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from coordexp.detection.descs import ExactDescs
 from coordexp.detection.objects import DetObject
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -55,9 +57,12 @@ def _xywh(box: tuple[int, int, int, int]) -> list[float]:
     return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
 
 
-def coco_json(images: Sequence[ScoredImage]) -> tuple[dict[str, object], list[dict[str, object]], int]:
+def coco_json(
+    images: Sequence[ScoredImage], descs: ExactDescs
+) -> tuple[dict[str, object], list[dict[str, object]], int]:
     """The COCO ground-truth dict, the result list, and how many predictions named no category."""
     cats = categories(images)
+    names = list(cats)
     gt_images: list[dict[str, object]] = []
     annotations: list[dict[str, object]] = []
     results: list[dict[str, object]] = []
@@ -77,11 +82,12 @@ def coco_json(images: Sequence[ScoredImage]) -> tuple[dict[str, object], list[di
                 }
             )
         for obj, score in zip(image.pred, image.scores, strict=True):
-            if obj.desc not in cats:
+            name = descs.category(obj.desc, names)
+            if name is None:
                 unknown += 1
                 continue
             results.append(
-                {"image_id": image_id, "category_id": cats[obj.desc], "bbox": _xywh(obj.box), "score": score}
+                {"image_id": image_id, "category_id": cats[name], "bbox": _xywh(obj.box), "score": score}
             )
     gt: dict[str, object] = {
         "images": gt_images,
@@ -92,10 +98,10 @@ def coco_json(images: Sequence[ScoredImage]) -> tuple[dict[str, object], list[di
 
 
 def coco_metrics(
-    images: Sequence[ScoredImage], iou_thrs: Sequence[float] | None = None
+    images: Sequence[ScoredImage], iou_thrs: Sequence[float] | None, descs: ExactDescs
 ) -> tuple[dict[str, float], int]:
     """``{AP: ..., AR100: ...}`` (the 12 ``COCO_STATS``) and the count of ``unknown_dropped``."""
-    gt, results, unknown = coco_json(images)
+    gt, results, unknown = coco_json(images, descs)
     if not gt["annotations"] or not results:
         return dict.fromkeys(COCO_STATS, 0.0), unknown
     import numpy as np

@@ -24,6 +24,7 @@ from typing import Any
 
 from coordexp.detection.coco import coco_json
 from coordexp.detection.confidence import token_spans
+from coordexp.detection.descs import desc_matcher
 from coordexp.detection.generate import Generated, generate_answers
 from coordexp.detection.metrics import EvalSample, SliceResult, detection_metrics
 from coordexp.detection.objects import DetObject, GroundTruthError, read_ground_truth
@@ -109,6 +110,7 @@ class DetectionEvaluator:
     def __init__(self, cfg: EvalDetectionConfig, rows: Sequence[EvalRow], output_dir: Path) -> None:
         self.cfg = cfg
         self.rows = list(rows)
+        self.descs = desc_matcher(cfg.semantic_model, cfg.semantic_threshold)  # the encoder loads once
         self.output_dir = output_dir
 
     def evaluate(self, model: Any, template: Any, global_step: int) -> dict[str, float]:
@@ -127,7 +129,9 @@ class DetectionEvaluator:
         by_index = {g.index: g for part, _ in parts for g in part}
         answers = [by_index[k] for k in range(len(self.rows))]
         result = detection_metrics(
-            [self._sample(r, a, template) for r, a in zip(self.rows, answers, strict=True)], self.cfg
+            [self._sample(r, a, template) for r, a in zip(self.rows, answers, strict=True)],
+            self.cfg,
+            self.descs,
         )
         if rank == 0:
             self._write(result, [a.text for a in answers], global_step)
@@ -167,6 +171,6 @@ class DetectionEvaluator:
             "dropped": dict(result.dropped),
         }
         (folder / DET_METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        gt, preds, _ = coco_json(result.images)
+        gt, preds, _ = coco_json(result.images, self.descs)
         (folder / DET_COCO_GT_FILE).write_text(json.dumps(gt) + "\n", encoding="utf-8")
         (folder / DET_COCO_PREDS_FILE).write_text(json.dumps(preds) + "\n", encoding="utf-8")

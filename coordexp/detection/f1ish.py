@@ -14,17 +14,17 @@ Per image with at least one GT object (images without GT are not scored here), a
    ``f1 = 2pr / (p + r)`` (0 when ``p + r = 0``); micro from the summed counts, macro the mean of the
    per-image values.
 
-Desc matching is exact after :func:`normalize_desc` (the reference also accepts a cosine above a
-threshold from a sentence-embedding model from a hub; coordexp downloads nothing). IoU is in pixels
+Desc matching is :mod:`coordexp.detection.descs`'s: exact after normalisation by default, or also by
+embedding cosine with a local encoder (``semantic_model``). IoU is in pixels
 with inclusive corners as written: ``(x2 - x1) * (y2 - y1)`` areas, as COCO's ``[x, y, w, h]``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Literal
 
+from coordexp.detection.descs import ExactDescs
 from coordexp.detection.objects import DetObject
 
 Scope = Literal["annotated", "all"]
@@ -54,12 +54,6 @@ F1ISH_NAMES = (
     "recall_full_macro",
     "f1_full_macro",
 )
-_SPACES = re.compile(r"\s+")
-
-
-def normalize_desc(desc: str) -> str:
-    """Case-folded, ``_`` and ``-`` read as spaces, runs of spaces as one, stripped."""
-    return _SPACES.sub(" ", desc.casefold().replace("_", " ").replace("-", " ")).strip()
 
 
 def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -99,14 +93,11 @@ def match(pred: Sequence[DetObject], gt: Sequence[DetObject], tau: float) -> lis
 
 
 def f1ish_image(
-    pred: Sequence[DetObject], gt: Sequence[DetObject], tau: float, scope: Scope
+    pred: Sequence[DetObject], gt: Sequence[DetObject], tau: float, scope: Scope, descs: ExactDescs
 ) -> dict[str, int]:
-    gt_descs = {normalize_desc(g.desc) for g in gt}
-    in_scope = [p for p in pred if scope == "all" or normalize_desc(p.desc) in gt_descs - {""}]
+    in_scope = [p for p in pred if scope == "all" or any(descs.same(p.desc, g.desc) for g in gt)]
     matches = match(in_scope, gt, tau)
-    sem_ok = sum(
-        1 for i, j in matches if (d := normalize_desc(in_scope[i].desc)) and d == normalize_desc(gt[j].desc)
-    )
+    sem_ok = sum(1 for i, j in matches if descs.same(in_scope[i].desc, gt[j].desc))
     tp = len(matches)
     sem_bad = tp - sem_ok
     return {
@@ -125,10 +116,13 @@ def f1ish_image(
 
 
 def f1ish_metrics(
-    images: Sequence[tuple[Sequence[DetObject], Sequence[DetObject]]], tau: float, scope: Scope = "annotated"
+    images: Sequence[tuple[Sequence[DetObject], Sequence[DetObject]]],
+    tau: float,
+    scope: Scope,
+    descs: ExactDescs,
 ) -> dict[str, float]:
     """The 24 ``F1ISH_NAMES`` at ``tau`` over ``(pred, gt)`` pairs; images without GT are skipped."""
-    per_image = [f1ish_image(p, g, tau, scope) for p, g in images if g]
+    per_image = [f1ish_image(p, g, tau, scope, descs) for p, g in images if g]
     total = {k: sum(img[k] for img in per_image) for k in per_image[0]} if per_image else {}
     out: dict[str, float] = {k: float(total.get(k, 0)) for k in F1ISH_NAMES if not _derived(k)}
     for kind in ("loc", "full"):

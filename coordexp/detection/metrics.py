@@ -23,6 +23,7 @@ from typing import Literal
 
 from coordexp.detection.coco import COCO_STATS, ScoredImage, coco_metrics
 from coordexp.detection.confidence import object_scores
+from coordexp.detection.descs import ExactDescs, desc_matcher
 from coordexp.detection.f1ish import F1ISH_NAMES, f1ish_metrics
 from coordexp.detection.objects import DetObject, ReadAnswer, read_prediction
 from coordexp.generated.metric_catalog import CONDITIONS
@@ -116,10 +117,14 @@ def score_boxes(
     return object_scores(read, sample.token_spans, sample.logprobs)
 
 
-def detection_metrics(samples: Sequence[EvalSample], cfg: EvalDetectionConfig) -> SliceResult:
+def detection_metrics(
+    samples: Sequence[EvalSample], cfg: EvalDetectionConfig, descs: ExactDescs | None = None
+) -> SliceResult:
     """The slice's ``det_*`` values (see the module docstring) and what each answer gave, under the
-    ``custom.eval_detection`` settings ``cfg`` (metrics, scores, thresholds, scope)."""
+    ``custom.eval_detection`` settings ``cfg`` (metrics, scores, thresholds, scope); ``descs``: the
+    desc matcher (built from ``cfg`` when not given; an evaluation builds it once)."""
     metrics = cfg.metrics
+    descs = descs or desc_matcher(cfg.semantic_model, cfg.semantic_threshold)
     answers = [read_prediction(s.answer, s.width, s.height) for s in samples]
     dropped: Counter[str] = Counter()
     for read in answers:
@@ -151,13 +156,16 @@ def detection_metrics(samples: Sequence[EvalSample], cfg: EvalDetectionConfig) -
     }
     values = {PREFIX + k: v for k, v in out.items()}
     if metrics in ("coco", "both"):
-        coco, unknown = coco_metrics(images, cfg.iou_thrs)
+        coco, unknown = coco_metrics(images, cfg.iou_thrs, descs)
         dropped["unknown_dropped"] += unknown
         values.update({f"{PREFIX}bbox_{k}": v for k, v in coco.items()})
     if metrics in ("f1ish", "both"):
         pairs = [(image.pred, image.gt) for image in images]
         for tau in sorted(set(cfg.f1ish_iou_thrs)):
             values.update(
-                {f1ish_key(tau, k): v for k, v in f1ish_metrics(pairs, tau, cfg.f1ish_pred_scope).items()}
+                {
+                    f1ish_key(tau, k): v
+                    for k, v in f1ish_metrics(pairs, tau, cfg.f1ish_pred_scope, descs).items()
+                }
             )
     return SliceResult(values, answers, scores, images, dropped)

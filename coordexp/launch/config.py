@@ -117,6 +117,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 data[split] = [fix(data[split])]
         if isinstance(data.get("cache_dir"), str):
             data["cache_dir"] = fix(data["cache_dir"])
+    custom = raw.get("custom")
+    detection = custom.get("eval_detection") if isinstance(custom, dict) else None
+    if isinstance(detection, dict) and isinstance(detection.get("semantic_model"), str):
+        detection["semantic_model"] = fix(detection["semantic_model"])
     training = raw.get("training")
     if isinstance(training, dict) and isinstance(training.get("output_dir"), str):
         training["output_dir"] = fix(training["output_dir"])
@@ -164,6 +168,12 @@ def detection_setting_errors(cfg: TrainConfig) -> list[str]:
             )
     detection = custom.eval_detection
     if detection is not None and detection.enabled:
+        folder = detection.semantic_model
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            errors.append(
+                f"custom.eval_detection.semantic_model: no config.json in {folder} (a local encoder "
+                "folder; nothing is downloaded)"
+            )
         if not cfg.data.val:
             errors.append("custom.eval_detection: enabled, but data.val names no rows to evaluate")
         if fsdp_requested(cfg.training) or _zero_stage(cfg.training.get("deepspeed")) == 3:

@@ -237,6 +237,16 @@ class EvalDetectionConfig(BaseModel):
         "annotated",
         description="annotated: only predictions whose desc is among the image's GT descs are scored; all: every prediction.",
     )
+    semantic_model: str | None = Field(
+        None,
+        description="A local folder of a Hugging Face text encoder (AutoModel and its tokenizer), loaded from the folder only: a predicted desc then also names a GT desc when their embeddings' cosine reaches semantic_threshold. null: exact desc matching after normalisation.",
+    )
+    semantic_threshold: float = Field(
+        0.6,
+        description="Cosine at or above which two descs match (with semantic_model).",
+        ge=0.0,
+        le=1.0,
+    )
 
 
 class InstabilityMonitorConfig(BaseModel):
