@@ -23,7 +23,9 @@ class CoordLossConfig:
     ``enabled`` (the caller's business), with its defaults and bounds (tests/contracts ties the fields).
 
     ``loss = ce_weight * CE + soft_ce_weight * softCE + w1_weight * W1 + gate_weight * gate``, each term
-    averaged over the GT coord positions; ``temperature`` divides the logits, ``target_sigma`` and
+    averaged over the GT coord positions (the text gate and the adjacent repulsion have their own
+    denominators, see :mod:`coordexp.functional.text_gate` and
+    :mod:`coordexp.functional.adjacent_repulsion`); ``temperature`` divides the logits, ``target_sigma`` and
     ``target_truncate`` (in bins) shape the Gaussian soft target. A plain frozen dataclass: the loss
     code reads it on every step and callers use ``dataclasses.replace``.
     """
@@ -35,6 +37,11 @@ class CoordLossConfig:
     temperature: float = _SECTION.temperature
     target_sigma: float = _SECTION.target_sigma
     target_truncate: int | None = _SECTION.target_truncate
+    text_gate_weight: float = _SECTION.text_gate_weight
+    adjacent_repulsion_weight: float = _SECTION.adjacent_repulsion_weight
+    adjacent_repulsion_filter_mode: str = _SECTION.adjacent_repulsion_filter_mode
+    adjacent_repulsion_margin_ratio: float = _SECTION.adjacent_repulsion_margin_ratio
+    adjacent_repulsion_copy_margin: float = _SECTION.adjacent_repulsion_copy_margin
 
     def __post_init__(self) -> None:
         # Stricter than the YAML loader: a bool or a string is no number, and numbers are finite.
@@ -63,7 +70,16 @@ class CoordLossConfig:
     @property
     def any_weight(self) -> bool:
         """Whether at least one loss term has a non-zero weight."""
-        return any((self.ce_weight, self.soft_ce_weight, self.w1_weight, self.gate_weight))
+        return any(
+            (
+                self.ce_weight,
+                self.soft_ce_weight,
+                self.w1_weight,
+                self.gate_weight,
+                self.text_gate_weight,
+                self.adjacent_repulsion_weight,
+            )
+        )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | CoordSoftCEW1Config) -> CoordLossConfig:

@@ -12,11 +12,18 @@ from typing import Any
 import pytest
 
 from coordexp.functional import STAT_KEYS, CoordLossConfig
+from coordexp.functional.bbox_geo import BBoxGeoWeights
+from coordexp.functional.bbox_size_aux import BBoxSizeAuxWeights
 from coordexp.generated.metric_catalog import METRIC_SPECS
 from tests.contracts.test_schemas_and_regen import ROOT, regen
 
 CATALOG = ROOT / "schemas" / "metrics.schema.json"
-WEIGHTS = {f.name for f in dataclasses.fields(CoordLossConfig) if f.name.endswith("_weight")}
+WEIGHTS = {
+    f.name
+    for cls in (CoordLossConfig, BBoxGeoWeights, BBoxSizeAuxWeights)
+    for f in dataclasses.fields(cls)
+    if f.name.endswith("_weight")
+}
 # statistics the pipeline adds to the functional layer's (the batch's original sample count)
 PIPELINE_STATS = {"pack_samples"}
 
