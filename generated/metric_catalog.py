@@ -554,7 +554,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
         ),
         "stage1/total_loss_per_sample_est": MetricSpec(
             key="stage1/total_loss_per_sample_est",
-            description="Estimated Stage-1 objective per original sample: base_ce/loss_per_sample + coord_diag/loss_per_sample.",
+            description="Estimated Stage-1 objective per original sample: base_ce/loss_per_sample + coord_diag/loss_per_sample, plus bbox_geo/loss_per_sample and bbox_size_aux/loss_per_sample when those terms are on (written once per micro-step).",
             owner="coordexp",
             owner_when=(),
             group="stage1",
@@ -564,7 +564,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             requires=frozenset(("coord_loss", "supervised")),
             unit="nats/sample",
             aggregation="ratio",
-            numerator="base_ce_sum + soft_ce_weight·soft_ce_sum + w1_weight·w1_sum + ce_weight·ce_sum + gate_weight·gate_sum",
+            numerator="base_ce_sum + soft_ce_weight·soft_ce_sum + w1_weight·w1_sum + ce_weight·ce_sum + gate_weight·gate_sum + smoothl1_weight·bbox_reg_sum + ciou_weight·bbox_ciou_sum + log_wh_weight·size_log_wh_sum + oversize_penalty_weight·size_oversize_sum",
             denominator="pack_samples",
             minimum=0,
             maximum=None,

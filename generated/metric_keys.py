@@ -234,7 +234,7 @@ COORD_DIAG_LOSS_PER_SAMPLE: Final = "coord_diag/loss_per_sample"
 Group: coord_diag. Owner: coordexp. Unit: nats/sample. In loss: no."""
 
 STAGE1_TOTAL_LOSS_PER_SAMPLE_EST: Final = "stage1/total_loss_per_sample_est"
-"""Estimated Stage-1 objective per original sample: base_ce/loss_per_sample + coord_diag/loss_per_sample.
+"""Estimated Stage-1 objective per original sample: base_ce/loss_per_sample + coord_diag/loss_per_sample, plus bbox_geo/loss_per_sample and bbox_size_aux/loss_per_sample when those terms are on (written once per micro-step).
 
 Group: stage1. Owner: coordexp. Unit: nats/sample. In loss: no."""
 

@@ -106,7 +106,8 @@ EXPLICIT_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {
 def box_term_error(cfg: generated.BBoxGeoConfig | generated.BBoxSizeAuxConfig) -> str | None:
     """A present box section writes its key fields explicitly; an enabled term needs a non-zero weight;
     ``center_size`` needs a non-zero part weight."""
-    missing = [name for name in EXPLICIT_FIELDS[type(cfg)] if name not in cfg.model_fields_set]
+    explicit = next(names for model, names in EXPLICIT_FIELDS.items() if isinstance(cfg, model))
+    missing = [name for name in explicit if name not in cfg.model_fields_set]
     if missing:
         return f"must be written explicitly when the section is present: {', '.join(missing)}"
     if isinstance(cfg, generated.BBoxGeoConfig):
@@ -122,10 +123,7 @@ def box_term_error(cfg: generated.BBoxGeoConfig | generated.BBoxSizeAuxConfig) -
 
 
 NOT_YET_COMPUTED: dict[str, str] = {
-    "custom.coord_soft_ce_w1.text_gate_weight": "0",
     "custom.coord_soft_ce_w1.adjacent_repulsion_weight": "0",
-    "custom.bbox_geo.enabled": "false",
-    "custom.bbox_size_aux.enabled": "false",
 }
 """Fields declared (schema, catalog keys, pure functions in ``coordexp.functional``) whose term the one
 pass does not compute yet: a config that turns one on is refused at load (never a silent no-op)."""
@@ -141,11 +139,19 @@ def not_yet_computed_errors(model: generated.CustomConfig) -> list[str]:
         "custom.bbox_geo.enabled": model.bbox_geo is not None and model.bbox_geo.enabled,
         "custom.bbox_size_aux.enabled": model.bbox_size_aux is not None and model.bbox_size_aux.enabled,
     }
-    return [
+    errors = [
         f"{path}: this term is not computed by the training pass yet; set it to {NOT_YET_COMPUTED[path]}"
         for path, is_on in on.items()
         if is_on and path in NOT_YET_COMPUTED
     ]
+    coord_on = model.coord_soft_ce_w1 is not None and model.coord_soft_ce_w1.enabled
+    for path in ("custom.bbox_geo.enabled", "custom.bbox_size_aux.enabled"):
+        if on[path] and not coord_on:
+            errors.append(
+                f"{path}: the box terms are computed in the coord loss's pass; "
+                "set custom.coord_soft_ce_w1.enabled: true"
+            )
+    return errors
 
 
 def rule_errors(model: BaseModel, where: str) -> list[str]:

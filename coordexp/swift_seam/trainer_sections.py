@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from coordexp.config import (
+    BBoxGeoConfig,
+    BBoxSizeAuxConfig,
     CoordSoftCEW1Config,
     InstabilityMonitorConfig,
     MetricsConfig,
@@ -31,6 +33,8 @@ TRAINER_SECTIONS: Mapping[str, Any] = MappingProxyType(
         "instability_monitor": InstabilityMonitorConfig,
         "metrics": MetricsConfig,
         "stage1_pass": Stage1PassConfig,
+        "bbox_geo": BBoxGeoConfig,
+        "bbox_size_aux": BBoxSizeAuxConfig,
     }
 )
 

@@ -263,3 +263,35 @@ def test_full_stack_step_has_at_most_two_syncs(packed: bool, tmp_path: Path) -> 
         loss.backward()
     assert counter.count <= 2, counter.ops
     assert set(trainer.logged()) and len(trainer.logged()) == 49
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("seam", [False, True], ids=["two_pass", "one_pass_seam"])
+def test_the_objective_terms_add_no_host_sync(packed: bool, seam: bool, tmp_path: Path) -> None:
+    """Text gate, bbox_geo and bbox_size_aux on: the step has exactly the syncs of the plain step."""
+    from tests.components.stage1_fixtures import SwiftLikeTrainer
+
+    all_on = custom_with(True)
+    all_on["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
+    all_on["bbox_geo"] = {"enabled": True, "smoothl1_weight": 0.5, "ciou_weight": 1.0}
+    all_on["bbox_size_aux"] = {
+        "enabled": True,
+        "log_wh_weight": 0.05,
+        "oversize_penalty_weight": 0.1,
+        "oversize_area_frac_threshold": 0.2,
+        "oversize_log_w_threshold": None,
+        "oversize_log_h_threshold": None,
+        "eps": 1e-6,
+    }
+    counts = []
+    for custom in (custom_with(True), all_on):
+        torch.manual_seed(0)
+        model = ToyLM(len(tokenizer()))
+        base = SwiftLikeTrainer if seam else StandInTrainer
+        trainer = build_trainer_cls(base, custom)(model, output_dir=str(tmp_path))
+        batch = make_batch(BatchSpec(packed=packed, with_types=True))
+        with SyncCounter(count_host_copies=True) as counter:
+            loss = trainer.compute_loss(model, batch)
+            loss.backward()
+        counts.append(counter.count)
+    assert counts[1] == counts[0] <= 2
