@@ -59,28 +59,6 @@ __all__ = [
     "COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_TEXT",
     "COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_FORMAT",
     "COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_DESC",
-    "LOSS",
-    "GRAD_NORM",
-    "EPOCH",
-    "TOKEN_ACC",
-    "AUX_LOSS",
-    "GLOBAL_STEP_MAX_STEPS",
-    "PERCENTAGE",
-    "ELAPSED_TIME",
-    "REMAINING_TIME",
-    "MEMORY_GIB",
-    "TRAIN_SPEED_ITER_S",
-    "TRAIN_SPEED_S_IT",
-    "TRAIN_RUNTIME",
-    "TRAIN_SAMPLES_PER_SECOND",
-    "TRAIN_STEPS_PER_SECOND",
-    "TOTAL_FLOS",
-    "TRAIN_LOSS",
-    "EVAL_RUNTIME",
-    "EVAL_SAMPLES_PER_SECOND",
-    "EVAL_STEPS_PER_SECOND",
-    "EVAL_LOSS",
-    "STEP",
     "COORD_DIAG_TEXT_GATE",
     "COORD_DIAG_TEXT_COORD_VOCAB_MASS",
     "COORD_SOFTCE_W1_TEXT_GATE",
@@ -110,6 +88,28 @@ __all__ = [
     "BBOX_SIZE_AUX_MEAN_HEIGHT",
     "BBOX_SIZE_AUX_MEAN_LOG_AREA",
     "BBOX_SIZE_AUX_LOSS_PER_SAMPLE",
+    "LOSS",
+    "GRAD_NORM",
+    "EPOCH",
+    "TOKEN_ACC",
+    "AUX_LOSS",
+    "GLOBAL_STEP_MAX_STEPS",
+    "PERCENTAGE",
+    "ELAPSED_TIME",
+    "REMAINING_TIME",
+    "MEMORY_GIB",
+    "TRAIN_SPEED_ITER_S",
+    "TRAIN_SPEED_S_IT",
+    "TRAIN_RUNTIME",
+    "TRAIN_SAMPLES_PER_SECOND",
+    "TRAIN_STEPS_PER_SECOND",
+    "TOTAL_FLOS",
+    "TRAIN_LOSS",
+    "EVAL_RUNTIME",
+    "EVAL_SAMPLES_PER_SECOND",
+    "EVAL_STEPS_PER_SECOND",
+    "EVAL_LOSS",
+    "STEP",
 ]
 
 
@@ -358,116 +358,6 @@ COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_DESC: Final = "coord_monitor/coord_vocab_ma
 
 Group: coord_monitor. Owner: coordexp. Unit: probability. In loss: no."""
 
-LOSS: Final = "loss"
-"""Training objective of the logging window, as the HF Trainer logs it (mean per optimizer step).
-
-Group: framework. Owner: framework. Unit: nats. In loss: yes."""
-
-GRAD_NORM: Final = "grad_norm"
-"""Gradient norm before clipping.
-
-Group: framework. Owner: framework. Unit: 1. In loss: no."""
-
-EPOCH: Final = "epoch"
-"""Fractional epoch.
-
-Group: framework. Owner: framework. Unit: epochs. In loss: no."""
-
-TOKEN_ACC: Final = "token_acc"
-"""ms-swift top-1 accuracy over supervised tokens (ms-swift's compute_acc, into ms-swift's metric). ms-swift computes it from the logits; without materialised logits (custom.stage1_pass.materialize_logits: false), where ms-swift skips it for want of logits, coordexp's pass computes it from each row's argmax with the same definition and feeds it to the same metric.
-
-Group: framework. Owner: framework. Unit: fraction. In loss: no."""
-
-AUX_LOSS: Final = "aux_loss"
-"""Router auxiliary loss (MoE models only).
-
-Group: framework. Owner: framework. Unit: nats. In loss: no."""
-
-GLOBAL_STEP_MAX_STEPS: Final = "global_step/max_steps"
-"""ms-swift progress: 'step/max_steps'.
-
-Group: framework. Owner: framework. Unit: -. In loss: no."""
-
-PERCENTAGE: Final = "percentage"
-"""ms-swift progress in percent.
-
-Group: framework. Owner: framework. Unit: -. In loss: no."""
-
-ELAPSED_TIME: Final = "elapsed_time"
-"""ms-swift wall time since start.
-
-Group: framework. Owner: framework. Unit: -. In loss: no."""
-
-REMAINING_TIME: Final = "remaining_time"
-"""ms-swift estimated time left.
-
-Group: framework. Owner: framework. Unit: -. In loss: no."""
-
-MEMORY_GIB: Final = "memory(GiB)"
-"""ms-swift peak device memory.
-
-Group: framework. Owner: framework. Unit: GiB. In loss: no."""
-
-TRAIN_SPEED_ITER_S: Final = "train_speed(iter/s)"
-"""ms-swift training speed.
-
-Group: framework. Owner: framework. Unit: iter/s. In loss: no."""
-
-TRAIN_SPEED_S_IT: Final = "train_speed(s/it)"
-"""ms-swift 4.6 training speed as logged in logging.jsonl (seconds per iteration).
-
-Group: framework. Owner: framework. Unit: s/it. In loss: no."""
-
-TRAIN_RUNTIME: Final = "train_runtime"
-"""End-of-run wall time.
-
-Group: framework. Owner: framework. Unit: s. In loss: no."""
-
-TRAIN_SAMPLES_PER_SECOND: Final = "train_samples_per_second"
-"""End-of-run throughput.
-
-Group: framework. Owner: framework. Unit: samples/s. In loss: no."""
-
-TRAIN_STEPS_PER_SECOND: Final = "train_steps_per_second"
-"""End-of-run throughput.
-
-Group: framework. Owner: framework. Unit: steps/s. In loss: no."""
-
-TOTAL_FLOS: Final = "total_flos"
-"""End-of-run floating point operations.
-
-Group: framework. Owner: framework. Unit: flop. In loss: no."""
-
-TRAIN_LOSS: Final = "train_loss"
-"""Mean training loss of the run.
-
-Group: framework. Owner: framework. Unit: nats. In loss: yes."""
-
-EVAL_RUNTIME: Final = "eval_runtime"
-"""Evaluation wall time.
-
-Group: framework. Owner: framework. Unit: s. In loss: no."""
-
-EVAL_SAMPLES_PER_SECOND: Final = "eval_samples_per_second"
-"""Evaluation throughput.
-
-Group: framework. Owner: framework. Unit: samples/s. In loss: no."""
-
-EVAL_STEPS_PER_SECOND: Final = "eval_steps_per_second"
-"""Evaluation throughput.
-
-Group: framework. Owner: framework. Unit: steps/s. In loss: no."""
-
-EVAL_LOSS: Final = "eval_loss"
-"""Evaluation loss.
-
-Group: framework. Owner: framework. Unit: nats. In loss: yes."""
-
-STEP: Final = "step"
-"""Optimizer step of a trainer.state.log_history record.
-
-Group: framework. Owner: framework. Unit: steps. In loss: no."""
-
 COORD_DIAG_TEXT_GATE: Final = "coord_diag/text_gate"
 """Weighted text gate: text_gate_weight times the mean over text-gate positions (supervised non-coord targets, DESC or FORMAT when typed, never eos) of -log(1 - coord-vocabulary mass) under the tempered full softmax.
 
@@ -612,3 +502,113 @@ BBOX_SIZE_AUX_LOSS_PER_SAMPLE: Final = "bbox_size_aux/loss_per_sample"
 """loss/geo/bbox_size_aux x boxes / pack/num_samples.
 
 Group: bbox_size_aux. Owner: coordexp. Unit: 1/sample. In loss: no."""
+
+LOSS: Final = "loss"
+"""Training objective of the logging window, as the HF Trainer logs it (mean per optimizer step).
+
+Group: framework. Owner: framework. Unit: nats. In loss: yes."""
+
+GRAD_NORM: Final = "grad_norm"
+"""Gradient norm before clipping.
+
+Group: framework. Owner: framework. Unit: 1. In loss: no."""
+
+EPOCH: Final = "epoch"
+"""Fractional epoch.
+
+Group: framework. Owner: framework. Unit: epochs. In loss: no."""
+
+TOKEN_ACC: Final = "token_acc"
+"""ms-swift top-1 accuracy over supervised tokens (ms-swift's compute_acc, into ms-swift's metric). ms-swift computes it from the logits; without materialised logits (custom.stage1_pass.materialize_logits: false), where ms-swift skips it for want of logits, coordexp's pass computes it from each row's argmax with the same definition and feeds it to the same metric.
+
+Group: framework. Owner: framework. Unit: fraction. In loss: no."""
+
+AUX_LOSS: Final = "aux_loss"
+"""Router auxiliary loss (MoE models only).
+
+Group: framework. Owner: framework. Unit: nats. In loss: no."""
+
+GLOBAL_STEP_MAX_STEPS: Final = "global_step/max_steps"
+"""ms-swift progress: 'step/max_steps'.
+
+Group: framework. Owner: framework. Unit: -. In loss: no."""
+
+PERCENTAGE: Final = "percentage"
+"""ms-swift progress in percent.
+
+Group: framework. Owner: framework. Unit: -. In loss: no."""
+
+ELAPSED_TIME: Final = "elapsed_time"
+"""ms-swift wall time since start.
+
+Group: framework. Owner: framework. Unit: -. In loss: no."""
+
+REMAINING_TIME: Final = "remaining_time"
+"""ms-swift estimated time left.
+
+Group: framework. Owner: framework. Unit: -. In loss: no."""
+
+MEMORY_GIB: Final = "memory(GiB)"
+"""ms-swift peak device memory.
+
+Group: framework. Owner: framework. Unit: GiB. In loss: no."""
+
+TRAIN_SPEED_ITER_S: Final = "train_speed(iter/s)"
+"""ms-swift training speed.
+
+Group: framework. Owner: framework. Unit: iter/s. In loss: no."""
+
+TRAIN_SPEED_S_IT: Final = "train_speed(s/it)"
+"""ms-swift 4.6 training speed as logged in logging.jsonl (seconds per iteration).
+
+Group: framework. Owner: framework. Unit: s/it. In loss: no."""
+
+TRAIN_RUNTIME: Final = "train_runtime"
+"""End-of-run wall time.
+
+Group: framework. Owner: framework. Unit: s. In loss: no."""
+
+TRAIN_SAMPLES_PER_SECOND: Final = "train_samples_per_second"
+"""End-of-run throughput.
+
+Group: framework. Owner: framework. Unit: samples/s. In loss: no."""
+
+TRAIN_STEPS_PER_SECOND: Final = "train_steps_per_second"
+"""End-of-run throughput.
+
+Group: framework. Owner: framework. Unit: steps/s. In loss: no."""
+
+TOTAL_FLOS: Final = "total_flos"
+"""End-of-run floating point operations.
+
+Group: framework. Owner: framework. Unit: flop. In loss: no."""
+
+TRAIN_LOSS: Final = "train_loss"
+"""Mean training loss of the run.
+
+Group: framework. Owner: framework. Unit: nats. In loss: yes."""
+
+EVAL_RUNTIME: Final = "eval_runtime"
+"""Evaluation wall time.
+
+Group: framework. Owner: framework. Unit: s. In loss: no."""
+
+EVAL_SAMPLES_PER_SECOND: Final = "eval_samples_per_second"
+"""Evaluation throughput.
+
+Group: framework. Owner: framework. Unit: samples/s. In loss: no."""
+
+EVAL_STEPS_PER_SECOND: Final = "eval_steps_per_second"
+"""Evaluation throughput.
+
+Group: framework. Owner: framework. Unit: steps/s. In loss: no."""
+
+EVAL_LOSS: Final = "eval_loss"
+"""Evaluation loss.
+
+Group: framework. Owner: framework. Unit: nats. In loss: yes."""
+
+STEP: Final = "step"
+"""Optimizer step of a trainer.state.log_history record.
+
+Group: framework. Owner: framework. Unit: steps. In loss: no."""
