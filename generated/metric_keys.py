@@ -59,6 +59,35 @@ __all__ = [
     "COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_TEXT",
     "COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_FORMAT",
     "COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_DESC",
+    "COORD_DIAG_TEXT_GATE",
+    "COORD_DIAG_TEXT_COORD_VOCAB_MASS",
+    "COORD_SOFTCE_W1_TEXT_GATE",
+    "COORD_DIAG_ADJACENT_REPULSION",
+    "COORD_SOFTCE_W1_ADJACENT_REPULSION",
+    "COORD_DIAG_ADJACENT_REPULSION_PAIR_COUNT",
+    "COORD_DIAG_ADJACENT_REPULSION_APPLIED_COUNT",
+    "COORD_DIAG_ADJACENT_REPULSION_COPY_SCORE_MEAN",
+    "LOSS_GEO_BBOX_GEO",
+    "LOSS_GEO_BBOX_SMOOTHL1",
+    "LOSS_GEO_BBOX_CIOU",
+    "BBOX_GEO_GROUPS_TOTAL",
+    "BBOX_GEO_COORD_SLOTS_TOTAL",
+    "BBOX_GEO_SKIPPED_INCOMPLETE_ROWS",
+    "BBOX_GEO_SKIPPED_INCOMPLETE_COORD_SLOTS",
+    "BBOX_GEO_GROUPS_PER_SAMPLE",
+    "BBOX_GEO_LOSS_PER_SAMPLE",
+    "LOSS_GEO_BBOX_SIZE_AUX",
+    "LOSS_GEO_BBOX_LOG_WH",
+    "LOSS_GEO_BBOX_OVERSIZE",
+    "BBOX_SIZE_AUX_GROUPS_TOTAL",
+    "BBOX_SIZE_AUX_COORD_SLOTS_TOTAL",
+    "BBOX_SIZE_AUX_SKIPPED_INCOMPLETE_ROWS",
+    "BBOX_SIZE_AUX_SKIPPED_INCOMPLETE_COORD_SLOTS",
+    "BBOX_SIZE_AUX_GROUPS_PER_SAMPLE",
+    "BBOX_SIZE_AUX_MEAN_WIDTH",
+    "BBOX_SIZE_AUX_MEAN_HEIGHT",
+    "BBOX_SIZE_AUX_MEAN_LOG_AREA",
+    "BBOX_SIZE_AUX_LOSS_PER_SAMPLE",
     "LOSS",
     "GRAD_NORM",
     "EPOCH",
@@ -296,7 +325,7 @@ COORD_DIAG_LOSS_PER_SAMPLE: Final = "coord_diag/loss_per_sample"
 Group: coord_diag. Owner: coordexp. Unit: nats/sample. In loss: no."""
 
 STAGE1_TOTAL_LOSS_PER_SAMPLE_EST: Final = "stage1/total_loss_per_sample_est"
-"""Estimated Stage-1 objective per original sample: base_ce/loss_per_sample + coord_diag/loss_per_sample.
+"""Estimated Stage-1 objective per original sample: base_ce/loss_per_sample + coord_diag/loss_per_sample, plus bbox_geo/loss_per_sample and bbox_size_aux/loss_per_sample when those terms are on (written once per micro-step).
 
 Group: stage1. Owner: coordexp. Unit: nats/sample. In loss: no."""
 
@@ -419,6 +448,151 @@ COORD_MONITOR_COORD_VOCAB_MASS_AT_GT_DESC: Final = "coord_monitor/coord_vocab_ma
 """Mean softmax mass inside the coord sub-vocabulary at GT DESC positions (strided subsample when coord_monitor_mass_max_tokens > 0).
 
 Group: coord_monitor. Owner: coordexp. Unit: probability. In loss: no."""
+
+COORD_DIAG_TEXT_GATE: Final = "coord_diag/text_gate"
+"""Weighted text gate: text_gate_weight times the mean over text-gate positions (supervised non-coord targets, DESC or FORMAT when typed, never eos) of -log(1 - coord-vocabulary mass) under the tempered full softmax.
+
+Group: coord_diag. Owner: coordexp. Unit: nats. In loss: yes."""
+
+COORD_DIAG_TEXT_COORD_VOCAB_MASS: Final = "coord_diag/text_coord_vocab_mass"
+"""Mean coord-vocabulary mass under the tempered full softmax at text-gate positions (the text gate's m).
+
+Group: coord_diag. Owner: coordexp. Unit: fraction. In loss: no."""
+
+COORD_SOFTCE_W1_TEXT_GATE: Final = "coord_softce_w1/text_gate"
+"""Deprecated alias of coord_diag/text_gate; same value.
+
+Group: legacy. Owner: coordexp. Unit: nats. In loss: yes. Deprecated: renamed to 'coord_diag/text_gate'. Use coord_diag/text_gate; the alias is still written while the term is on (the reference writes both)."""
+
+COORD_DIAG_ADJACENT_REPULSION: Final = "coord_diag/adjacent_repulsion"
+"""Weighted adjacent repulsion: adjacent_repulsion_weight times the mean over applied pairs of max(0, copy - copy_margin)^2, where copy is the geometric mean over the four slots of the current object's coord mass within the triangle kernel around the previous object's GT bins (same sample).
+
+Group: coord_diag. Owner: coordexp. Unit: 1. In loss: yes."""
+
+COORD_SOFTCE_W1_ADJACENT_REPULSION: Final = "coord_softce_w1/adjacent_repulsion"
+"""Deprecated alias of coord_diag/adjacent_repulsion; same value.
+
+Group: legacy. Owner: coordexp. Unit: 1. In loss: yes. Deprecated: renamed to 'coord_diag/adjacent_repulsion'. Use coord_diag/adjacent_repulsion; the alias is still written while the term is on (the reference writes both)."""
+
+COORD_DIAG_ADJACENT_REPULSION_PAIR_COUNT: Final = "coord_diag/adjacent_repulsion_pair_count"
+"""Objects that have a previous object in the same sample (pairs), whether or not the filter applies the repulsion to them.
+
+Group: coord_diag. Owner: coordexp. Unit: pairs. In loss: no."""
+
+COORD_DIAG_ADJACENT_REPULSION_APPLIED_COUNT: Final = "coord_diag/adjacent_repulsion_applied_count"
+"""Pairs the repulsion applies to: every pair under filter_mode global, pairs with equal normalised descs under same_desc.
+
+Group: coord_diag. Owner: coordexp. Unit: pairs. In loss: no."""
+
+COORD_DIAG_ADJACENT_REPULSION_COPY_SCORE_MEAN: Final = "coord_diag/adjacent_repulsion_copy_score_mean"
+"""Mean copy score over applied pairs (written only when at least one pair applies).
+
+Group: coord_diag. Owner: coordexp. Unit: fraction. In loss: no."""
+
+LOSS_GEO_BBOX_GEO: Final = "loss/geo/bbox_geo"
+"""Box geometry term: smoothl1_weight x regression + ciou_weight x CIoU loss on the boxes decoded by expectation over each coord slot's softmax, mean over boxes.
+
+Group: bbox_geo. Owner: coordexp. Unit: 1. In loss: yes."""
+
+LOSS_GEO_BBOX_SMOOTHL1: Final = "loss/geo/bbox_smoothl1"
+"""smoothl1_weight x the mean SmoothL1 regression (xyxy: mean over the 4 corners; center_size: center_weight x centre part + size_weight x log-size part).
+
+Group: bbox_geo. Owner: coordexp. Unit: 1. In loss: yes."""
+
+LOSS_GEO_BBOX_CIOU: Final = "loss/geo/bbox_ciou"
+"""ciou_weight x the mean CIoU loss (1 - IoU + rho^2/c^2 + alpha v) on canonical xyxy boxes.
+
+Group: bbox_geo. Owner: coordexp. Unit: 1. In loss: yes."""
+
+BBOX_GEO_GROUPS_TOTAL: Final = "bbox_geo/groups_total"
+"""Boxes (complete coord quartets of rows whose coord count is a multiple of 4) in the batch.
+
+Group: bbox_geo. Owner: coordexp. Unit: boxes. In loss: no."""
+
+BBOX_GEO_COORD_SLOTS_TOTAL: Final = "bbox_geo/coord_slots_total"
+"""Coord slots of those boxes: 4 x boxes.
+
+Group: bbox_geo. Owner: coordexp. Unit: slots. In loss: no."""
+
+BBOX_GEO_SKIPPED_INCOMPLETE_ROWS: Final = "bbox_geo/skipped_incomplete_rows"
+"""Rows dropped because their coord-position count is not a multiple of 4 (e.g. truncated by max_length).
+
+Group: bbox_geo. Owner: coordexp. Unit: rows. In loss: no."""
+
+BBOX_GEO_SKIPPED_INCOMPLETE_COORD_SLOTS: Final = "bbox_geo/skipped_incomplete_coord_slots"
+"""Coord positions of the dropped rows.
+
+Group: bbox_geo. Owner: coordexp. Unit: slots. In loss: no."""
+
+BBOX_GEO_GROUPS_PER_SAMPLE: Final = "bbox_geo/groups_per_sample"
+"""Boxes per original sample: groups_total / pack/num_samples.
+
+Group: bbox_geo. Owner: coordexp. Unit: boxes/sample. In loss: no."""
+
+BBOX_GEO_LOSS_PER_SAMPLE: Final = "bbox_geo/loss_per_sample"
+"""loss/geo/bbox_geo x boxes / pack/num_samples: the box geometry term summed per original sample.
+
+Group: bbox_geo. Owner: coordexp. Unit: 1/sample. In loss: no."""
+
+LOSS_GEO_BBOX_SIZE_AUX: Final = "loss/geo/bbox_size_aux"
+"""Box size term: log_wh_weight x log_wh + oversize_penalty_weight x oversize, mean over boxes.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: 1. In loss: yes."""
+
+LOSS_GEO_BBOX_LOG_WH: Final = "loss/geo/bbox_log_wh"
+"""log_wh_weight x the mean of SmoothL1(ln w - ln gw) + SmoothL1(ln h - ln gh) over boxes.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: 1. In loss: yes."""
+
+LOSS_GEO_BBOX_OVERSIZE: Final = "loss/geo/bbox_oversize"
+"""oversize_penalty_weight x the mean one-sided oversize penalty over boxes (0 with every threshold null).
+
+Group: bbox_size_aux. Owner: coordexp. Unit: 1. In loss: yes."""
+
+BBOX_SIZE_AUX_GROUPS_TOTAL: Final = "bbox_size_aux/groups_total"
+"""Boxes (complete coord quartets of rows whose coord count is a multiple of 4) in the batch.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: boxes. In loss: no."""
+
+BBOX_SIZE_AUX_COORD_SLOTS_TOTAL: Final = "bbox_size_aux/coord_slots_total"
+"""Coord slots of those boxes: 4 x boxes.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: slots. In loss: no."""
+
+BBOX_SIZE_AUX_SKIPPED_INCOMPLETE_ROWS: Final = "bbox_size_aux/skipped_incomplete_rows"
+"""Rows dropped because their coord-position count is not a multiple of 4 (e.g. truncated by max_length).
+
+Group: bbox_size_aux. Owner: coordexp. Unit: rows. In loss: no."""
+
+BBOX_SIZE_AUX_SKIPPED_INCOMPLETE_COORD_SLOTS: Final = "bbox_size_aux/skipped_incomplete_coord_slots"
+"""Coord positions of the dropped rows.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: slots. In loss: no."""
+
+BBOX_SIZE_AUX_GROUPS_PER_SAMPLE: Final = "bbox_size_aux/groups_per_sample"
+"""Boxes per original sample: groups_total / pack/num_samples.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: boxes/sample. In loss: no."""
+
+BBOX_SIZE_AUX_MEAN_WIDTH: Final = "bbox_size_aux/mean_width"
+"""Mean predicted (decoded) box width, as a fraction of the image width.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: fraction. In loss: no."""
+
+BBOX_SIZE_AUX_MEAN_HEIGHT: Final = "bbox_size_aux/mean_height"
+"""Mean predicted box height, as a fraction of the image height.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: fraction. In loss: no."""
+
+BBOX_SIZE_AUX_MEAN_LOG_AREA: Final = "bbox_size_aux/mean_log_area"
+"""Mean ln(max(w h, eps)) of the predicted boxes.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: nats. In loss: no."""
+
+BBOX_SIZE_AUX_LOSS_PER_SAMPLE: Final = "bbox_size_aux/loss_per_sample"
+"""loss/geo/bbox_size_aux x boxes / pack/num_samples.
+
+Group: bbox_size_aux. Owner: coordexp. Unit: 1/sample. In loss: no."""
 
 LOSS: Final = "loss"
 """Training objective of the logging window, as the HF Trainer logs it (mean per optimizer step).

@@ -41,5 +41,7 @@ def small_run_config(
     c["instability_monitor"]["enabled"] = monitor
     c["contracts"] = {"mode": "strict"}
     for section, values in (custom or {}).items():
-        c.setdefault(section, {}).update(values)
+        if c.get(section) is None:  # an absent section dumps as None
+            c[section] = {}
+        c[section].update(values)
     return parse_config(raw)

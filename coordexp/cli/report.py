@@ -114,7 +114,7 @@ def _loss_keys() -> list[str]:
     """``loss`` and the catalog keys that are (or may be) part of the optimised objective."""
     in_loss = [
         k
-        for group in ("base_ce", "coord_diag")
+        for group in ("base_ce", "coord_diag", "bbox_geo", "bbox_size_aux")
         for k in _catalog_sorted(KEYS_BY_GROUP.get(group, ()))
         if METRIC_SPECS[k].in_loss != "no"
     ]

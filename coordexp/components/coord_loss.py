@@ -18,11 +18,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from coordexp.components.base import BaseComponent, PassRequest
+from coordexp.components.box_terms import BoxTermsPart
 from coordexp.components.context import StepContext
 from coordexp.components.pass_inputs import PassInputs
 from coordexp.components.runtime import current_accumulation_steps
 from coordexp.functional import IGNORE_INDEX, CoordSlice, coord_loss
+from coordexp.functional.box_terms import BoxBatch
 from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
+from coordexp.functional.text_gate import text_gate_positions
 from coordexp.generated import metric_keys as K
 from coordexp.generated.models.config import CoordSoftCEW1Config
 from coordexp.reporting.aggregation import Ratio, StepValue
@@ -63,11 +66,31 @@ class CoordLossComponent(BaseComponent):
     feature: ClassVar[str] = "coord_soft_ce_w1"
     objective_conditions: ClassVar[frozenset[str]] = frozenset({"coord_loss"})
 
-    def __init__(self, cfg: CoordSoftCEW1Config) -> None:
+    def __init__(self, cfg: CoordSoftCEW1Config, boxes: BoxTermsPart | None = None) -> None:
         self.cfg = cfg
         self.enabled = bool(cfg.enabled)
         self.loss_cfg = cfg  # the parsed section is what the loss functions read
         self.gate_on = self.loss_cfg.gate_weight != 0.0
+        self.boxes = boxes if boxes is not None and self.enabled else BoxTermsPart(None)
+        """the box terms (``custom.bbox_geo`` / ``custom.bbox_size_aux``) this objective adds"""
+        self.text_gate_on = self.enabled and self.loss_cfg.text_gate_weight != 0.0
+        self.eos_token_id: int | None = None
+        """the tokenizer's eos id (set by the pipeline): never a text-gate position"""
+
+    def _text_count(self, inputs: PassInputs, coord: CoordSlice) -> Tensor | None:
+        """This batch's text-gate positions (None when the text gate is off)."""
+        if not self.text_gate_on:
+            return None
+        rows = text_gate_positions(inputs.targets, inputs.types, coord, self.eos_token_id)
+        return rows.sum().to(torch.float32)
+
+    def _box_batch(self, ctx: StepContext, inputs: PassInputs, coord: CoordSlice) -> BoxBatch | None:
+        """The batch's boxes (None when no box term is on); the denominator is set by the caller."""
+        if self.boxes.terms is None:
+            return None
+        assert ctx.labels is not None
+        groups = self.boxes.groups(inputs.targets, ctx.labels.shape[0], coord)
+        return BoxBatch(self.boxes.terms, groups, groups.n_boxes)
 
     # -- objective path ----------------------------------------------------------------------
     def require(self, ctx: StepContext, coord: CoordSlice | None) -> CoordSlice:
@@ -98,15 +121,24 @@ class CoordLossComponent(BaseComponent):
         assert ctx.loss is not None
         coord, targets = self.require(ctx, inputs.coord), inputs.targets
         is_coord, _ = coord.lookup(targets)
-        local = (is_coord & (targets != IGNORE_INDEX)).sum().to(torch.float32)
-        denominator = _global(local, ctx.trainer).clamp(min=1.0)
+        boxes = self._box_batch(ctx, inputs, coord)
+        text = self._text_count(inputs, coord)
+        parts = [(is_coord & (targets != IGNORE_INDEX)).sum().to(torch.float32)]
+        parts += [part for part in (text, None if boxes is None else boxes.denominator) if part is not None]
+        counts = _global(torch.stack(parts), ctx.trainer).clamp(min=1.0).unbind(0)  # one collective
+        text_den = counts[1] if text is not None else None
+        if boxes is not None:
+            boxes = BoxBatch(boxes.terms, boxes.groups, counts[-1])
         value, stats = coord_loss(
             inputs.logits,
             targets,
             coord,
             self.loss_cfg,
-            coord_denominator=denominator,
+            coord_denominator=counts[0],
             types=inputs.types,
+            boxes=boxes,
+            eos_token_id=self.eos_token_id,
+            text_denominator=text_den,
             **inputs.options,
         )
         if averages_tokens_across_devices(ctx.trainer):
@@ -133,13 +165,22 @@ class CoordLossComponent(BaseComponent):
         coord, targets = self.require(ctx, inputs.coord), inputs.targets
         is_coord, _ = coord.lookup(targets)
         sup = targets != IGNORE_INDEX
-        counts = torch.stack([(is_coord & sup).sum(), (sup & ~is_coord).sum()]).to(torch.float32)
-        coord_den, base_den = _global(counts, ctx.trainer).clamp(min=1.0).unbind(0)  # one collective
+        boxes = self._box_batch(ctx, inputs, coord)
+        text = self._text_count(inputs, coord)
+        parts = [(is_coord & sup).sum().to(torch.float32), (sup & ~is_coord).sum().to(torch.float32)]
+        parts += [part for part in (text, None if boxes is None else boxes.denominator) if part is not None]
+        counts = _global(torch.stack(parts), ctx.trainer).clamp(min=1.0).unbind(0)  # one collective
+        coord_den, base_den = counts[0], counts[1]
+        if boxes is not None:
+            boxes = BoxBatch(boxes.terms, boxes.groups, counts[-1])
         options: dict[str, Any] = dict(
             coord_denominator=coord_den,
             base_ce=True,
             base_denominator=base_den,
             types=inputs.types,
+            boxes=boxes,
+            eos_token_id=self.eos_token_id,
+            text_denominator=counts[2] if text is not None else None,
             **inputs.options,
         )
         if head is None:
@@ -173,7 +214,8 @@ class CoordLossComponent(BaseComponent):
 
     # -- reporting ---------------------------------------------------------------------------
     def pass_request(self, ctx: StepContext) -> PassRequest | None:
-        return PassRequest(coord_cfg=self.loss_cfg)
+        # the text gate reads the batch's token types when it has them (DESC / FORMAT targets only)
+        return PassRequest(coord_cfg=self.loss_cfg, types=self.text_gate_on)
 
     def report(self, ctx: StepContext) -> None:
         """The coord and base-CE keys of the step: each ratio as its numerator and denominator
@@ -210,6 +252,12 @@ class CoordLossComponent(BaseComponent):
             out[K.COORD_DIAG_W1_TO_DELTA] = Ratio(s["w1_to_delta_sum"], n)
             out[K.COORD_DIAG_COORD_TOKENS_PER_SAMPLE] = Ratio(n, samples)
             out[K.COORD_DIAG_LOSS_PER_SAMPLE] = Ratio(coord_loss_sum, samples)
+            out.update(self.boxes.report(s, samples))
+            n_text = s["n_text_gate"]
+            if self.text_gate_on and n_text > 0:
+                text_gate = Ratio(self.loss_cfg.text_gate_weight * s["text_gate_sum"], n_text)
+                out[K.COORD_DIAG_TEXT_GATE] = out[K.COORD_SOFTCE_W1_TEXT_GATE] = text_gate
+                out[K.COORD_DIAG_TEXT_COORD_VOCAB_MASS] = Ratio(s["text_coord_mass_sum"], n_text)
             if self.enabled:
                 for alias, key in _ALIASES:
                     if key in out:
@@ -238,7 +286,8 @@ class CoordLossComponent(BaseComponent):
             else:
                 out[K.BASE_CE_NONCOORD_TOKENS_PER_SAMPLE] = Ratio(0.0, samples, observed=False)
                 out[K.BASE_CE_LOSS_PER_SAMPLE] = Ratio(0.0, samples, observed=False)
+            box_sum = self.boxes.loss_sum(s) if n > 0 else 0.0
             out[K.STAGE1_TOTAL_LOSS_PER_SAMPLE_EST] = Ratio(
-                base_sum + coord_loss_sum, samples, observed=s["n_sup"] > 0
+                base_sum + coord_loss_sum + box_sum, samples, observed=s["n_sup"] > 0
             )
         ctx.metrics.update(out)

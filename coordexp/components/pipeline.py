@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from coordexp.components.base import Component, PassRequest
+from coordexp.components.box_terms import BoxTermsPart
 from coordexp.components.context import StepContext
 from coordexp.components.coord_loss import CoordLossComponent, CoordObjectiveError
 from coordexp.components.coord_vocab import CoordVocab
@@ -96,8 +97,13 @@ class Stage1Pipeline:
             custom.token_type_metrics,
             custom.instability_monitor,
         )
+        self._box_sections = custom
         self.runtime = RuntimeComponent() if RUNTIME in active else None
-        self.coord = CoordLossComponent(coord) if COORD in active and coord is not None else None
+        self.coord = (
+            CoordLossComponent(coord, BoxTermsPart.of(custom, coord.temperature))
+            if COORD in active and coord is not None
+            else None
+        )
         self.token_metrics = (
             TokenMetricsComponent(tokens) if TOKEN_METRICS in active and tokens is not None else None
         )
@@ -123,6 +129,9 @@ class Stage1Pipeline:
             self.best_effort.disabled.add(COORD)
         if self.token_metrics is not None:
             self.token_metrics.coord_vocab_known = known
+        if self.coord is not None:
+            eos = getattr(find_tokenizer(trainer), "eos_token_id", None)
+            self.coord.eos_token_id = eos if isinstance(eos, int) and not isinstance(eos, bool) else None
         self.reporter.register(trainer, self.enabled_keys())
 
     def enabled_keys(self) -> frozenset[str]:
@@ -130,6 +139,8 @@ class Stage1Pipeline:
         sections = Stage1CustomConfig(
             coord_soft_ce_w1=self.coord.cfg if self.coord is not None else None,
             token_type_metrics=self.token_metrics.cfg if self.token_metrics is not None else None,
+            bbox_geo=self._box_sections.bbox_geo if self.coord is not None else None,
+            bbox_size_aux=self._box_sections.bbox_size_aux if self.coord is not None else None,
         )
         return keys_written_under(conditions_from_config(sections))
 

@@ -1,6 +1,8 @@
 """Typed ``custom.*`` configuration sections (YAML-first; no CLI flags)."""
 
 from coordexp.config.loading import (
+    BBoxGeoConfig,
+    BBoxSizeAuxConfig,
     ConfigError,
     ContractsConfig,
     CoordSoftCEW1Config,
@@ -14,6 +16,8 @@ from coordexp.config.loading import (
 )
 
 __all__ = [
+    "BBoxGeoConfig",
+    "BBoxSizeAuxConfig",
     "ConfigError",
     "ContractsConfig",
     "CoordSoftCEW1Config",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError, model_validator
@@ -83,11 +83,18 @@ def format_validation_error(exc: ValidationError, prefix: str) -> str:
 
 def coord_loss_weight_error(cfg: generated.CoordSoftCEW1Config) -> str | None:
     """An enabled coord loss needs a non-zero weight (a rule across fields: no generated code for it)."""
-    weights = (cfg.ce_weight, cfg.soft_ce_weight, cfg.w1_weight, cfg.gate_weight)
+    weights = (
+        cfg.ce_weight,
+        cfg.soft_ce_weight,
+        cfg.w1_weight,
+        cfg.gate_weight,
+        cfg.text_gate_weight,
+        cfg.adjacent_repulsion_weight,
+    )
     if cfg.enabled and not any(w > 0 for w in weights):
         return (
             "enabled with every weight 0: set at least one of ce_weight, soft_ce_weight, "
-            "w1_weight, gate_weight > 0"
+            "w1_weight, gate_weight, text_gate_weight, adjacent_repulsion_weight > 0"
         )
     return None
 
@@ -97,13 +104,84 @@ def coord_loss_infinite(cfg: generated.CoordSoftCEW1Config) -> list[str]:
     return [name for name, value in cfg if isinstance(value, float) and not math.isfinite(value)]
 
 
+EXPLICIT_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {
+    generated.BBoxGeoConfig: ("enabled", "smoothl1_weight", "ciou_weight"),
+    generated.BBoxSizeAuxConfig: (
+        "enabled",
+        "log_wh_weight",
+        "oversize_penalty_weight",
+        "oversize_area_frac_threshold",
+        "oversize_log_w_threshold",
+        "oversize_log_h_threshold",
+        "eps",
+    ),
+}
+"""Fields a present section must write out (the reference's rule; the defaults apply to an absent one)."""
+
+
+def box_term_error(cfg: generated.BBoxGeoConfig | generated.BBoxSizeAuxConfig) -> str | None:
+    """A present box section writes its key fields explicitly; an enabled term needs a non-zero weight;
+    ``center_size`` needs a non-zero part weight."""
+    explicit = next(names for model, names in EXPLICIT_FIELDS.items() if isinstance(cfg, model))
+    missing = [name for name in explicit if name not in cfg.model_fields_set]
+    if missing:
+        return f"must be written explicitly when the section is present: {', '.join(missing)}"
+    if isinstance(cfg, generated.BBoxGeoConfig):
+        if cfg.enabled and not (cfg.smoothl1_weight > 0 or cfg.ciou_weight > 0):
+            return "enabled with smoothl1_weight and ciou_weight both 0"
+        center_size = cfg.parameterization == "center_size"
+        if cfg.enabled and center_size and not (cfg.center_weight or cfg.size_weight):
+            return "parameterization center_size with center_weight and size_weight both 0"
+        return None
+    if cfg.enabled and not (cfg.log_wh_weight > 0 or cfg.oversize_penalty_weight > 0):
+        return "enabled with log_wh_weight and oversize_penalty_weight both 0"
+    return None
+
+
+NOT_YET_COMPUTED: dict[str, str] = {
+    "custom.coord_soft_ce_w1.adjacent_repulsion_weight": "0",
+}
+"""Fields declared (schema, catalog keys, pure functions in ``coordexp.functional``) whose term the one
+pass does not compute yet: a config that turns one on is refused at load (never a silent no-op)."""
+
+
+def not_yet_computed_errors(model: generated.CustomConfig) -> list[str]:
+    """``path: message`` for each term the config turns on that the pass does not compute yet."""
+    on = {
+        "custom.coord_soft_ce_w1.text_gate_weight": model.coord_soft_ce_w1 is not None
+        and model.coord_soft_ce_w1.text_gate_weight != 0,
+        "custom.coord_soft_ce_w1.adjacent_repulsion_weight": model.coord_soft_ce_w1 is not None
+        and model.coord_soft_ce_w1.adjacent_repulsion_weight != 0,
+        "custom.bbox_geo.enabled": model.bbox_geo is not None and model.bbox_geo.enabled,
+        "custom.bbox_size_aux.enabled": model.bbox_size_aux is not None and model.bbox_size_aux.enabled,
+    }
+    errors = [
+        f"{path}: this term is not computed by the training pass yet; set it to {NOT_YET_COMPUTED[path]}"
+        for path, is_on in on.items()
+        if is_on and path in NOT_YET_COMPUTED
+    ]
+    coord_on = model.coord_soft_ce_w1 is not None and model.coord_soft_ce_w1.enabled
+    for path in ("custom.bbox_geo.enabled", "custom.bbox_size_aux.enabled"):
+        if on[path] and not coord_on:
+            errors.append(
+                f"{path}: the box terms are computed in the coord loss's pass; "
+                "set custom.coord_soft_ce_w1.enabled: true"
+            )
+    return errors
+
+
 def rule_errors(model: BaseModel, where: str) -> list[str]:
     """``path: message`` for each rule ``model`` or a section inside it breaks."""
     errors = []
+    if isinstance(model, generated.CustomConfig):
+        errors += not_yet_computed_errors(model)
     if isinstance(model, generated.CoordSoftCEW1Config):
         errors += [f"{where}.{name}: must be finite" for name in coord_loss_infinite(model)]
         if msg := coord_loss_weight_error(model):
             errors.append(f"{where}: {msg}")
+    is_box = isinstance(model, generated.BBoxGeoConfig | generated.BBoxSizeAuxConfig)
+    if is_box and (msg := box_term_error(model)):
+        errors.append(f"{where}: {msg}")
     if isinstance(model, generated.EvalDetectionConfig):
         if msg := f1ish_threshold_error(model.f1ish_iou_thrs):
             errors.append(f"{where}.f1ish_iou_thrs: {msg}")
@@ -188,6 +266,14 @@ class CoordSoftCEW1Config(_Section, generated.CoordSoftCEW1Config):
         return self
 
 
+class BBoxGeoConfig(_Section, generated.BBoxGeoConfig):
+    """``custom.bbox_geo``."""
+
+
+class BBoxSizeAuxConfig(_Section, generated.BBoxSizeAuxConfig):
+    """``custom.bbox_size_aux``."""
+
+
 class InstabilityMonitorConfig(_Section, generated.InstabilityMonitorConfig):
     """``custom.instability_monitor``."""
 
@@ -210,6 +296,14 @@ class EvalDetectionConfig(_Section, generated.EvalDetectionConfig):
 
 class Stage1CustomConfig(_Section, generated.CustomConfig):
     """The whole ``custom:`` block: the generated section models, None where a section is absent."""
+
+
+def resolve_custom_paths(custom: dict[str, Any], resolve: Callable[[str], str]) -> None:
+    """Rewrite, in the raw ``custom:`` block before it is parsed, the settings that are paths
+    (``eval_detection.semantic_model``) with ``resolve`` (relative to the YAML file's folder)."""
+    detection = custom.get("eval_detection")
+    if isinstance(detection, dict) and isinstance(detection.get("semantic_model"), str):
+        detection["semantic_model"] = resolve(detection["semantic_model"])
 
 
 def load_custom_config(custom: Mapping[str, Any] | None) -> Stage1CustomConfig:

@@ -99,6 +99,14 @@ def conditions_from_config(custom: Stage1CustomConfig | None) -> frozenset[str]:
             held.add("coord_loss")
         if coord.gate_weight != 0:
             held.add("coord_gate")
+        if coord.enabled and coord.text_gate_weight != 0:
+            held.add("text_gate")
+        if coord.enabled and coord.adjacent_repulsion_weight != 0:
+            held.add("adjacent_repulsion")
+    if custom.bbox_geo is not None and custom.bbox_geo.enabled:
+        held.add("bbox_geo")
+    if custom.bbox_size_aux is not None and custom.bbox_size_aux.enabled:
+        held.add("bbox_size_aux")
     tokens = custom.token_type_metrics
     if tokens is not None and tokens.enabled:
         held.add("token_metrics")

@@ -23,6 +23,7 @@ from coordexp.functional.coord_math import (
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.pass_spec import ChunkSource, GradSpec, PassSpec
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, TYPE_IGNORE
+from coordexp.functional.text_gate import MASS_FLOOR as TEXT_MASS_FLOOR
 from coordexp.generated.models.config import CoordSoftCEW1Config
 
 __all__ = ["ChunkStats", "Workspace"]
@@ -128,6 +129,13 @@ class ChunkStats:
             gt_coord = self.coord_row
         self.gt_coord = gt_coord
         self.noncoord = sup & ~gt_coord
+        if spec.text_gate:  # the text gate's positions (see coordexp.functional.text_gate)
+            text = sup & ~self.tgt_coord
+            if typ is not None:
+                text = text & ((typ == TYPE_DESC) | (typ == TYPE_FORMAT))
+            if spec.eos_token_id is not None:
+                text = text & (tgt != spec.eos_token_id)
+            self.text_row = text
         self.put("n_noncoord", self.noncoord)
         self.put("n_noncoord_top1", self.noncoord & hit1)
 
@@ -228,6 +236,7 @@ class ChunkStats:
                 lse1_coord = torch.logsumexp(u, dim=-1)
             u.div_(torch.where(self.coord_row, spec.temperature, 1.0).unsqueeze(-1))
         probs, lse_v, lse_fix = self._row_lse(u)
+        text = self._text_gate(coord, u, probs) if spec.text_gate and coord is not None else None
         # raw semantics of the non-coord rows, as torch.logsumexp of the raw row gives them
         raw_lse = torch.where(raw_top.isinf(), raw_top, lse_v)
         raw_lse = torch.where(raw_top.isnan(), math.nan, raw_lse)
@@ -253,8 +262,33 @@ class ChunkStats:
         if self.grad is not None:
             loss_terms = None if spec.base_all else full_terms  # base_all: coord terms are diagnostics
             self._write_full_grad(
-                coord, spec.coord_cfg, x, probs, lse_fix, loss_terms, gate_raw, base_row, raw_top
+                coord, spec.coord_cfg, x, probs, lse_fix, loss_terms, gate_raw, base_row, raw_top, text
             )
+
+    def _text_gate(
+        self, coord: CoordSlice, u: Tensor, probs: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """The text gate of the text rows: statistics, and with a gradient ``(coord-column addition
+        [n, K], all-column row coefficient [n], tempered softmax or None when it is ``probs``)``.
+
+        ``s = softmax(x / T)`` (T = 1: the pass's own softmax), ``m = Σ_C s``, ``g = -log(clamp(1 - m,
+        1e-6, 1))``; ``∂g/∂x_j = s_j / T`` on the coord columns, ``-(m / (1 - m)) s_j / T`` elsewhere.
+        """
+        rows, temp = self.text_row, self.spec.temperature
+        s = probs if temp == 1.0 else torch.softmax(u / temp, dim=-1)
+        s_coord = coord.take(s)
+        m = s_coord.sum(-1)
+        rest = 1.0 - m
+        g = torch.log(rest.clamp(TEXT_MASS_FLOOR, 1.0)).neg_().nan_to_num_(nan=0.0, posinf=1e4)
+        self.put("n_text_gate", rows)
+        self.put("text_gate_sum", rows, g)
+        self.put("text_coord_mass_sum", rows, m)
+        if self.grad is None or self.grad.text_scale is None:
+            return None
+        coef = torch.where(rows & (rest > TEXT_MASS_FLOOR), self.grad.text_scale, 0.0)
+        rest = rest.clamp(min=TEXT_MASS_FLOOR)
+        coord_add = s_coord * (coef / (temp * rest)).unsqueeze(-1)
+        return coord_add, -coef * m / (rest * temp), None if temp == 1.0 else s
 
     def _coord_diag(self, cfg: CoordSoftCEW1Config, terms: CoordTerms, lse_t: Tensor | None) -> Tensor | None:
         """Coord-term statistics of the coord rows; returns the gate's ``lse_t - lse_z`` (with ``lse_t``)."""
@@ -321,6 +355,7 @@ class ChunkStats:
         gate_raw: Tensor | None,
         base_row: Tensor,
         raw_top: Tensor,
+        text: tuple[Tensor, Tensor, Tensor | None] | None = None,
     ) -> None:
         """``softmax * row coefficient`` (gate rows: ``gate_scale * fix / T``; base rows: ``base_scale``, NaN
         when the raw row has a NaN or a ±inf max, as cross-entropy gives), ``- base_scale`` at the target
@@ -335,10 +370,16 @@ class ChunkStats:
         base_on = base_row if spec.do_base else torch.zeros_like(base_row)
         base_coef = torch.where(base_on, self.grad.base_scale, zero)
         row_coef = gate_scale * lse_fix / spec.temperature + base_coef
+        if text is not None and text[2] is None:  # the text gate on the pass's own softmax (T = 1)
+            row_coef = row_coef + text[1]
         row_coef = torch.where(base_on & ~raw_top.isfinite(), math.nan, row_coef)
         mask = self.grad_mask.mul_(row_coef.unsqueeze(-1))
         work = out if out.dtype == torch.float32 else probs
         torch.mul(probs, mask, out=work)
+        if text is not None and text[2] is not None:  # tempered text gate: its own softmax
+            work.addcmul_(text[2], text[1].unsqueeze(-1))
+        if text is not None:
+            coord_grad = text[0] if coord_grad is None else coord_grad + text[0]
         if spec.do_base:
             work.scatter_add_(-1, self.tgt.clamp(min=0).unsqueeze(-1), -base_coef.unsqueeze(-1))
         if coord_grad is not None and coord is not None:

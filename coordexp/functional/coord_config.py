@@ -32,8 +32,9 @@ class CoordLossConfig(CoordSoftCEW1Config):
     def __init__(self, **values: Any) -> None:
         # Stricter than the YAML loader (whose lax types read YAML): a bool or a string is no number
         # (TypeError), and numbers are finite; the bounds are the model's (ValueError).
+        numbers = {n for n, f in type(self).model_fields.items() if f.annotation in (float, int)}
         for name, value in values.items():
-            if type(self).model_fields.get(name, None) is None or name in ("enabled", "target_truncate"):
+            if name not in numbers or name == "target_truncate":
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise TypeError(f"{name} must be a number, got {value!r}")
@@ -55,7 +56,16 @@ class CoordLossConfig(CoordSoftCEW1Config):
     @property
     def any_weight(self) -> bool:
         """Whether at least one loss term has a non-zero weight."""
-        return any((self.ce_weight, self.soft_ce_weight, self.w1_weight, self.gate_weight))
+        return any(
+            (
+                self.ce_weight,
+                self.soft_ce_weight,
+                self.w1_weight,
+                self.gate_weight,
+                self.text_gate_weight,
+                self.adjacent_repulsion_weight,
+            )
+        )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | CoordSoftCEW1Config) -> CoordLossConfig:

@@ -15,6 +15,7 @@ the pass). The memory beyond the parameters' own gradients is the chunk's scratc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from coordexp.functional.box_terms import BoxBatch
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.loss_plan import (
     Denominator,
@@ -124,10 +126,24 @@ def _run(
     rows = linear_chunk_rows(head.weight.shape[0], plan.spec.chunk_size, hidden.device)
     grads = _Grads(hidden, head, rows, wants) if any(wants) else None
     source = _source(hidden, head, rows, grads, preds)
+    extra = plan.box_terms(_box_rows(hidden, head, plan), hidden.shape[0])
     if grads is None:
         return None, run_stage1_pass(source, targets, types, plan.spec).stats
-    spec, grad = plan.writing_gradient(grads.rows_buf, coord_den, base_den)
+    spec, grad = plan.writing_gradient(grads.rows_buf, coord_den, base_den, extra)
     return grads, run_stage1_pass(source, targets, types, spec, grad).stats
+
+
+def _box_rows(hidden: Tensor, head: OutputHead, plan: LossPlan) -> Callable[[Tensor], Tensor]:
+    """The coord-slice logits of some rows from their hidden states and the head's coord rows: ``[P, K]``."""
+
+    def rows(positions: Tensor) -> Tensor:
+        coord = plan.coord
+        assert coord is not None
+        weight = head.weight.index_select(0, coord.ids)
+        bias = None if head.bias is None else head.bias.index_select(0, coord.ids)
+        return F.linear(hidden.index_select(0, positions), weight, bias)
+
+    return rows
 
 
 class _LinearPassFunction(torch.autograd.Function):
@@ -148,6 +164,7 @@ class _LinearPassFunction(torch.autograd.Function):
         preds: Tensor | None,
     ) -> Tensor:
         coord_den, base_den = plan.denominators(targets, coord_denominator, base_denominator)
+        plan.prepare_text_gate(targets, types)
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         wants = (bool(needs[0]), bool(needs[1]), bool(needs[2])) if plan.want_grad else (False,) * 3
         head = OutputHead(weight, bias)
@@ -240,6 +257,9 @@ def linear_coord_loss(
     mass: bool = False,
     mass_max_tokens: int = 0,
     preds: Tensor | None = None,
+    boxes: BoxBatch | None = None,
+    eos_token_id: int | None = None,
+    text_denominator: Denominator = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`~coordexp.functional.losses.coord_loss` of ``hidden @ head.weight.T (+ bias)`` without
     those logits: the same loss, statistics and (through ``hidden`` and the head) gradients.
@@ -248,7 +268,16 @@ def linear_coord_loss(
     """
     _check(hidden, head, targets, types, chunk_size)
     options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)
-    plan = coord_loss_plan(coord, cfg, _logits_info(hidden, head), options, base_ce=base_ce)
+    plan = coord_loss_plan(
+        coord,
+        cfg,
+        _logits_info(hidden, head),
+        options,
+        base_ce=base_ce,
+        boxes=boxes,
+        eos_token_id=eos_token_id,
+        text_denominator=text_denominator,
+    )
     return _apply(hidden, head, targets, types, coord_denominator, base_denominator, plan, preds)
 
 

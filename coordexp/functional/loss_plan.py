@@ -8,14 +8,17 @@ the loss, the denominators and the loss itself from the pass's statistics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
+from coordexp.functional.box_terms import BoxBatch, box_terms_with_grad
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.pass_spec import GradSpec, PassOptions, PassSpec, pass_spec
 from coordexp.functional.targets import IGNORE_INDEX
+from coordexp.functional.text_gate import text_gate_positions
 from coordexp.generated.models.config import CoordSoftCEW1Config
 
 __all__ = ["Denominator", "LogitsInfo", "LossPlan", "ce_loss_plan", "coord_loss_plan", "wants_grad"]
@@ -44,6 +47,38 @@ class LossPlan:
     base_ce: bool
     want_grad: bool
     stats: dict[str, Tensor] = field(default_factory=dict)
+    boxes: BoxBatch | None = None
+    """the box terms of the batch (added to the loss; their gradient to the coord columns)"""
+    text_denominator: Denominator = None
+    """the text gate's denominator (None: this batch's text-gate positions)"""
+    text_scale: Tensor | None = None
+    """``text_gate_weight / N_text``, 0 without a coord target (set by :meth:`prepare_text_gate`)"""
+
+    def prepare_text_gate(self, targets: Tensor, types: Tensor | None) -> None:
+        """Before the pass: the text gate's scale (sync-free; nothing when it is off)."""
+        coord, cfg = self.coord, self.cfg
+        if not self.spec.text_gate or coord is None or cfg is None:
+            return
+        rows = text_gate_positions(targets, types, coord, self.spec.eos_token_id)
+        den = _as_denominator(self.text_denominator, rows.sum().to(torch.float32))
+        is_coord = coord.lookup(targets)[0] & (targets != IGNORE_INDEX)
+        self.text_scale = cfg.text_gate_weight * is_coord.any().to(torch.float32) / den
+
+    box_value: Tensor | None = None
+    box_stats: dict[str, Tensor] = field(default_factory=dict)
+
+    def box_terms(self, coord_rows: Callable[[Tensor], Tensor], n_rows: int) -> Tensor | None:
+        """Compute the box terms from ``coord_rows(positions)`` (the coord-slice logits ``[P, K]`` of
+        those rows) before the pass; returns their gradient as ``[n_rows, K]`` (None without one)."""
+        if self.boxes is None:
+            return None
+        positions = self.boxes.flat_positions
+        z = coord_rows(positions)
+        self.box_value, self.box_stats, grad = box_terms_with_grad(z, self.boxes, self.want_grad)
+        if grad is None:
+            return None
+        extra = torch.zeros((n_rows, z.shape[-1]), dtype=torch.float32, device=z.device)
+        return extra.index_add_(0, positions, grad)
 
     @property
     def coord(self) -> CoordSlice | None:
@@ -69,9 +104,13 @@ class LossPlan:
         n_coord, n_base = self._row_counts(targets)
         return _as_denominator(coord_denominator, n_coord), _as_denominator(base_denominator, n_base)
 
-    def writing_gradient(self, out: Tensor, coord_den: Tensor, base_den: Tensor) -> tuple[PassSpec, GradSpec]:
-        """The spec of a pass that also writes ``d loss / d logits`` (``grad_output = 1``) into ``out``."""
-        return replace(self.spec, grad=True), GradSpec(out, 1.0 / coord_den, 1.0 / base_den)
+    def writing_gradient(
+        self, out: Tensor, coord_den: Tensor, base_den: Tensor, coord_extra: Tensor | None = None
+    ) -> tuple[PassSpec, GradSpec]:
+        """The spec of a pass that also writes ``d loss / d logits`` (``grad_output = 1``) into ``out``
+        (plus ``coord_extra`` in the coord columns)."""
+        grad = GradSpec(out, 1.0 / coord_den, 1.0 / base_den, coord_extra, self.text_scale)
+        return replace(self.spec, grad=True), grad
 
     def loss(
         self, stats: dict[str, Tensor], coord_den: Tensor, base_den: Tensor, device: torch.device
@@ -92,6 +131,11 @@ class LossPlan:
             loss = total / coord_den
         if self.base_ce:
             loss = loss + stats["base_ce_sum"] / base_den
+        if self.text_scale is not None:
+            loss = loss + self.text_scale * stats["text_gate_sum"]
+        if self.box_value is not None:
+            loss = loss + self.box_value
+            stats = {**stats, **self.box_stats}
         self.stats = stats
         return loss
 
@@ -111,12 +155,28 @@ class LogitsInfo:
 
 
 def coord_loss_plan(
-    coord: CoordSlice, cfg: CoordSoftCEW1Config, logits: LogitsInfo, options: PassOptions, *, base_ce: bool
+    coord: CoordSlice,
+    cfg: CoordSoftCEW1Config,
+    logits: LogitsInfo,
+    options: PassOptions,
+    *,
+    base_ce: bool,
+    boxes: BoxBatch | None = None,
+    eos_token_id: int | None = None,
+    text_denominator: Denominator = None,
 ) -> LossPlan:
     """The loss of :func:`~coordexp.functional.losses.coord_loss`: the coord terms, plus with
-    ``base_ce`` the CE over the non-coord targets."""
-    spec = pass_spec(coord, cfg, vocab=logits.vocab, device=logits.device, options=options, base_ce=base_ce)
-    return LossPlan(spec, cfg, base_ce, logits.want_grad)
+    ``base_ce`` the CE over the non-coord targets, plus with ``boxes`` the box terms."""
+    spec = pass_spec(
+        coord,
+        cfg,
+        vocab=logits.vocab,
+        device=logits.device,
+        options=options,
+        base_ce=base_ce,
+        eos_token_id=eos_token_id,
+    )
+    return LossPlan(spec, cfg, base_ce, logits.want_grad, boxes=boxes, text_denominator=text_denominator)
 
 
 def ce_loss_plan(

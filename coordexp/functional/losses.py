@@ -21,12 +21,14 @@ A second backward through the same graph (``retain_graph=True``) recomputes the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from coordexp.functional.box_terms import BoxBatch
 from coordexp.functional.coord_slice import CoordSlice
 from coordexp.functional.loss_plan import Denominator, LogitsInfo, LossPlan, ce_loss_plan, coord_loss_plan
 from coordexp.functional.pass_spec import DEFAULT_CHUNK_SIZE, PassOptions, validate_inputs
@@ -35,12 +37,29 @@ from coordexp.generated.models.config import CoordSoftCEW1Config
 
 
 def _unit_gradient(
-    logits: Tensor, targets: Tensor, types: Tensor | None, coord_den: Tensor, base_den: Tensor, plan: LossPlan
+    logits: Tensor,
+    targets: Tensor,
+    types: Tensor | None,
+    coord_den: Tensor,
+    base_den: Tensor,
+    plan: LossPlan,
+    coord_extra: Tensor | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``(d loss / d logits for grad_output = 1, stats)``: the statistics pass writing the gradient."""
     out = torch.empty_like(logits)
-    spec, grad = plan.writing_gradient(out, coord_den, base_den)
+    spec, grad = plan.writing_gradient(out, coord_den, base_den, coord_extra)
     return out, run_stage1_pass(logits, targets, types, spec, grad).stats
+
+
+def _box_rows(logits: Tensor, plan: LossPlan) -> Callable[[Tensor], Tensor]:
+    """The coord-slice logits of some rows (the box slots), gathered: ``[P, K]``, never ``[N, V]``."""
+
+    def rows(positions: Tensor) -> Tensor:
+        coord = plan.coord
+        assert coord is not None
+        return coord.take(logits.index_select(0, positions))
+
+    return rows
 
 
 class _CoordLossFunction(torch.autograd.Function):
@@ -59,12 +78,15 @@ class _CoordLossFunction(torch.autograd.Function):
         plan: LossPlan,
     ) -> Tensor:
         coord_den, base_den = plan.denominators(targets, coord_denominator, base_denominator)
+        plan.prepare_text_gate(targets, types)
+        extra = plan.box_terms(_box_rows(logits, plan), logits.shape[0])
         grad: Tensor | None = None
         if plan.want_grad:
-            grad, stats = _unit_gradient(logits, targets, types, coord_den, base_den, plan)
+            grad, stats = _unit_gradient(logits, targets, types, coord_den, base_den, plan, extra)
         else:
             stats = run_stage1_pass(logits, targets, types, plan.spec).stats
         ctx.save_for_backward(logits, targets, coord_den, base_den)
+        ctx.coord_extra = extra  # type: ignore[attr-defined]
         ctx.types = types  # type: ignore[attr-defined]
         ctx.plan = plan  # type: ignore[attr-defined]
         ctx.unit_grad = grad  # type: ignore[attr-defined]
@@ -79,7 +101,9 @@ class _CoordLossFunction(torch.autograd.Function):
         ctx.unit_grad = None  # hand the buffer over (no copy); a second backward recomputes it
         if grad is None:
             logits, targets, coord_den, base_den = ctx.saved_tensors
-            grad, _ = _unit_gradient(logits, targets, ctx.types, coord_den, base_den, ctx.plan)
+            grad, _ = _unit_gradient(
+                logits, targets, ctx.types, coord_den, base_den, ctx.plan, ctx.coord_extra
+            )
         grad.mul_(grad_output.to(torch.float32))
         return grad, None, None, None, None, None
 
@@ -98,6 +122,9 @@ def coord_loss(
     top5: bool = True,
     mass: bool = False,
     mass_max_tokens: int = 0,
+    boxes: BoxBatch | None = None,
+    eos_token_id: int | None = None,
+    text_denominator: Denominator = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Differentiable coord loss (plus, with ``base_ce``, the base CE) and every Stage-1 statistic.
 
@@ -109,11 +136,24 @@ def coord_loss(
     >= 1) when ``base_ce``; ``stats`` holds the keys of :data:`~coordexp.functional.stat_keys.STAT_KEYS`
     (those of :func:`~coordexp.functional.stage1_pass.stage1_stats` with ``coord_cfg=cfg``, plus
     ``base_ce_sum`` and ``n_base``). Sync-free; the gradient buffer is one tensor like ``logits``.
-    No coord positions: the coord part is 0 with zero gradient.
+    No coord positions: the coord part is 0 with zero gradient. ``boxes`` adds the box terms
+    (:mod:`coordexp.functional.box_terms`) and their statistics. With ``cfg.text_gate_weight != 0``
+    the text gate (:mod:`coordexp.functional.text_gate`) is added: ``text_gate_weight Σ g /
+    text_denominator`` (default: the batch's text-gate positions; never ``eos_token_id``), 0 when the
+    batch has no coord target.
     """
     validate_inputs(logits, targets, types, chunk_size)
     options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)
-    plan = coord_loss_plan(coord, cfg, LogitsInfo.of(logits), options, base_ce=base_ce)
+    plan = coord_loss_plan(
+        coord,
+        cfg,
+        LogitsInfo.of(logits),
+        options,
+        base_ce=base_ce,
+        boxes=boxes,
+        eos_token_id=eos_token_id,
+        text_denominator=text_denominator,
+    )
     loss = _CoordLossFunction.apply(logits, targets, types, coord_denominator, base_denominator, plan)
     return loss, plan.stats
 

@@ -42,6 +42,8 @@ class PassSpec:
     """the base CE over EVERY supervised target on raw rows (the coord loss is off): no row is sanitised
     in the full-vocab softmax, the coord terms are diagnostics only (never in the gradient); needs no
     coord slice"""
+    eos_token_id: int | None = None
+    """the tokenizer's eos id: never a text-gate position"""
 
     @property
     def diag(self) -> bool:
@@ -56,6 +58,12 @@ class PassSpec:
         return 1.0 if self.coord_cfg is None else float(self.coord_cfg.temperature)
 
     @property
+    def text_gate(self) -> bool:
+        """Whether the text gate is part of the loss (the coord loss with ``text_gate_weight != 0``)."""
+        cfg = self.coord_cfg
+        return self.diag and not self.base_all and cfg is not None and cfg.text_gate_weight != 0
+
+    @property
     def do_mass(self) -> bool:
         return self.mass and self.coord is not None
 
@@ -66,7 +74,7 @@ class PassSpec:
     @property
     def need_full(self) -> bool:
         """Whether the full-vocab softmax pass is needed (anything beyond token stats and the coord slice)."""
-        return self.do_mass or self.do_base or self.gate
+        return self.do_mass or self.do_base or self.gate or self.text_gate
 
     @property
     def tempered(self) -> bool:
@@ -83,6 +91,7 @@ def pass_spec(
     options: PassOptions,
     base_ce: bool = False,
     base_all: bool = False,
+    eos_token_id: int | None = None,
 ) -> PassSpec:
     """The spec of a pass over logits of ``vocab`` columns on ``device``: ``coord`` moved there and
     checked against ``vocab`` (``ValueError`` when an id is beyond it); ``coord_cfg`` (the coord
@@ -95,6 +104,7 @@ def pass_spec(
         coord_cfg=coord_cfg if coord is not None else None,
         base_ce=base_ce,
         base_all=base_all,
+        eos_token_id=eos_token_id,
         **options,
     )
 
@@ -102,11 +112,15 @@ def pass_spec(
 @dataclass(frozen=True)
 class GradSpec:
     """Where and how the pass writes the gradient: ``out`` shaped like the logits; coord-term rows are
-    scaled by ``coord_scale`` (``1 / coord_denominator``), base-CE rows by ``base_scale``."""
+    scaled by ``coord_scale`` (``1 / coord_denominator``), base-CE rows by ``base_scale``;
+    ``coord_extra`` ``[N, K]`` (the box terms' gradient) is added to the coord columns of each row."""
 
     out: Tensor
     coord_scale: Tensor
     base_scale: Tensor
+    coord_extra: Tensor | None = None
+    text_scale: Tensor | None = None
+    """``text_gate_weight / N_text`` (0 without a coord target in the batch): the text gate's rows"""
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,17 @@ def process_chunk(
     return chunk.cols, chunk.absmax, chunk.err, chunk.pred
 
 
+def _add_coord_extra(spec: PassSpec, grad_rows: Tensor, extra: Tensor) -> None:
+    """Add ``extra`` ``[size, K]`` to the coord columns of the chunk's gradient rows."""
+    coord = spec.coord
+    if coord is None:
+        raise ValueError("a coord-column gradient needs the coord slice")
+    if coord.start is not None:
+        coord.take(grad_rows).add_(extra)
+    else:
+        grad_rows.index_add_(-1, coord.ids, extra.to(grad_rows.dtype))
+
+
 def run_stage1_pass(
     logits: Tensor | ChunkSource,
     targets: Tensor,
@@ -150,6 +161,8 @@ def run_stage1_pass(
         )
         if source.preds is not None:
             source.preds.narrow(0, start, size).copy_(pred)
+        if grad is not None and grad_rows is not None and grad.coord_extra is not None:
+            _add_coord_extra(spec, grad_rows, grad.coord_extra.narrow(0, start, size))
         if source.done is not None and grad_rows is not None:
             source.done(start, size, grad_rows)
         if acc is None:  # counts (bool columns) first, then sums; the same keys for every chunk

@@ -65,6 +65,27 @@ BASE_CE_STAT_KEYS: Final = (
     "base_ce_sum",  # Σ full-vocab CE over supervised non-coord targets (0 unless base CE is computed)
     "n_base",  # supervised targets that are not coord ids (needs a coord slice)
 )
+TERM_STAT_KEYS: Final = (
+    "n_text_gate",  # text-gate positions (text_gate_weight != 0 and a coord target in the batch)
+    "text_gate_sum",  # Σ g = -log(1 - m) over them
+    "text_coord_mass_sum",  # Σ m (coord-vocabulary mass under the tempered full softmax)
+    "n_repulsion_pairs",  # objects with a previous object in the same sample
+    "n_repulsion_applied",  # pairs the filter applies the repulsion to
+    "repulsion_sum",  # Σ max(0, copy - copy_margin)^2 over applied pairs
+    "repulsion_copy_sum",  # Σ copy over applied pairs
+)
+BOX_STAT_KEYS: Final = (
+    "n_boxes",  # complete coord quartets (rows whose coord count is a multiple of 4)
+    "n_box_skipped_rows",  # rows dropped: coord count not a multiple of 4
+    "n_box_skipped_slots",  # their coord positions
+    "bbox_reg_sum",  # Σ SmoothL1 regression r_b (bbox_geo)
+    "bbox_ciou_sum",  # Σ CIoU loss (bbox_geo)
+    "size_log_wh_sum",  # Σ log-wh SmoothL1 (bbox_size_aux)
+    "size_oversize_sum",  # Σ oversize penalty
+    "size_width_sum",  # Σ predicted width
+    "size_height_sum",  # Σ predicted height
+    "size_log_area_sum",  # Σ ln max(w h, eps)
+)
 STAT_KEYS: Final = (
     TOKEN_STAT_KEYS
     + MONITOR_STAT_KEYS
@@ -72,5 +93,7 @@ STAT_KEYS: Final = (
     + INSTABILITY_STAT_KEYS
     + COORD_DIAG_STAT_KEYS
     + BASE_CE_STAT_KEYS
+    + TERM_STAT_KEYS
+    + BOX_STAT_KEYS
 )
 """All keys, in a fixed order; every stats dict holds exactly these."""

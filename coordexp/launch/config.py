@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from coordexp.answers import AnswerFormat
 from coordexp.config import ConfigError, Stage1CustomConfig, load_custom_config
-from coordexp.config.loading import format_validation_error
+from coordexp.config.loading import format_validation_error, resolve_custom_paths
 from coordexp.contracts.catalog import conditions_from_config, keys_written_under
 from coordexp.generated.metric_catalog import EVAL_ONLY_KEYS
 from coordexp.launch.arguments import validate_training_arguments
@@ -117,10 +117,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                 data[split] = [fix(data[split])]
         if isinstance(data.get("cache_dir"), str):
             data["cache_dir"] = fix(data["cache_dir"])
-    custom = raw.get("custom")
-    detection = custom.get("eval_detection") if isinstance(custom, dict) else None
-    if isinstance(detection, dict) and isinstance(detection.get("semantic_model"), str):
-        detection["semantic_model"] = fix(detection["semantic_model"])
+    if isinstance(raw.get("custom"), dict):
+        resolve_custom_paths(raw["custom"], fix)
     training = raw.get("training")
     if isinstance(training, dict) and isinstance(training.get("output_dir"), str):
         training["output_dir"] = fix(training["output_dir"])

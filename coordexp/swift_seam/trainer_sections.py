@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from coordexp.config import (
+    BBoxGeoConfig,
+    BBoxSizeAuxConfig,
     CoordSoftCEW1Config,
     EvalDetectionConfig,
     InstabilityMonitorConfig,
@@ -34,6 +36,8 @@ TRAINER_SECTIONS: Mapping[str, Any] = MappingProxyType(
         "metrics": MetricsConfig,
         "stage1_pass": Stage1PassConfig,
         "eval_detection": EvalDetectionConfig,
+        "bbox_geo": BBoxGeoConfig,
+        "bbox_size_aux": BBoxSizeAuxConfig,
     }
 )
 

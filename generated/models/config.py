@@ -79,6 +79,31 @@ class CoordSoftCEW1Config(BaseModel):
         description="Zero the soft target beyond this many bins from the GT bin; null: no truncation.",
         ge=0,
     )
+    text_gate_weight: float = Field(
+        0.0,
+        description="Weight of the text gate: -log(1 - coord-vocabulary mass) under the tempered full softmax at supervised text targets (DESC / FORMAT when typed, never eos), mean over those positions; 0: not computed.",
+        ge=0.0,
+    )
+    adjacent_repulsion_weight: float = Field(
+        0.0,
+        description="Weight of the adjacent repulsion: max(0, copy - copy_margin)^2 per applied pair (an object and the previous object of the same sample), mean over applied pairs; 0: off.",
+        ge=0.0,
+    )
+    adjacent_repulsion_filter_mode: Literal["same_desc", "global"] = Field(
+        "same_desc",
+        description="Which pairs the repulsion applies to: same_desc (the two objects' normalised descs are equal) or global (every pair).",
+    )
+    adjacent_repulsion_margin_ratio: float = Field(
+        0.05,
+        description="Half-width of the repulsion's triangle kernel as a fraction of the previous box's width (x slots) or height (y slots), rounded half-to-even, at least 1 bin.",
+        ge=0.0,
+    )
+    adjacent_repulsion_copy_margin: float = Field(
+        0.8,
+        description="Copy scores (geometric mean of the four slots' mass overlap with the previous box) up to this margin are not penalised.",
+        ge=0.0,
+        le=1.0,
+    )
 
 
 class EarlyStopConfig(BaseModel):
@@ -176,6 +201,80 @@ class Stage1PassConfig(BaseModel):
     materialize_logits: bool = Field(
         True,
         description="true: the model computes the full logits and the pass reads them; false: the pass computes the logits chunk by chunk from the final hidden states and the output head (the full logits, their fp32 copy and their gradient never exist); refused with DeepSpeed ZeRO-3, FSDP and acc_strategy seq.",
+    )
+
+
+class BBoxGeoConfig(BaseModel):
+    """
+    custom.bbox_geo: SmoothL1 + CIoU on the boxes decoded (expectation over the coord-slot softmax) from each object's four coord slots; a mean over this batch's boxes. When the section is present, enabled, smoothl1_weight and ciou_weight are written explicitly.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+    )
+    enabled: bool = Field(
+        False, description="Add the box geometry term to the objective."
+    )
+    smoothl1_weight: float = Field(
+        0.0,
+        description="Weight of the SmoothL1 regression (beta 1) of the decoded box against the GT box, in [0, 1] image fractions.",
+        ge=0.0,
+    )
+    ciou_weight: float = Field(
+        1.0,
+        description="Weight of the CIoU loss (1 - IoU + rho^2/c^2 + alpha v, alpha not detached).",
+        ge=0.0,
+    )
+    parameterization: Literal["xyxy", "center_size"] = Field(
+        "xyxy",
+        description="Regression on the four corners (mean of 4 SmoothL1), or center_weight * centre SmoothL1 + size_weight * log-size SmoothL1 (each the mean of two).",
+    )
+    center_weight: float = Field(
+        1.0, description="Weight of the centre part under center_size.", ge=0.0
+    )
+    size_weight: float = Field(
+        1.0, description="Weight of the log-size part under center_size.", ge=0.0
+    )
+
+
+class BBoxSizeAuxConfig(BaseModel):
+    """
+    custom.bbox_size_aux: log width / height regression and a one-sided oversize penalty on the decoded boxes; a mean over this batch's boxes. When the section is present, all seven keys are written explicitly.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+    )
+    enabled: bool = Field(False, description="Add the box size term to the objective.")
+    log_wh_weight: float = Field(
+        0.05,
+        description="Weight of SmoothL1(ln w - ln gw) + SmoothL1(ln h - ln gh) (the sum, not the mean).",
+        ge=0.0,
+    )
+    oversize_penalty_weight: float = Field(
+        0.0,
+        description="Weight of the oversize penalty (0: off; with every threshold null it is 0 too).",
+        ge=0.0,
+    )
+    oversize_area_frac_threshold: float | None = Field(
+        None,
+        description="relu(w h - threshold) on the predicted area fraction; null: not used.",
+        ge=0.0,
+    )
+    oversize_log_w_threshold: float | None = Field(
+        None,
+        description="relu(ln w - threshold) on the predicted width fraction; null: not used.",
+    )
+    oversize_log_h_threshold: float | None = Field(
+        None,
+        description="relu(ln h - threshold) on the predicted height fraction; null: not used.",
+    )
+    eps: float = Field(
+        1e-06,
+        description="Widths, heights and areas are clamped to at least max(1e-9, eps) before a log.",
+        gt=0.0,
     )
 
 
@@ -307,6 +406,8 @@ class CustomConfig(BaseModel):
     contracts: ContractsConfig | None = None
     metrics: MetricsConfig | None = None
     stage1_pass: Stage1PassConfig | None = None
+    bbox_geo: BBoxGeoConfig | None = None
+    bbox_size_aux: BBoxSizeAuxConfig | None = None
     eval_detection: EvalDetectionConfig | None = None
 
 

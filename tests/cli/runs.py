@@ -20,9 +20,19 @@ from coordexp.contracts import keys_written_under
 from coordexp.generated.metric_catalog import METRIC_SPECS
 
 FULL_CUSTOM: dict[str, Any] = {
-    "coord_soft_ce_w1": {"enabled": True, "gate_weight": 1.0},
+    "coord_soft_ce_w1": {"enabled": True, "gate_weight": 1.0, "text_gate_weight": 0.1},
     "token_type_metrics": {"enabled": True, "include": ["lvis"]},
     "contracts": {"mode": "strict"},
+    "bbox_geo": {"enabled": True, "smoothl1_weight": 0.5, "ciou_weight": 1.0},
+    "bbox_size_aux": {
+        "enabled": True,
+        "log_wh_weight": 0.05,
+        "oversize_penalty_weight": 0.0,
+        "oversize_area_frac_threshold": None,
+        "oversize_log_w_threshold": None,
+        "oversize_log_h_threshold": None,
+        "eps": 1e-6,
+    },
 }
 ALL_CONDITIONS = (
     "runtime",
@@ -39,7 +49,12 @@ ALL_CONDITIONS = (
     "token_types",
     "desc_targets",
     "format_targets",
+    "text_gate",
+    "bbox_geo",
+    "bbox_size_aux",
 )
+RUN_KEYS = keys_written_under(ALL_CONDITIONS)
+"""the keys of the clean run: every catalog key but the adjacent repulsion's (its config is refused)"""
 
 
 @dataclass

@@ -12,11 +12,8 @@ from PIL import Image
 from coordexp.cli import report
 from coordexp.cli.report import CSV_NAME, PNG_NAME, build_table, panels_for
 from coordexp.generated import metric_keys as K
-from coordexp.generated.metric_catalog import COORDEXP_KEYS, EVAL_ONLY_KEYS
 from coordexp.run_folder.reader import read_run
-from tests.cli.runs import make_run
-
-TRAIN_MODE_KEYS = COORDEXP_KEYS - EVAL_ONLY_KEYS  # the fixture run does not evaluate detection
+from tests.cli.runs import RUN_KEYS, make_run
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -39,8 +36,8 @@ def test_report_writes_png_and_csv_into_the_run(tmp_path: Path, capsys: pytest.C
     header, rows = read_csv(csv_path)
     assert header[0] == "step"
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
-    train_cols = {K.LOSS, K.GRAD_NORM, K.TOKEN_ACC, K.EPOCH, *TRAIN_MODE_KEYS}
-    eval_cols = {K.EVAL_LOSS, K.EVAL_RUNTIME, "eval_" + K.TOKEN_ACC, *("eval_" + k for k in TRAIN_MODE_KEYS)}
+    train_cols = {K.LOSS, K.GRAD_NORM, K.TOKEN_ACC, K.EPOCH, *RUN_KEYS}
+    eval_cols = {K.EVAL_LOSS, K.EVAL_RUNTIME, "eval_" + K.TOKEN_ACC, *("eval_" + k for k in RUN_KEYS)}
     eval_speed = {K.EVAL_SAMPLES_PER_SECOND, K.EVAL_STEPS_PER_SECOND}
     assert set(header[1:]) == train_cols | eval_cols | eval_speed | {K.TRAIN_SPEED_S_IT}
     # train columns first, loss leading; eval columns after every train column
@@ -61,7 +58,16 @@ def test_panels_follow_the_catalog_groups(tmp_path: Path) -> None:
     assert titles[0].startswith("loss composition")
     loss_keys = set(panels[0].keys)
     expected_loss = {K.LOSS, K.BASE_CE_LOSS, K.COORD_DIAG_LOSS, K.COORD_DIAG_SOFT_CE, K.COORD_DIAG_W1}
-    assert loss_keys == expected_loss | {K.COORD_DIAG_CE, K.COORD_DIAG_GATE}
+    terms = {  # issue 21's terms in the loss (the clean run has them on)
+        K.COORD_DIAG_TEXT_GATE,
+        K.LOSS_GEO_BBOX_GEO,
+        K.LOSS_GEO_BBOX_SMOOTHL1,
+        K.LOSS_GEO_BBOX_CIOU,
+        K.LOSS_GEO_BBOX_SIZE_AUX,
+        K.LOSS_GEO_BBOX_LOG_WH,
+        K.LOSS_GEO_BBOX_OVERSIZE,
+    }
+    assert loss_keys == expected_loss | {K.COORD_DIAG_CE, K.COORD_DIAG_GATE} | terms
     assert any(t.startswith("coord_diag") for t in titles)
     assert "token_types" in titles and "coord_monitor" in titles
     token_acc = next(p for p in panels if p.title == "token_acc")

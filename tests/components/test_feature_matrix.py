@@ -271,3 +271,155 @@ def test_components_derived_from_the_catalog_match_the_sections() -> None:
         expected += ["token_metrics"] if tokens != "off" else []
         expected += ["instability_monitor"] if monitor else []
         assert components_for(load_custom_config(_variant(coord, tokens, monitor))) == expected
+
+
+# -- issue 21: the box terms (bbox_geo, bbox_size_aux) in the one pass -------------------------------------
+# typed out from shared/reference/upstream-stage1-additions.md §2.5 / §3.3
+BOX_GEO = {
+    "loss/geo/bbox_geo",
+    "loss/geo/bbox_smoothl1",
+    "loss/geo/bbox_ciou",
+    "bbox_geo/groups_total",
+    "bbox_geo/coord_slots_total",
+    "bbox_geo/skipped_incomplete_rows",
+    "bbox_geo/skipped_incomplete_coord_slots",
+    "bbox_geo/groups_per_sample",
+    "bbox_geo/loss_per_sample",
+}
+BOX_SIZE = {
+    "loss/geo/bbox_size_aux",
+    "loss/geo/bbox_log_wh",
+    "loss/geo/bbox_oversize",
+    "bbox_size_aux/groups_total",
+    "bbox_size_aux/coord_slots_total",
+    "bbox_size_aux/skipped_incomplete_rows",
+    "bbox_size_aux/skipped_incomplete_coord_slots",
+    "bbox_size_aux/mean_width",
+    "bbox_size_aux/mean_height",
+    "bbox_size_aux/mean_log_area",
+    "bbox_size_aux/groups_per_sample",
+    "bbox_size_aux/loss_per_sample",
+}
+GEO_SECTION = {"enabled": True, "smoothl1_weight": 0.5, "ciou_weight": 1.0}
+SIZE_SECTION = {
+    "enabled": True,
+    "log_wh_weight": 0.05,
+    "oversize_penalty_weight": 0.1,
+    "oversize_area_frac_threshold": 0.2,
+    "oversize_log_w_threshold": None,
+    "oversize_log_h_threshold": None,
+    "eps": 1e-6,
+}
+
+
+def _with_boxes(geo: bool, size: bool) -> dict[str, Any]:
+    custom = custom_with(True)
+    if geo:
+        custom["bbox_geo"] = dict(GEO_SECTION)
+    if size:
+        custom["bbox_size_aux"] = dict(SIZE_SECTION)
+    return custom
+
+
+@BASES
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
+@pytest.mark.parametrize(
+    ("geo", "size"), [(True, True), (True, False), (False, True)], ids=["both", "geo", "size"]
+)
+def test_box_cells_emit_exactly_the_reference_keys(
+    geo: bool, size: bool, with_types: bool, packed: bool, base: type[StandInTrainer], tmp_path: Path
+) -> None:
+    from coordexp.config import load_custom_config
+    from coordexp.contracts.catalog import TOKEN_TYPE_CONDITIONS, conditions_from_config, keys_written_under
+
+    custom = _with_boxes(geo, size)
+    trainer, loss, model = run_step(
+        custom, BatchSpec(packed=packed, with_types=with_types), tmp_path, base=base
+    )
+    logged = trainer.logged("train")
+    expected = EXPECTED[(True, with_types)] | (BOX_GEO if geo else set()) | (BOX_SIZE if size else set())
+    assert set(logged) == expected
+    conditions = conditions_from_config(load_custom_config(custom))
+    if not with_types:
+        conditions -= TOKEN_TYPE_CONDITIONS
+    assert set(logged) == keys_written_under(conditions)
+    for key, values in logged.items():
+        assert len(values) == 1 and math.isfinite(values[0]), key
+        assert check_metric_key(key, values[0], dataset_labels=["lvis", "coco", "mixed"], mode="strict")
+    prefix = "bbox_geo" if geo else "bbox_size_aux"
+    assert logged[f"{prefix}/groups_total"] == [5.0]  # 1 + 3 (dog, cat and the poly quartet) + 1
+    assert logged[f"{prefix}/skipped_incomplete_rows"] == [0.0]
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_box_terms_one_pass_seam_equals_two_pass_and_add_to_the_loss(packed: bool, tmp_path: Path) -> None:
+    spec = BatchSpec(packed=packed, with_types=True)
+    ref_trainer, ref_loss, ref_model = run_step(_with_boxes(True, True), spec, tmp_path)
+    trainer, loss, model = run_step(_with_boxes(True, True), spec, tmp_path, base=SwiftLikeTrainer)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), ref in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+    logged, ref_logged = trainer.logged(), ref_trainer.logged()
+    assert set(logged) == set(ref_logged)
+    for key, values in logged.items():
+        assert values == pytest.approx(ref_logged[key], rel=1e-5, abs=1e-6), key
+    _, plain, _ = run_step(custom_with(True), spec, tmp_path, base=SwiftLikeTrainer)
+    terms = logged["loss/geo/bbox_geo"][0] + logged["loss/geo/bbox_size_aux"][0]
+    assert loss.item() == pytest.approx(plain.item() + terms, rel=1e-5)
+
+
+TEXT_GATE = {"coord_diag/text_gate", "coord_softce_w1/text_gate", "coord_diag/text_coord_vocab_mass"}
+
+
+@BASES
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
+def test_text_gate_cells_emit_exactly_the_reference_keys(
+    with_types: bool, packed: bool, base: type[StandInTrainer], tmp_path: Path
+) -> None:
+    from coordexp.config import load_custom_config
+    from coordexp.contracts.catalog import TOKEN_TYPE_CONDITIONS, conditions_from_config, keys_written_under
+
+    custom = _with_boxes(True, True)
+    custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
+    trainer, loss, model = run_step(
+        custom, BatchSpec(packed=packed, with_types=with_types), tmp_path, base=base
+    )
+    logged = trainer.logged("train")
+    assert set(logged) == EXPECTED[(True, with_types)] | BOX_GEO | BOX_SIZE | TEXT_GATE
+    conditions = conditions_from_config(load_custom_config(custom))
+    if not with_types:
+        conditions -= TOKEN_TYPE_CONDITIONS
+    assert set(logged) == keys_written_under(conditions)
+    assert logged["coord_softce_w1/text_gate"] == logged["coord_diag/text_gate"]
+    assert 0.0 < logged["coord_diag/text_coord_vocab_mass"][0] < 1.0
+    for key, values in logged.items():
+        assert check_metric_key(key, values[0], dataset_labels=["lvis", "coco", "mixed"], mode="strict")
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
+def test_text_gate_one_pass_seam_equals_two_pass(packed: bool, with_types: bool, tmp_path: Path) -> None:
+    custom = custom_with(True)
+    custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
+    spec = BatchSpec(packed=packed, with_types=with_types)
+    ref_trainer, ref_loss, ref_model = run_step(custom, spec, tmp_path)
+    trainer, loss, model = run_step(custom, spec, tmp_path, base=SwiftLikeTrainer)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), ref in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+    logged, ref_logged = trainer.logged(), ref_trainer.logged()
+    assert set(logged) == set(ref_logged)
+    for key, values in logged.items():
+        assert values == pytest.approx(ref_logged[key], rel=1e-5, abs=1e-6), key
+    _, plain, _ = run_step(custom_with(True), spec, tmp_path, base=SwiftLikeTrainer)
+    assert loss.item() == pytest.approx(plain.item() + logged["coord_diag/text_gate"][0], rel=1e-5)

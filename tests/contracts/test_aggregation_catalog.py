@@ -4,6 +4,7 @@ compatibility check (a changed aggregation is breaking unless declared)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,18 @@ from typing import Any
 import pytest
 
 from coordexp.functional import STAT_KEYS, CoordLossConfig
+from coordexp.functional.bbox_geo import BBoxGeoWeights
+from coordexp.functional.bbox_size_aux import BBoxSizeAuxWeights
 from coordexp.generated.metric_catalog import METRIC_SPECS
 from tests.contracts.test_schemas_and_regen import ROOT, regen
 
 CATALOG = ROOT / "schemas" / "metrics.schema.json"
-WEIGHTS = {name for name in CoordLossConfig.model_fields if name.endswith("_weight")}
+WEIGHTS = {name for name in CoordLossConfig.model_fields if name.endswith("_weight")} | {
+    f.name
+    for cls in (BBoxGeoWeights, BBoxSizeAuxWeights)
+    for f in dataclasses.fields(cls)
+    if f.name.endswith("_weight")
+}
 # statistics the pipeline adds to the functional layer's (the batch's original sample count)
 PIPELINE_STATS = {"pack_samples"}
 

@@ -64,6 +64,38 @@ REFERENCE_PACKAGE_KEYS = {
     "coord_monitor/coord_vocab_mass_at_gt_format",
     "coord_monitor/coord_vocab_mass_at_gt_desc",
 }
+# The Stage-1 objective keys of shared/reference/upstream-stage1-additions.md §7 (issue 21), typed out.
+REFERENCE_ADDITION_KEYS = {
+    "coord_softce_w1/text_gate",
+    "coord_diag/text_gate",
+    "coord_diag/text_coord_vocab_mass",
+    "loss/geo/bbox_geo",
+    "loss/geo/bbox_smoothl1",
+    "loss/geo/bbox_ciou",
+    "bbox_geo/groups_total",
+    "bbox_geo/coord_slots_total",
+    "bbox_geo/skipped_incomplete_rows",
+    "bbox_geo/skipped_incomplete_coord_slots",
+    "bbox_geo/groups_per_sample",
+    "bbox_geo/loss_per_sample",
+    "loss/geo/bbox_size_aux",
+    "loss/geo/bbox_log_wh",
+    "loss/geo/bbox_oversize",
+    "bbox_size_aux/groups_total",
+    "bbox_size_aux/coord_slots_total",
+    "bbox_size_aux/skipped_incomplete_rows",
+    "bbox_size_aux/skipped_incomplete_coord_slots",
+    "bbox_size_aux/mean_width",
+    "bbox_size_aux/mean_height",
+    "bbox_size_aux/mean_log_area",
+    "bbox_size_aux/groups_per_sample",
+    "bbox_size_aux/loss_per_sample",
+    "coord_softce_w1/adjacent_repulsion",
+    "coord_diag/adjacent_repulsion",
+    "coord_diag/adjacent_repulsion_pair_count",
+    "coord_diag/adjacent_repulsion_applied_count",
+    "coord_diag/adjacent_repulsion_copy_score_mean",
+}
 REFERENCE_FRAMEWORK_KEYS = {
     "loss",
     "grad_norm",
@@ -92,13 +124,14 @@ REFERENCE_FRAMEWORK_KEYS = {
 }
 
 
-def test_catalog_holds_exactly_the_49_package_keys_and_the_detection_keys() -> None:
+def test_catalog_holds_exactly_the_49_package_keys_the_29_objective_keys_and_the_detection_keys() -> None:
     from coordexp.detection import detection_keys
 
     assert len(REFERENCE_PACKAGE_KEYS) == 49
+    assert len(REFERENCE_ADDITION_KEYS) == 29
     detection = set(detection_keys("both", (0.3, 0.5, 0.75)))  # every threshold the config allows
     assert set(cat.EVAL_ONLY_KEYS) == detection
-    assert set(cat.COORDEXP_KEYS) == REFERENCE_PACKAGE_KEYS | detection
+    assert set(cat.COORDEXP_KEYS) == REFERENCE_PACKAGE_KEYS | REFERENCE_ADDITION_KEYS | detection
 
 
 def test_framework_keys_are_listed_and_owned_by_the_framework() -> None:
@@ -114,7 +147,8 @@ def test_one_constant_per_key() -> None:
 
 def test_aliases_are_deprecated_and_point_at_coord_diag() -> None:
     assert dict(cat.DEPRECATED_ALIASES) == {
-        f"coord_softce_w1/{t}": f"coord_diag/{t}" for t in ("loss", "soft_ce", "w1", "ce", "gate")
+        f"coord_softce_w1/{t}": f"coord_diag/{t}"
+        for t in ("loss", "soft_ce", "w1", "ce", "gate", "text_gate", "adjacent_repulsion")
     }
     for alias in cat.DEPRECATED_ALIASES:
         assert cat.METRIC_SPECS[alias].stability == "deprecated"
@@ -144,6 +178,10 @@ def test_feature_matrix_sizes_follow_from_the_catalog() -> None:
     assert len(keys_written_under(BATCH | TYPES | TOKEN | COORD_OFF)) == 37
     assert len(keys_written_under(BATCH | TOKEN | COORD_ON)) == 36
     assert len(keys_written_under(BATCH | TOKEN | COORD_OFF)) == 24
+    # issue 21's terms: 3 text-gate keys, 5 repulsion keys, 9 bbox_geo keys, 12 bbox_size_aux keys
+    terms = {"text_gate", "adjacent_repulsion", "bbox_geo", "bbox_size_aux"}
+    assert len(keys_written_under(BATCH | TYPES | TOKEN | COORD_ON | terms)) == 49 + 29
+    assert len(keys_written_under(BATCH | TOKEN | COORD_OFF | {"bbox_geo", "bbox_size_aux"})) == 24 + 21
 
 
 def _doc_table_keys(name: str) -> list[str]:

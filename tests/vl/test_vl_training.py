@@ -76,3 +76,34 @@ def test_vl_demo_run_without_materialised_logits_passes_check_logs(
 ) -> None:
     result = train(make_vl_config(layout="packing", custom={"stage1_pass": {"materialize_logits": False}}))
     _assert_every_enabled_key_seen(result.output_dir, capsys)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vl_every_objective_term_without_logits_equals_materialised(
+    layout: str, make_vl_config: Callable[..., TrainConfig]
+) -> None:
+    """Issue 21's terms (text gate, bbox_geo, bbox_size_aux) on Qwen3-VL: the pass from the VL model's
+    ``lm_head`` equals the materialised one, with and without token types."""
+    from tests.integration.test_objective_terms_runs import ALL_TERMS, TERM_KEYS
+
+    torch.manual_seed(0)
+    custom = {**ALL_TERMS, "stage1_pass": {"materialize_logits": False}}
+    trainer = build_trainer(make_vl_config(layout=layout, custom=custom))
+    pipeline = trainer.stage1_pipeline()
+    batches, num_items = _window(trainer)
+    for drop in ((), (TOKEN_TYPES_KEY,)):
+        pipeline.materialize_logits = False
+        unmaterialised = _run_window(trainer, batches, num_items, drop=drop)
+        pipeline.materialize_logits = True
+        materialised = _run_window(trainer, batches, num_items, drop=drop)
+        assert TERM_KEYS <= set(materialised[2])
+        _assert_same(unmaterialised, materialised)
+
+
+def test_vl_run_with_every_objective_term_passes_check_logs(
+    make_vl_config: Callable[..., TrainConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.test_objective_terms_runs import ALL_TERMS
+
+    result = train(make_vl_config(layout="packing", custom=ALL_TERMS))
+    _assert_every_enabled_key_seen(result.output_dir, capsys)
