@@ -16,6 +16,7 @@ from coordexp.components.base import BaseComponent, PassRequest
 from coordexp.components.context import StepContext
 from coordexp.components.runtime import current_learning_rate
 from coordexp.generated.models.config import InstabilityMonitorConfig
+from coordexp.io.ranks import gather_to_all, rank_and_world
 from coordexp.monitor import InstabilityMonitor, MonitorDecision, StepObservation
 
 
@@ -26,7 +27,7 @@ def is_main_process(trainer: Any) -> bool:
             return bool(check())
         except Exception:
             pass
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return rank_and_world()[0] == 0
 
 
 def differentiable_zero(model: Any, like: Tensor) -> Tensor:
@@ -110,7 +111,7 @@ class InstabilityMonitorComponent(BaseComponent):
         configured and the run is distributed: one MAX all-reduce of a one-element flag.
         """
         requested, self.stop_requested = self.stop_requested, False
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = rank_and_world()[1] > 1
         if not (self.can_stop and distributed):
             return
         device = ctx.loss.device if ctx.loss is not None else torch.device("cpu")
@@ -172,7 +173,7 @@ class MonitorStateCallback(TrainerCallback, ExportableState):
             )
             monitor.load_state_dict({"ema": None})
             return
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         if len(ranks) != world:
             warnings.warn(
                 f"coordexp: the checkpoint holds the instability monitor state of {len(ranks)} "
@@ -213,14 +214,6 @@ class MonitorStateCallback(TrainerCallback, ExportableState):
     def _gather_before_save(self, state: Any, control: Any) -> None:
         # control.should_save is decided by the flow callback, which runs before this one.
         self._step = state.global_step
-        if not control.should_save or _rank_and_world()[1] < 2:
+        if not control.should_save or rank_and_world()[1] < 2:
             return
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, self._monitor().state_dict())
-        self._gathered = (state.global_step, gathered)
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        self._gathered = (state.global_step, gather_to_all(self._monitor().state_dict()))

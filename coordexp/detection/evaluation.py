@@ -29,6 +29,7 @@ from coordexp.detection.generate import Generated, generate_answers
 from coordexp.detection.metrics import EvalSample, SliceResult, detection_metrics
 from coordexp.detection.objects import DetObject, GroundTruthError, read_ground_truth
 from coordexp.generated.models.config import EvalDetectionConfig
+from coordexp.io.ranks import gather_to_all, rank_and_world
 from coordexp.rows.data import answer_texts
 from coordexp.rows.refused import DataError, one_line
 from coordexp.run_folder.names import (
@@ -86,24 +87,6 @@ def evaluation_rows(rows: Any, limit: int | None) -> list[EvalRow]:
     return out
 
 
-def _gather(local: tuple[list[Generated], str | None]) -> list[tuple[list[Generated], str | None]]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [local]
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
-    return parts
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class DetectionEvaluator:
     """Generates, gathers, scores and writes one evaluation (see the module docstring)."""
 
@@ -114,7 +97,7 @@ class DetectionEvaluator:
         self.output_dir = output_dir
 
     def evaluate(self, model: Any, template: Any, global_step: int) -> dict[str, float]:
-        rank, world = _rank_world()
+        rank, world = rank_and_world()
         mine = [(k, r.row) for k, r in enumerate(self.rows) if k % world == rank]
         error = None
         generated: list[Generated] = []
@@ -122,7 +105,7 @@ class DetectionEvaluator:
             generated = generate_answers(model, template, mine, self.cfg, progress=rank == 0)
         except Exception as exc:  # every rank must learn of it, or the others wait forever
             error = f"rank {rank}: {type(exc).__name__}: {one_line(str(exc))}"
-        parts = _gather((generated, error))
+        parts: list[tuple[list[Generated], str | None]] = gather_to_all((generated, error))
         errors = [e for _, e in parts if e]
         if errors:
             raise DetectionEvalError(f"custom.eval_detection: generation failed on {errors[0]}")

@@ -51,6 +51,11 @@ from coordexp.rows.fields import (
 Encode = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+def template_encode(template: Any) -> Encode:
+    """The template's own encode, as training runs it (with the row's ``lengths``)."""
+    return lambda row: dict(template.encode(row, return_length=True))
+
+
 @dataclass(frozen=True)
 class SourceRow:
     """One non-blank line of a JSONL file: the row, or why it is not one (``problem``)."""
@@ -165,7 +170,7 @@ def _encode(
     if missing is not None:
         return None, missing
     try:
-        enc = encode(row) if encode is not None else dict(template.encode(row, return_length=True))
+        enc = (encode or template_encode(template))(row)
     except Exception as exc:  # swift raises its own MaxLengthError and friends
         # An unreadable image's error names an in-memory buffer, not the file: name the row's media
         # (and drop the buffer's address, which would make the same refusal read differently).

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from coordexp.rows.data import Encode, encoded_length
+from coordexp.rows.data import Encode, encoded_length, template_encode
 
 ImageCheck = Literal["header", "decode"]
 
@@ -39,15 +39,11 @@ _STAND_IN = (64, 64)  # any small size; its own token count cancels out in delta
 _PROBE_MESSAGES = [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "a"}]
 
 
-def _full_encode(template: Any) -> Encode:
-    return lambda row: dict(template.encode(row, return_length=True))
-
-
 def row_encoder(template: Any, image_check: ImageCheck) -> Encode:
     """The pre-pass's ``row -> encoded dict``: the template's encode, or :class:`ImageSizeLengths`
     over it where that applies (a template that refuses rows longer than ``max_length``)."""
     if image_check == "decode" or getattr(template, "truncation_strategy", "raise") != "raise":
-        return _full_encode(template)
+        return template_encode(template)
     return ImageSizeLengths(template)
 
 
@@ -74,10 +70,10 @@ class ImageSizeLengths:
 
     def __init__(self, template: Any) -> None:
         self.template = template
-        self.full = _full_encode(template)
+        self.full = template_encode(template)
         unlimited = copy.copy(template)  # shares the processor; only the limit differs
         unlimited.max_length = None
-        self.unlimited = _full_encode(unlimited)
+        self.unlimited = template_encode(unlimited)
         self.max_length: int | None = getattr(template, "max_length", None)
         self._delta: dict[tuple[int, int], int] = {}
         self._checked = False
