@@ -53,14 +53,15 @@ class BoxBatch:
         return self.groups.positions.reshape(-1)
 
 
-def box_terms_value(z: Tensor, boxes: BoxBatch) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(loss_boxes, statistics)`` from the box slots' coord logits ``z`` ``[M * 4, K]`` (fp32; autograd
-    flows through ``z``)."""
+def box_terms_value(z: Tensor, boxes: BoxBatch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(parts, statistics)`` from the box slots' coord logits ``z`` ``[M * 4, K]`` (fp32; autograd
+    flows through ``z``). ``parts`` maps each enabled term (``bbox_geo``, ``bbox_size_aux``) to its
+    weighted contribution to the loss; the loss adds their sum."""
     groups, terms = boxes.groups, boxes.terms
     m, k = groups.positions.shape[0], z.shape[-1]
     pred = canonical_boxes(expected_coords(z.view(m, 4, k), terms.temperature))
     target = canonical_boxes(groups.bins.to(torch.float32) / (k - 1))
-    numerator = torch.zeros((), device=z.device)
+    parts: dict[str, Tensor] = {}
     stats = {
         "n_boxes": groups.n_boxes,
         "n_box_skipped_rows": groups.skipped_rows,
@@ -69,30 +70,41 @@ def box_terms_value(z: Tensor, boxes: BoxBatch) -> tuple[Tensor, dict[str, Tenso
     if terms.geo is not None:
         reg, ciou = bbox_geo_per_box(pred, target, groups.valid, terms.geo)
         stats["bbox_reg_sum"], stats["bbox_ciou_sum"] = reg.sum(), ciou.sum()
-        numerator = numerator + terms.geo.smoothl1_weight * stats["bbox_reg_sum"]
-        numerator = numerator + terms.geo.ciou_weight * stats["bbox_ciou_sum"]
+        numerator = (
+            terms.geo.smoothl1_weight * stats["bbox_reg_sum"] + terms.geo.ciou_weight * stats["bbox_ciou_sum"]
+        )
+        parts["bbox_geo"] = numerator / boxes.denominator
     if terms.size is not None:
         size = bbox_size_per_box(pred, target, groups.valid, terms.size)
         stats["size_log_wh_sum"], stats["size_oversize_sum"] = size.log_wh.sum(), size.oversize.sum()
         stats["size_width_sum"], stats["size_height_sum"] = size.width.sum(), size.height.sum()
         stats["size_log_area_sum"] = size.log_area.sum()
-        numerator = numerator + max(0.0, terms.size.log_wh_weight) * stats["size_log_wh_sum"]
+        numerator = max(0.0, terms.size.log_wh_weight) * stats["size_log_wh_sum"]
         numerator = numerator + max(0.0, terms.size.oversize_penalty_weight) * stats["size_oversize_sum"]
-    return numerator / boxes.denominator, {key: value.detach() for key, value in stats.items()}
+        parts["bbox_size_aux"] = numerator / boxes.denominator
+    return parts, {key: value.detach() for key, value in stats.items()}
 
 
 def box_terms_with_grad(
     z: Tensor, boxes: BoxBatch, want_grad: bool
 ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
     """``(loss_boxes detached, statistics, d loss_boxes / d z or None)`` for ``z`` ``[M * 4, K]`` (any
-    float dtype)."""
+    float dtype); ``loss_boxes`` is the sum of the parts of :func:`box_terms_value`."""
     zf = z.detach().to(torch.float32)
     if not want_grad:
         with torch.no_grad():
-            value, stats = box_terms_value(zf, boxes)
-        return value, stats, None
+            parts, stats = box_terms_value(zf, boxes)
+            return _total(parts, zf), stats, None
     with torch.enable_grad():
         zf.requires_grad_(True)
-        value, stats = box_terms_value(zf, boxes)
+        parts, stats = box_terms_value(zf, boxes)
+        value = _total(parts, zf)
         (grad,) = torch.autograd.grad(value, zf)
     return value.detach(), stats, grad
+
+
+def _total(parts: dict[str, Tensor], z: Tensor) -> Tensor:
+    total = torch.zeros((), device=z.device)
+    for value in parts.values():
+        total = total + value
+    return total
