@@ -24,6 +24,8 @@ __all__ = [
     "DATASET_SEGMENTS_KEY",
     "PACK_NUM_SAMPLES_KEY",
     "TOKEN_TYPES_KEY",
+    "BOX_SLOTS_KEY",
+    "BOX_PAIRS_KEY",
     "INSTABILITY_META_JSON_KEY",
     "BATCH_EXTRAS_KEYS",
     "ALWAYS_EXTRAS_KEYS",
@@ -32,6 +34,8 @@ __all__ = [
     "BatchExtrasFields",
     "IGNORE_INDEX",
     "TokenType",
+    "BoxSlot",
+    "BoxPair",
 ]
 
 IGNORE_INDEX: Final = -100
@@ -51,6 +55,38 @@ class TokenType(IntEnum):
     """Token type of JSON punctuation, keys and template suffix tokens."""
 
 
+
+class BoxSlot(IntEnum):
+    """Per-position box slot (``box_slots`` batch extra)."""
+
+    UNREAD = -2
+    """A supervised position of a sample whose answer could not be read against its labels (truncated, not the answer text)."""
+    NONE = -1
+    """Not a box coordinate: text, format, a poly's coordinate, an unsupervised position."""
+    X1 = 0
+    """The box's first coordinate as written (x1)."""
+    Y1 = 1
+    """The box's second coordinate as written (y1)."""
+    X2 = 2
+    """The box's third coordinate as written (x2)."""
+    Y2 = 3
+    """The box's fourth coordinate as written (y2)."""
+
+
+
+class BoxPair(IntEnum):
+    """Per-position link to the previous object (``box_pairs`` batch extra)."""
+
+    NONE = -1
+    """Not a box coordinate."""
+    FIRST = 0
+    """The object has no previous bbox_2d object in its answer."""
+    OTHER_DESC = 1
+    """The previous object of the answer is a bbox_2d with another normalised desc."""
+    SAME_DESC = 2
+    """The previous object of the answer is a bbox_2d with the same normalised desc."""
+
+
 DATASET_LABELS_KEY: Final = "dataset_labels"
 """Dataset label of each row: the sample's label, or for a packed row the shared label of its samples, else 'mixed'; 'default' when unknown."""
 
@@ -63,10 +99,16 @@ PACK_NUM_SAMPLES_KEY: Final = "pack_num_samples"
 TOKEN_TYPES_KEY: Final = "token_types"
 """Per-position GT token type aligned to labels."""
 
+BOX_SLOTS_KEY: Final = "box_slots"
+"""Per-position coord slot of a bbox_2d object of the answer, aligned to labels: which of the box's four coordinates (x1, y1, x2, y2 as written) the position's label is, found by the answer parser (JSON or CoordJSON); NONE elsewhere; UNREAD at the supervised positions of a sample whose answer could not be read against its labels (such a row gives no boxes)."""
+
+BOX_PAIRS_KEY: Final = "box_pairs"
+"""Per-position link of a bbox_2d object to the previous object of the same answer, at the object's four box_slots positions (NONE elsewhere): FIRST when it has no previous bbox_2d object (first of its sample's answer, or after a poly), else OTHER_DESC or SAME_DESC by the normalised descs (lower-cased, '_', '/', '(', ')' as spaces, whitespace collapsed)."""
+
 INSTABILITY_META_JSON_KEY: Final = "instability_meta_json"
 """JSON text (sort_keys, ASCII) of a list with one entry per row describing the row's source samples; validates against instability_meta.schema.json."""
 
-BATCH_EXTRAS_KEYS: Final[tuple[str, ...]] = ("dataset_labels", "dataset_segments", "pack_num_samples", "token_types", "instability_meta_json")
+BATCH_EXTRAS_KEYS: Final[tuple[str, ...]] = ("dataset_labels", "dataset_segments", "pack_num_samples", "token_types", "box_slots", "box_pairs", "instability_meta_json")
 """Every declared extra, in schema order."""
 
 ALWAYS_EXTRAS_KEYS: Final[frozenset[str]] = frozenset(("dataset_labels", "dataset_segments", "pack_num_samples"))
@@ -154,6 +196,36 @@ EXTRA_SPECS: Final[Mapping[str, ExtraSpec]] = MappingProxyType(
             presence="feature",
             feature="custom.token_type_metrics.enabled",
         ),
+        BOX_SLOTS_KEY: ExtraSpec(
+            key="box_slots",
+            description="Per-position coord slot of a bbox_2d object of the answer, aligned to labels: which of the box's four coordinates (x1, y1, x2, y2 as written) the position's label is, found by the answer parser (JSON or CoordJSON); NONE elsewhere; UNREAD at the supervised positions of a sample whose answer could not be read against its labels (such a row gives no boxes).",
+            kind="tensor",
+            dtype="int64",
+            shape=("batch", "seq"),
+            shape_like="labels",
+            item=None,
+            allowed_values=(-2, -1, 0, 1, 2, 3),
+            json_schema=None,
+            producer="BoxSlotsEnricher",
+            consumers=("CoordLossComponent (box grouping of bbox_geo, bbox_size_aux, adjacent repulsion)",),
+            presence="feature",
+            feature="box terms on: custom.bbox_geo.enabled, custom.bbox_size_aux.enabled or custom.coord_soft_ce_w1.adjacent_repulsion_weight != 0",
+        ),
+        BOX_PAIRS_KEY: ExtraSpec(
+            key="box_pairs",
+            description="Per-position link of a bbox_2d object to the previous object of the same answer, at the object's four box_slots positions (NONE elsewhere): FIRST when it has no previous bbox_2d object (first of its sample's answer, or after a poly), else OTHER_DESC or SAME_DESC by the normalised descs (lower-cased, '_', '/', '(', ')' as spaces, whitespace collapsed).",
+            kind="tensor",
+            dtype="int64",
+            shape=("batch", "seq"),
+            shape_like="labels",
+            item=None,
+            allowed_values=(-1, 0, 1, 2),
+            json_schema=None,
+            producer="BoxSlotsEnricher",
+            consumers=("CoordLossComponent (adjacent repulsion pairs)",),
+            presence="feature",
+            feature="box terms on: custom.bbox_geo.enabled, custom.bbox_size_aux.enabled or custom.coord_soft_ce_w1.adjacent_repulsion_weight != 0",
+        ),
         INSTABILITY_META_JSON_KEY: ExtraSpec(
             key="instability_meta_json",
             description="JSON text (sort_keys, ASCII) of a list with one entry per row describing the row's source samples; validates against instability_meta.schema.json.",
@@ -185,4 +257,6 @@ class BatchExtrasFields:
     dataset_segments: list[int] | None = None
     pack_num_samples: torch.Tensor | None = None
     token_types: torch.Tensor | None = None
+    box_slots: torch.Tensor | None = None
+    box_pairs: torch.Tensor | None = None
     instability_meta_json: str | None = None

@@ -20,6 +20,8 @@ class PassRequest:
     mass_max_tokens: int = 0
     types: bool = False
     coord_cfg: CoordSoftCEW1Config | None = None
+    boxes: bool = False
+    """the box terms read the batch's ``box_slots`` / ``box_pairs``"""
 
     def merge(self, other: PassRequest) -> PassRequest:
         if self.coord_cfg is not None and other.coord_cfg is not None and self.coord_cfg != other.coord_cfg:
@@ -30,6 +32,7 @@ class PassRequest:
             mass_max_tokens=max(self.mass_max_tokens, other.mass_max_tokens),
             types=self.types or other.types,
             coord_cfg=self.coord_cfg or other.coord_cfg,
+            boxes=self.boxes or other.boxes,
         )
 
     def options(self, chunk_size: int) -> PassOptions:

@@ -1,9 +1,11 @@
-"""The box terms' part of the coord component: ``custom.bbox_geo`` and ``custom.bbox_size_aux``.
+"""The box terms' part of the coord component: ``custom.bbox_geo``, ``custom.bbox_size_aux`` and the
+adjacent repulsion (``custom.coord_soft_ce_w1.adjacent_repulsion_*``).
 
-Their catalog features are ``bbox_geo`` and ``bbox_size_aux``; they are computed inside the coord
-objective's one pass (:mod:`coordexp.functional.box_terms`: boxes grouped from the coord slots of each
-row, decoded from the coord-slot softmax the pass already reads, scored with autograd on the
-``[boxes x 4, 1000]`` slice), so this part only builds the batch's boxes and writes the keys.
+Their catalog features are ``bbox_geo``, ``bbox_size_aux`` and ``coord_soft_ce_w1`` (condition
+``adjacent_repulsion``); they are computed inside the coord objective's one pass
+(:mod:`coordexp.functional.box_terms`: boxes grouped from the coord slots the answer parser marked
+(``box_slots`` / ``box_pairs`` batch extras), decoded from the coord-slot softmax, scored with autograd
+on the ``[boxes x 4, 1000]`` slice), so this part only builds the batch's boxes and writes the keys.
 
 Normalisation (a deliberate difference from the reference, see docs/TRAINING_METRICS_AND_LOSSES.md): the
 box terms are a mean over the batch's boxes (counted across ranks with the coord positions under
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from coordexp.config import Stage1CustomConfig
 from coordexp.functional import CoordSlice
+from coordexp.functional.adjacent_repulsion import RepulsionWeights
 from coordexp.functional.bbox_geo import BBoxGeoWeights
 from coordexp.functional.bbox_size_aux import BBoxSizeAuxWeights
 from coordexp.functional.box_groups import BoxGroups, box_groups
@@ -40,17 +43,32 @@ class BoxTermsPart:
 
     @classmethod
     def of(cls, custom: Stage1CustomConfig, temperature: float) -> BoxTermsPart:
-        geo, size = custom.bbox_geo, custom.bbox_size_aux
+        geo, size, coord = custom.bbox_geo, custom.bbox_size_aux, custom.coord_soft_ce_w1
         terms = BoxTerms(
             temperature=temperature,
             geo=BBoxGeoWeights.of(geo) if geo is not None and geo.enabled else None,
             size=BBoxSizeAuxWeights.of(size) if size is not None and size.enabled else None,
+            repulsion=RepulsionWeights.of(coord) if coord is not None and coord.enabled else None,
         )
-        return cls(terms if terms.geo is not None or terms.size is not None else None)
+        return cls(terms if terms.any else None)
 
-    def groups(self, targets: Tensor, rows: int, coord: CoordSlice) -> BoxGroups:
-        """The boxes of the flat next-token ``targets`` of ``rows`` batch rows."""
-        return box_groups(targets.view(rows, -1), coord)
+    @classmethod
+    def wanted(cls, custom: Stage1CustomConfig) -> bool:
+        """Whether a config turns on a box term (then the collator attaches the box extras)."""
+        coord = custom.coord_soft_ce_w1
+        return coord is not None and coord.enabled and cls.of(custom, coord.temperature).terms is not None
+
+    @property
+    def needs_links(self) -> bool:
+        """Whether the batch must carry the answer parser's box extras (the repulsion pairs by them)."""
+        return self.terms is not None and self.terms.repulsion is not None
+
+    def groups(
+        self, targets: Tensor, rows: int, coord: CoordSlice, slots: Tensor | None, links: Tensor | None
+    ) -> BoxGroups:
+        """The boxes of the flat next-token ``targets`` of ``rows`` batch rows (``slots`` / ``links``:
+        the flat next-token ``box_slots`` / ``box_pairs``; None: label quartets, no pairs)."""
+        return box_groups(targets.view(rows, -1), coord, slots, links)
 
     def loss_sum(self, s: dict[str, float]) -> float:
         """Σ of the weighted box terms over the batch's boxes (host statistics ``s``; 0 when off)."""
@@ -63,6 +81,13 @@ class BoxTermsPart:
             total += max(0.0, size.log_wh_weight) * s["size_log_wh_sum"]
             total += max(0.0, size.oversize_penalty_weight) * s["size_oversize_sum"]
         return total
+
+    def repulsion_value(self, s: dict[str, float]) -> Ratio | None:
+        """``weight · Σ pen / n_applied`` of the step (None when off or without an applied pair)."""
+        rep = None if self.terms is None else self.terms.repulsion
+        if rep is None or s["n_repulsion_applied"] <= 0:
+            return None
+        return Ratio(rep.weight * s["repulsion_sum"], s["n_repulsion_applied"])
 
     def report(self, s: dict[str, float], samples: float) -> dict[str, StepValue]:
         """The box keys of a step with coord targets (host statistics ``s``); a ratio over boxes only
@@ -93,6 +118,14 @@ class BoxTermsPart:
                 out[K.BBOX_SIZE_AUX_MEAN_LOG_AREA] = Ratio(s["size_log_area_sum"], n)
             out.update(self._counts("bbox_size_aux", s, samples))
             out[K.BBOX_SIZE_AUX_LOSS_PER_SAMPLE] = Ratio(lwh + over, samples)
+        if self.terms.repulsion is not None:
+            out[K.COORD_DIAG_ADJACENT_REPULSION_PAIR_COUNT] = s["n_repulsion_pairs"]
+            out[K.COORD_DIAG_ADJACENT_REPULSION_APPLIED_COUNT] = s["n_repulsion_applied"]
+            value = self.repulsion_value(s)
+            if value is not None:
+                out[K.COORD_DIAG_ADJACENT_REPULSION] = out[K.COORD_SOFTCE_W1_ADJACENT_REPULSION] = value
+                applied = s["n_repulsion_applied"]
+                out[K.COORD_DIAG_ADJACENT_REPULSION_COPY_SCORE_MEAN] = Ratio(s["repulsion_copy_sum"], applied)
         return out
 
     @staticmethod

@@ -10,6 +10,7 @@ best-effort like every diagnostic.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from coordexp.components.box_terms import BoxTermsPart
 from coordexp.components.context import StepContext
 from coordexp.components.pass_inputs import PassInputs
 from coordexp.components.runtime import current_accumulation_steps
+from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.functional import IGNORE_INDEX, CoordSlice, coord_loss
 from coordexp.functional.box_terms import BoxBatch
 from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
@@ -37,6 +39,9 @@ _ALIASES = (
     (K.COORD_SOFTCE_W1_CE, K.COORD_DIAG_CE),
     (K.COORD_SOFTCE_W1_GATE, K.COORD_DIAG_GATE),
 )
+
+
+logger = logging.getLogger("coordexp.components.coord_loss")
 
 
 class CoordObjectiveError(RuntimeError):
@@ -74,6 +79,7 @@ class CoordLossComponent(BaseComponent):
         self.boxes = boxes if boxes is not None and self.enabled else BoxTermsPart(None)
         """the box terms (``custom.bbox_geo`` / ``custom.bbox_size_aux``) this objective adds"""
         self.text_gate_on = self.enabled and self.loss_cfg.text_gate_weight != 0.0
+        self._warned = WarnOnce()
         self.eos_token_id: int | None = None
         """the tokenizer's eos id (set by the pipeline): never a text-gate position"""
 
@@ -85,12 +91,43 @@ class CoordLossComponent(BaseComponent):
         return rows.sum().to(torch.float32)
 
     def _box_batch(self, ctx: StepContext, inputs: PassInputs, coord: CoordSlice) -> BoxBatch | None:
-        """The batch's boxes (None when no box term is on); the denominator is set by the caller."""
+        """The batch's boxes (None when no box term is on); the denominators are set by the caller."""
         if self.boxes.terms is None:
             return None
         assert ctx.labels is not None
-        groups = self.boxes.groups(inputs.targets, ctx.labels.shape[0], coord)
+        if self.boxes.needs_links and inputs.box_slots is None:
+            raise CoordObjectiveError(
+                "custom.coord_soft_ce_w1.adjacent_repulsion_weight is on but the batch has no box_slots / "
+                "box_pairs extras (the answer parser's boxes); build the collator with coordexp's "
+                "enrichers (DatasetMetricsCollatorMixin / build_dataset_metrics_collator)"
+            )
+        if inputs.box_slots is None and self._warned.first("label_quartets"):
+            logger.warning(
+                "box terms: the batch has no box_slots extra (a collator without coordexp's enrichers), "
+                "so boxes are consecutive quartets of coord labels, as the reference groups them (a "
+                "poly's coordinates count as boxes); warned once"
+            )
+        groups = self.boxes.groups(
+            inputs.targets, ctx.labels.shape[0], coord, inputs.box_slots, inputs.box_links
+        )
         return BoxBatch(self.boxes.terms, groups, groups.n_boxes)
+
+    @staticmethod
+    def _box_counts(boxes: BoxBatch | None) -> list[Tensor]:
+        """The box terms' counts to sum across ranks with the coord positions: boxes, applied pairs."""
+        if boxes is None:
+            return []
+        pairs = boxes.pairs()
+        return [boxes.denominator] + ([] if pairs is None else [pairs[1].sum().to(torch.float32)])
+
+    @staticmethod
+    def _with_box_counts(boxes: BoxBatch | None, counts: tuple[Tensor, ...]) -> BoxBatch | None:
+        """``boxes`` with the denominators summed across ranks (the last entries of ``counts``)."""
+        if boxes is None:
+            return None
+        if boxes.terms.repulsion is None:
+            return boxes.with_denominators(counts[-1], None)
+        return boxes.with_denominators(counts[-2], counts[-1])
 
     # -- objective path ----------------------------------------------------------------------
     def require(self, ctx: StepContext, coord: CoordSlice | None) -> CoordSlice:
@@ -124,11 +161,10 @@ class CoordLossComponent(BaseComponent):
         boxes = self._box_batch(ctx, inputs, coord)
         text = self._text_count(inputs, coord)
         parts = [(is_coord & (targets != IGNORE_INDEX)).sum().to(torch.float32)]
-        parts += [part for part in (text, None if boxes is None else boxes.denominator) if part is not None]
+        parts += ([] if text is None else [text]) + self._box_counts(boxes)
         counts = _global(torch.stack(parts), ctx.trainer).clamp(min=1.0).unbind(0)  # one collective
         text_den = counts[1] if text is not None else None
-        if boxes is not None:
-            boxes = BoxBatch(boxes.terms, boxes.groups, counts[-1])
+        boxes = self._with_box_counts(boxes, counts)
         value, stats = coord_loss(
             inputs.logits,
             targets,
@@ -168,11 +204,10 @@ class CoordLossComponent(BaseComponent):
         boxes = self._box_batch(ctx, inputs, coord)
         text = self._text_count(inputs, coord)
         parts = [(is_coord & sup).sum().to(torch.float32), (sup & ~is_coord).sum().to(torch.float32)]
-        parts += [part for part in (text, None if boxes is None else boxes.denominator) if part is not None]
+        parts += ([] if text is None else [text]) + self._box_counts(boxes)
         counts = _global(torch.stack(parts), ctx.trainer).clamp(min=1.0).unbind(0)  # one collective
         coord_den, base_den = counts[0], counts[1]
-        if boxes is not None:
-            boxes = BoxBatch(boxes.terms, boxes.groups, counts[-1])
+        boxes = self._with_box_counts(boxes, counts)
         options: dict[str, Any] = dict(
             coord_denominator=coord_den,
             base_ce=True,
@@ -215,7 +250,9 @@ class CoordLossComponent(BaseComponent):
     # -- reporting ---------------------------------------------------------------------------
     def pass_request(self, ctx: StepContext) -> PassRequest | None:
         # the text gate reads the batch's token types when it has them (DESC / FORMAT targets only)
-        return PassRequest(coord_cfg=self.loss_cfg, types=self.text_gate_on)
+        return PassRequest(
+            coord_cfg=self.loss_cfg, types=self.text_gate_on, boxes=self.boxes.terms is not None
+        )
 
     def report(self, ctx: StepContext) -> None:
         """The coord and base-CE keys of the step: each ratio as its numerator and denominator

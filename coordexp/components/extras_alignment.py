@@ -2,8 +2,9 @@
 
 ms-swift's ``_prepare_inputs`` cuts ``labels`` before ``compute_loss`` runs: to the last ``k``
 positions (``logits_to_keep`` an int) or, for a single packed row, to the supervised positions plus a
-leading -100 (``logits_to_keep`` a bool mask). ``token_types`` is aligned with the uncut labels and
-must be cut the same way, or it would type the wrong tokens.
+leading -100 (``logits_to_keep`` a bool mask). The per-token extras (``token_types``, ``box_slots``,
+``box_pairs``: code -1 at a cut-in pad) are aligned with the uncut labels and must be cut the same
+way, or they would describe the wrong tokens.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ class PassInputs:
     coord: CoordSlice | None
     request: PassRequest
     chunk_size: int
+    box_slots: Tensor | None = None
+    """the shifted ``box_slots`` codes (None: the batch has none, or no box term asked for them)"""
+    box_links: Tensor | None = None
+    """the shifted ``box_pairs`` codes (with ``box_slots``)"""
 
     @property
     def options(self) -> PassOptions:
@@ -43,8 +47,9 @@ class PassInputs:
 
 
 def _usable_token_types(token_types: Any, labels: Tensor) -> bool:
-    """Token types the pass can use: an integer tensor shaped like the labels. Anything else (a
-    collator without the contract guard, a misaligned cut) means "no types" for the step."""
+    """Per-token codes (token types, box slots) the pass can use: an integer tensor shaped like the
+    labels. Anything else (a collator without the contract guard, a misaligned cut) means "none" for
+    the step."""
     return (
         isinstance(token_types, Tensor)
         and token_types.shape == labels.shape
@@ -86,4 +91,10 @@ def step_pass_inputs(
     pack = ctx.extras.pack_num_samples
     if isinstance(pack, Tensor) and pack.numel() > 0 and not pack.is_complex():
         ctx.device_values["pack_samples"] = pack.sum().to(torch.float32)
-    return PassInputs(flat, targets, types, coord, request, chunk_size)
+    slots, links = ctx.extras.box_slots, ctx.extras.box_pairs
+    box_slots = box_links = None
+    if request.boxes and _usable_token_types(slots, ctx.labels) and _usable_token_types(links, ctx.labels):
+        assert isinstance(slots, Tensor) and isinstance(links, Tensor)
+        box_slots = next_token_types(slots.to(device=ctx.labels.device, dtype=torch.long))
+        box_links = next_token_types(links.to(device=ctx.labels.device, dtype=torch.long))
+    return PassInputs(flat, targets, types, coord, request, chunk_size, box_slots, box_links)

@@ -138,9 +138,7 @@ def box_term_error(cfg: generated.BBoxGeoConfig | generated.BBoxSizeAuxConfig) -
     return None
 
 
-NOT_YET_COMPUTED: dict[str, str] = {
-    "custom.coord_soft_ce_w1.adjacent_repulsion_weight": "0",
-}
+NOT_YET_COMPUTED: dict[str, str] = {}
 """Fields declared (schema, catalog keys, pure functions in ``coordexp.functional``) whose term the one
 pass does not compute yet: a config that turns one on is refused at load (never a silent no-op)."""
 
@@ -161,7 +159,11 @@ def not_yet_computed_errors(model: generated.CustomConfig) -> list[str]:
         if is_on and path in NOT_YET_COMPUTED
     ]
     coord_on = model.coord_soft_ce_w1 is not None and model.coord_soft_ce_w1.enabled
-    for path in ("custom.bbox_geo.enabled", "custom.bbox_size_aux.enabled"):
+    for path in (
+        "custom.bbox_geo.enabled",
+        "custom.bbox_size_aux.enabled",
+        "custom.coord_soft_ce_w1.adjacent_repulsion_weight",
+    ):
         if on[path] and not coord_on:
             errors.append(
                 f"{path}: the box terms are computed in the coord loss's pass; "

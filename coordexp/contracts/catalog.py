@@ -74,7 +74,7 @@ def keys_written_under(conditions: Iterable[str]) -> frozenset[str]:
 
 # Conditions that depend on the batch, not the config: assumed to hold at some step of any real run.
 BATCH_CONDITIONS: frozenset[str] = frozenset(
-    {"supervised", "coord_targets", "noncoord_targets", "coord_vocab"}
+    {"supervised", "coord_targets", "noncoord_targets", "coord_vocab", "repulsion_applied"}
 )
 # Batch conditions that need token types, which exist only when the config turns token metrics on.
 TOKEN_TYPE_CONDITIONS: frozenset[str] = frozenset({"token_types", "desc_targets", "format_targets"})

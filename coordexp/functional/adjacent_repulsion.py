@@ -1,9 +1,11 @@
 """Adjacent repulsion: against copying the previous object's box (in ``custom.coord_soft_ce_w1``).
 
-Pairs (host side, :func:`repulsion_pairs`): within one sample's answer, object ``j >= 1`` is paired with
-object ``j - 1``; the first object of each sample has none, so pairs never cross packed-sample
-boundaries. ``pair_count`` counts every pair; a pair is *applied* under ``global``, or under
-``same_desc`` when ``normalize_desc`` of the two descs are equal.
+Pairs. Within one answer, a ``bbox_2d`` object whose previous object is a ``bbox_2d`` too forms a pair
+with it (:func:`object_links`, host side, from the parsed answer: the ``box_pairs`` batch extra); the
+first object of each answer has none, so pairs never cross packed-sample boundaries. In the pass
+(:func:`repulsion_pairs`, sync-free) box ``m`` pairs with box ``m - 1`` when its link says so and both
+are kept boxes of the same batch row. ``pair_count`` counts every pair; a pair is *applied* under
+``global``, or under ``same_desc`` when :func:`normalize_desc` of the two descs are equal.
 
 Penalty per applied pair (:func:`repulsion_per_pair`), with the current object's coord logits ``z_s``
 (slots ``s = 1..4``) and the previous object's GT bins ``a``:
@@ -14,7 +16,8 @@ Penalty per applied pair (:func:`repulsion_per_pair`), with the current object's
 - ``K_s(k) = clamp(1 - |k - a_s| / h_s, 0, 1)``, ``o_s = clamp(Σ_k P_s(k) K_s(k), 0, 1)``;
 - ``copy = (Π_s clamp(o_s, 1e-12, 1))^(1/4)``, ``pen = max(0, copy - copy_margin)²``.
 
-The term is ``adjacent_repulsion_weight · Σ pen / max(1, n_applied)`` over this batch's applied pairs.
+The term is ``adjacent_repulsion_weight · Σ pen / n_applied`` over the batch's applied pairs (counted
+across ranks with the coord positions under ``average_tokens_across_devices``; no applied pair: 0).
 """
 
 from __future__ import annotations
@@ -22,14 +25,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["RepulsionPairs", "normalize_desc", "repulsion_pairs", "repulsion_per_pair"]
+from coordexp.generated.batch_extras import BoxPair
+
+__all__ = [
+    "RepulsionWeights",
+    "normalize_desc",
+    "object_links",
+    "repulsion_from_probs",
+    "repulsion_pairs",
+    "repulsion_per_pair",
+]
 
 _SEPARATORS = re.compile(r"[_/()]")
 _SPACES = re.compile(r"\s+")
+FILTER_MODES = ("same_desc", "global")
 
 
 def normalize_desc(desc: str) -> str:
@@ -38,42 +52,80 @@ def normalize_desc(desc: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+def object_links(objects: Sequence[tuple[str | None, bool]]) -> list[int]:
+    """The :class:`BoxPair` code of each object of ONE answer, from ``(desc, is_box)`` in written order:
+    ``NONE`` for an object that is no box, ``FIRST`` for a box without a previous box object,
+    else ``SAME_DESC`` / ``OTHER_DESC`` (a missing desc equals no other)."""
+    links: list[int] = []
+    for j, (desc, is_box) in enumerate(objects):
+        if not is_box:
+            links.append(int(BoxPair.NONE))
+            continue
+        if j == 0 or not objects[j - 1][1]:
+            links.append(int(BoxPair.FIRST))
+            continue
+        prev = objects[j - 1][0]
+        same = desc is not None and prev is not None and normalize_desc(desc) == normalize_desc(prev)
+        links.append(int(BoxPair.SAME_DESC if same else BoxPair.OTHER_DESC))
+    return links
+
+
 @dataclass(frozen=True)
-class RepulsionPairs:
-    """Pairs of a batch, as indices into its boxes (row-major box order)."""
+class RepulsionWeights:
+    """The repulsion's settings (``custom.coord_soft_ce_w1.adjacent_repulsion_*``)."""
 
-    current: tuple[int, ...]
-    """box index of each pair's current object"""
-    previous: tuple[int, ...]
-    """box index of the previous object of the same sample"""
-    applied: tuple[bool, ...]
+    weight: float
+    mode: str
+    margin_ratio: float
+    copy_margin: float
 
-    @property
-    def pair_count(self) -> int:
-        return len(self.current)
+    def __post_init__(self) -> None:
+        if self.mode not in FILTER_MODES:
+            raise ValueError(f"adjacent_repulsion_filter_mode must be same_desc or global, got {self.mode!r}")
 
-    @property
-    def applied_count(self) -> int:
-        return sum(self.applied)
+    @classmethod
+    def of(cls, cfg: Any) -> RepulsionWeights | None:
+        """From a parsed ``coord_soft_ce_w1`` section; None when the weight is 0 (off)."""
+        weight = max(0.0, float(cfg.adjacent_repulsion_weight))
+        if weight == 0.0:
+            return None
+        return cls(
+            weight,
+            str(cfg.adjacent_repulsion_filter_mode),
+            float(cfg.adjacent_repulsion_margin_ratio),
+            float(cfg.adjacent_repulsion_copy_margin),
+        )
 
 
-def repulsion_pairs(samples: Sequence[Sequence[str]], mode: str) -> RepulsionPairs:
-    """Pairs from the descs of each sample's objects, in box order (``samples[i]`` lists the descs of
-    sample ``i``'s objects; boxes are numbered consecutively over the samples)."""
-    if mode not in ("same_desc", "global"):
+def repulsion_pairs(valid: Tensor, link: Tensor, row: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """``(paired, applied)`` ``[M]`` bool: box ``m`` pairs with box ``m - 1`` (see the module docstring)."""
+    if mode not in FILTER_MODES:
         raise ValueError(f"adjacent_repulsion_filter_mode must be same_desc or global, got {mode!r}")
-    current: list[int] = []
-    previous: list[int] = []
-    applied: list[bool] = []
-    base = 0
-    for descs in samples:
-        names = [normalize_desc(d) for d in descs]
-        for j in range(1, len(names)):
-            current.append(base + j)
-            previous.append(base + j - 1)
-            applied.append(mode == "global" or names[j] == names[j - 1])
-        base += len(names)
-    return RepulsionPairs(tuple(current), tuple(previous), tuple(applied))
+    prev_valid = torch.cat([valid.new_zeros(1), valid[:-1]])
+    prev_row = torch.cat([row.new_full((1,), -1), row[:-1]])
+    paired = valid & prev_valid & (prev_row == row) & (link >= int(BoxPair.OTHER_DESC))
+    applied = paired if mode == "global" else paired & (link == int(BoxPair.SAME_DESC))
+    return paired, applied
+
+
+def repulsion_from_probs(
+    p: Tensor, prev_bins: Tensor, *, margin_ratio: float, copy_margin: float
+) -> tuple[Tensor, Tensor]:
+    """``(pen, copy)`` per pair ``[P]`` from the current object's slot distributions ``p`` ``[P, 4, K]``
+    (fp32, tempered) and the previous object's GT bins ``prev_bins`` ``[P, 4]``."""
+    k = p.shape[-1]
+    a = prev_bins.to(torch.float32)
+    w = (a[:, 2] - a[:, 0]).abs().clamp(min=1.0)
+    h = (a[:, 3] - a[:, 1]).abs().clamp(min=1.0)
+    hx = torch.round(w * margin_ratio).clamp(min=1.0)
+    hy = torch.round(h * margin_ratio).clamp(min=1.0)
+    half = torch.stack([hx, hy, hx, hy], dim=-1)
+    grid = torch.arange(k, device=p.device, dtype=torch.float32)
+    kernel = (1.0 - (grid - a.unsqueeze(-1)).abs() / half.unsqueeze(-1)).clamp(0.0, 1.0)
+    overlap = (p * kernel).sum(-1).clamp(0.0, 1.0)
+    copy = overlap.clamp(1e-12, 1.0).log().mean(-1).exp()
+    pen = torch.relu(copy - copy_margin) ** 2
+    return pen, copy
 
 
 def repulsion_per_pair(
@@ -81,17 +133,5 @@ def repulsion_per_pair(
 ) -> tuple[Tensor, Tensor]:
     """``(pen, copy)`` per pair ``[P]`` from the current object's coord logits ``z`` ``[P, 4, K]`` and the
     previous object's GT bins ``prev_bins`` ``[P, 4]`` (see the module docstring)."""
-    k = z.shape[-1]
     p = torch.softmax(z.to(torch.float32) / max(float(temperature), 1e-6), dim=-1)
-    a = prev_bins.to(torch.float32)
-    w = (a[:, 2] - a[:, 0]).abs().clamp(min=1.0)
-    h = (a[:, 3] - a[:, 1]).abs().clamp(min=1.0)
-    hx = torch.round(w * margin_ratio).clamp(min=1.0)
-    hy = torch.round(h * margin_ratio).clamp(min=1.0)
-    half = torch.stack([hx, hy, hx, hy], dim=-1)
-    grid = torch.arange(k, device=z.device, dtype=torch.float32)
-    kernel = (1.0 - (grid - a.unsqueeze(-1)).abs() / half.unsqueeze(-1)).clamp(0.0, 1.0)
-    overlap = (p * kernel).sum(-1).clamp(0.0, 1.0)
-    copy = overlap.clamp(1e-12, 1.0).log().mean(-1).exp()
-    pen = torch.relu(copy - copy_margin) ** 2
-    return pen, copy
+    return repulsion_from_probs(p, prev_bins, margin_ratio=margin_ratio, copy_margin=copy_margin)

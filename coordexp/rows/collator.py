@@ -3,7 +3,8 @@
 ``build_dataset_metrics_collator(template, ...)`` returns ``collate(batch) -> dict`` that runs the
 base collator (``template.data_collator`` by default), then the enrichers (dataset meta always;
 instability meta when ``custom.instability_monitor.enabled``; token types when
-``custom.token_type_metrics.enabled``; each section parsed once into its model), then the contract
+``custom.token_type_metrics.enabled``; each section parsed once into its model; the box extras when a
+box term of the objective is on), then the contract
 guards of ``coordexp.contracts`` (``check_enricher_output`` per enricher, ``check_batch_extras`` on
 the result).
 
@@ -49,6 +50,7 @@ from coordexp.contracts import ContractViolation, check_batch_extras, check_enri
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
 from coordexp.generated.models.config import InstabilityMonitorConfig, TokenTypeMetricsConfig
+from coordexp.rows.box_slots import BoxSlotsEnricher
 from coordexp.rows.enrichers import DatasetMetaEnricher, Enricher, InstabilityMetaEnricher
 from coordexp.rows.fields import EXTRA_KWARGS_KEY, META_FIELDS
 from coordexp.rows.typing_enricher import TokenTypesEnricher
@@ -149,9 +151,10 @@ class DatasetMetricsCollator:
 
 
 def build_enrichers(
-    template: Any, token_type_cfg: Any = None, instability_monitor_cfg: Any = None
+    template: Any, token_type_cfg: Any = None, instability_monitor_cfg: Any = None, *, box_slots: bool = False
 ) -> list[Enricher]:
-    """Dataset meta always; instability meta and token types when their features are enabled.
+    """Dataset meta always; instability meta and token types when their features are enabled; the box
+    extras with ``box_slots`` (a box term of the objective is on).
 
     A section is the parsed model, or what a caller of the public collator holds (a mapping, an
     attribute object), parsed into the model here; None: the section is absent (off).
@@ -165,6 +168,8 @@ def build_enrichers(
         tokens = held_section(TokenTypeMetricsConfig, token_type_cfg)
         if tokens.enabled:
             enrichers.append(TokenTypesEnricher(template, include=tokens.include, exclude=tokens.exclude))
+    if box_slots:
+        enrichers.append(BoxSlotsEnricher(template))
     return enrichers
 
 
@@ -176,6 +181,7 @@ def build_dataset_metrics_collator(
     *,
     contracts_mode: str | None = None,
     extra_enrichers: Sequence[Enricher] = (),
+    box_slots: bool = False,
 ) -> DatasetMetricsCollator:
     """Wrap ``base_collator`` (default ``template.data_collator``) with the diagnostics enrichers.
 
@@ -183,9 +189,12 @@ def build_dataset_metrics_collator(
     attribute-style configs (parsed into the models, strictly; a bad value raises ``ConfigError``).
     ``contracts_mode`` (strict / warn / off) overrides the process default of ``coordexp.contracts``.
     ``extra_enrichers`` run after the built-in ones (they must emit contract-declared keys).
+    ``box_slots``: attach the answer parser's boxes (``box_slots`` / ``box_pairs``), which the box terms
+    of the objective read.
     """
     base = template.data_collator if base_collator is None else base_collator
-    enrichers = build_enrichers(template, token_type_cfg, instability_monitor_cfg) + list(extra_enrichers)
+    built = build_enrichers(template, token_type_cfg, instability_monitor_cfg, box_slots=box_slots)
+    enrichers = built + list(extra_enrichers)
     return DatasetMetricsCollator(base, enrichers, contracts_mode=contracts_mode)
 
 

@@ -38,9 +38,12 @@ _FORMAT = int(TokenType.FORMAT)
 __all__ = [
     "MAX_SPECIAL_TAIL",
     "TokenType",
+    "align_supervised",
+    "as_payload",
     "compute_packed_token_types",
     "compute_token_types",
     "dataset_included",
+    "drop_none",
     "ignore_types",
     "resolve_suffix_ids",
     "suffix_token_ids",
@@ -119,7 +122,7 @@ def resolve_suffix_ids(template: Any) -> list[int]:
     return suffix_token_ids(template.tokenizer, getattr(meta, "suffix", None))
 
 
-def _as_payload(payload: Any) -> Mapping[str, Any] | None:
+def as_payload(payload: Any) -> Mapping[str, Any] | None:
     if isinstance(payload, str):  # a payload stored as JSON text keeps its key order through Arrow
         try:
             payload = json.loads(payload)
@@ -128,19 +131,25 @@ def _as_payload(payload: Any) -> Mapping[str, Any] | None:
     return payload if isinstance(payload, Mapping) else None
 
 
-def _drop_none(obj: Any) -> Any:
+def drop_none(obj: Any) -> Any:
     """Remove None-valued keys: HF datasets fills keys missing from some rows' structs with None."""
     if isinstance(obj, Mapping):
-        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+        return {k: drop_none(v) for k, v in obj.items() if v is not None}
     if isinstance(obj, list | tuple):
-        return [_drop_none(v) for v in obj]
+        return [drop_none(v) for v in obj]
     return obj
 
 
-def _align(
-    sup_ids: list[int], ids: list[int], types: list[int], suffix: list[int], specials: Collection[int]
+def align_supervised(
+    sup_ids: list[int],
+    ids: list[int],
+    types: list[int],
+    suffix: list[int],
+    specials: Collection[int],
+    fill: int = _FORMAT,
 ) -> list[int] | None:
-    """Types of the supervised tokens, or None when they are not ``ids`` (+ suffix) (+ special tail)."""
+    """Per-token values (``types``, or any per-token codes) of the supervised tokens, ``fill`` on the
+    suffix and special tail; None when they are not ``ids`` (+ suffix) (+ special tail)."""
     n = len(ids)
     if sup_ids[:n] != ids:
         return None
@@ -152,7 +161,7 @@ def _align(
     tail = rest[k:]
     if len(tail) > MAX_SPECIAL_TAIL or any(t not in specials for t in tail):
         return None
-    return types + [_FORMAT] * len(rest)
+    return types + [fill] * len(rest)
 
 
 AnswerTexts = str | Sequence[str]
@@ -196,10 +205,10 @@ def _text_candidates(
 
 
 def _payload_candidates(tokenizer: Any, payload: Any) -> tuple[list[tuple[list[int], list[int]]], str | None]:
-    base = _as_payload(payload)
+    base = as_payload(payload)
     if base is None:
         return [], "no answer text and no usable assistant_payload"
-    stripped = _drop_none(base)
+    stripped = drop_none(base)
     candidates = []
     for candidate in (base, stripped) if stripped != base else (base,):
         try:
@@ -242,7 +251,7 @@ def typing_outcome(
     sup_ids = [int(i) for i in labels_t[supervised].tolist()]
     specials = tail_special_ids(tokenizer) if special_ids is None else special_ids
     for ids, types in candidates:
-        aligned = _align(sup_ids, ids, types, suffix, specials)
+        aligned = align_supervised(sup_ids, ids, types, suffix, specials)
         if aligned is not None:
             out = ignore_types(labels_t.numel(), device=labels_t.device)
             out[supervised] = torch.tensor(aligned, dtype=torch.int64, device=labels_t.device)

@@ -26,7 +26,7 @@ from coordexp.contracts.stash import (
     pop_batch_extras,
     stash_batch_extras,
 )
-from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS
+from coordexp.generated.batch_extras import BATCH_EXTRAS_KEYS, EXTRA_SPECS
 from coordexp.swift_seam.loss_func import Stage1LossFunc, refuse_unsupported_options
 from coordexp.swift_seam.output_head import refuse_unmaterialised_options
 from coordexp.swift_seam.trainer_sections import trainer_custom
@@ -37,14 +37,22 @@ _PIPELINE_ATTR = "_coordexp_stage1_pipeline"
 _EXTRAS_PREPARED_ATTR = "_coordexp_extras_prepared"
 
 
-def _align_token_types(
+# The per-token extras (declared ``shape_like: labels``): cut with the labels.
+_PER_TOKEN_EXTRAS = tuple(key for key, spec in EXTRA_SPECS.items() if spec.shape_like == "labels")
+
+
+def _align_per_token_extras(
     extras: BatchExtras, original_labels: Tensor | None, labels: Any, logits_to_keep: Any
 ) -> BatchExtras:
-    """``extras`` with ``token_types`` cut the way the framework cut the labels (or unchanged)."""
-    if not (isinstance(extras.token_types, Tensor) and isinstance(labels, Tensor)):
+    """``extras`` with each per-token extra cut the way the framework cut the labels (or unchanged)."""
+    if not isinstance(labels, Tensor):
         return extras
-    cut = cut_like_labels(extras.token_types, original_labels, labels, logits_to_keep)
-    return dataclasses.replace(extras, token_types=cut)
+    cut = {
+        key: cut_like_labels(value, original_labels, labels, logits_to_keep)
+        for key in _PER_TOKEN_EXTRAS
+        if isinstance(value := getattr(extras, key), Tensor)
+    }
+    return dataclasses.replace(extras, **cut) if cut else extras
 
 
 def _move(extras: BatchExtras, device: Any) -> BatchExtras:
@@ -112,7 +120,9 @@ class Stage1TrainerHook:
         if isinstance(labels, Tensor):
             extras = _move(extras, labels.device)
             original_on_device = original.to(labels.device) if isinstance(original, Tensor) else None
-            extras = _align_token_types(extras, original_on_device, labels, prepared.get("logits_to_keep"))
+            extras = _align_per_token_extras(
+                extras, original_on_device, labels, prepared.get("logits_to_keep")
+            )
         stash_batch_extras(self, extras)
         self.__dict__[_EXTRAS_PREPARED_ATTR] = True
         return prepared
@@ -123,7 +133,7 @@ class Stage1TrainerHook:
         if any(k in inputs for k in BATCH_EXTRAS_KEYS):
             # Called without our _prepare_inputs (stand-in trainers, direct calls): pop here.
             extras = pop_batch_extras(inputs)
-            extras = _align_token_types(extras, None, inputs.get("labels"), inputs.get("logits_to_keep"))
+            extras = _align_per_token_extras(extras, None, inputs.get("labels"), inputs.get("logits_to_keep"))
             stash_batch_extras(self, extras)
         elif not self.__dict__.get(_EXTRAS_PREPARED_ATTR, False):
             # A batch without extras: this step has none (never reuse the previous step's).

@@ -58,7 +58,9 @@ class DatasetMetricsCollatorMixin:
     """Further enrichers to run after the built-in ones (each declares the extras it emits)."""
 
     def _get_data_collator(self, args: Any, template: Any) -> Any:
+        from coordexp.components.box_terms import BoxTermsPart
         from coordexp.rows.collator import build_dataset_metrics_collator
+        from coordexp.swift_seam.trainer_sections import trainer_custom
 
         base = super()._get_data_collator(args, template)  # type: ignore[misc]
         return build_dataset_metrics_collator(
@@ -67,6 +69,7 @@ class DatasetMetricsCollatorMixin:
             token_type_cfg=self.token_type_metrics_cfg,
             instability_monitor_cfg=self.instability_monitor_cfg,
             extra_enrichers=self.stage1_extra_enrichers,
+            box_slots=BoxTermsPart.wanted(trainer_custom(self)),
         )
 
 

@@ -69,7 +69,10 @@ def test_padded_batch(template: Any, make_template: Callable[..., Any], make_row
     ]
     samples = [template.encode(r, return_length=True) for r in rows]
     collate = build_dataset_metrics_collator(
-        template, token_type_cfg=ON, instability_monitor_cfg={"enabled": True, "max_meta_samples": 4}
+        template,
+        token_type_cfg=ON,
+        instability_monitor_cfg={"enabled": True, "max_meta_samples": 4},
+        box_slots=True,
     )
     out = collate(samples)
 
@@ -136,7 +139,10 @@ def _packed(
 def test_packed_single_pack(make_template: Callable[..., Any], make_row: RowFactory) -> None:
     template, packs = _packed(make_template, make_row, [["lvis", "lvis", "lvis"]])
     collate = build_dataset_metrics_collator(
-        template, token_type_cfg=ON, instability_monitor_cfg={"enabled": True, "max_meta_samples": 2}
+        template,
+        token_type_cfg=ON,
+        instability_monitor_cfg={"enabled": True, "max_meta_samples": 2},
+        box_slots=True,
     )
     out = collate(packs)
     pack = packs[0]
@@ -341,7 +347,7 @@ def test_fields_merged_into_encoded_dict(
         encoded.append(enc)
     batch: list[Any] = [encoded] if mode == "packing" else encoded
     collate = build_dataset_metrics_collator(
-        template, token_type_cfg=ON, instability_monitor_cfg={"enabled": True}
+        template, token_type_cfg=ON, instability_monitor_cfg={"enabled": True}, box_slots=True
     )
     out = collate(batch)
     model_keys = MODEL_KEYS_PACKED if mode == "packing" else MODEL_KEYS_PADDED

@@ -16,12 +16,17 @@ from transformers.modeling_outputs import CausalLMOutput
 from coordexp.coord_tokens.payload import serialize_payload
 from coordexp.demo.tokenizer import build_demo_tokenizer
 from coordexp.generated.batch_extras import (
+    BOX_PAIRS_KEY,
+    BOX_SLOTS_KEY,
     DATASET_LABELS_KEY,
     DATASET_SEGMENTS_KEY,
     PACK_NUM_SAMPLES_KEY,
     TOKEN_TYPES_KEY,
+    BoxPair,
+    BoxSlot,
 )
-from coordexp.rows.token_types import compute_token_types
+from coordexp.rows.box_slots import sample_box_codes
+from coordexp.rows.token_types import compute_token_types, tail_special_ids
 
 
 @functools.cache
@@ -193,6 +198,8 @@ class Sample:
     labels: list[int]
     types: list[int]
     dataset: str
+    box_slots: list[int] = field(default_factory=list)
+    box_pairs: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +207,10 @@ class BatchSpec:
     packed: bool
     with_types: bool
     datasets: list[str] = field(default_factory=lambda: ["lvis", "coco", "lvis"])
+    with_boxes: bool = False
+    """attach the box extras (``box_slots`` / ``box_pairs``) as coordexp's collator does"""
+    payloads: list[dict[str, Any]] | None = None
+    """the samples' payloads (None: :data:`PAYLOADS`)"""
 
 
 def encode(payload: dict[str, Any], dataset: str) -> Sample:
@@ -213,11 +224,20 @@ def encode(payload: dict[str, Any], dataset: str) -> Sample:
         tokenizer=tok, payload=payload, labels=torch.tensor(labels), suffix_tokens=suffix_ids
     )
     assert types is not None, "fixture payload must align"
-    return Sample(ids, labels, types.tolist(), dataset)
+    slots, links, problem = sample_box_codes(
+        tokenizer=tok,
+        labels=torch.tensor(labels),
+        texts=[serialize_payload(payload)],
+        suffix=suffix_ids,
+        specials=tail_special_ids(tok),
+    )
+    assert problem is None, problem
+    return Sample(ids, labels, types.tolist(), dataset, slots.tolist(), links.tolist())
 
 
 def make_batch(spec: BatchSpec) -> dict[str, Any]:
-    samples = [encode(p, d) for p, d in zip(PAYLOADS, spec.datasets, strict=False)]
+    payloads = PAYLOADS if spec.payloads is None else spec.payloads
+    samples = [encode(p, d) for p, d in zip(payloads, spec.datasets, strict=False)]
     pad = tokenizer().pad_token_id
     if spec.packed:
         ids = [t for s in samples for t in s.input_ids]
@@ -232,6 +252,9 @@ def make_batch(spec: BatchSpec) -> dict[str, Any]:
         types = [t for s in samples for t in s.types]
         if spec.with_types:
             batch[TOKEN_TYPES_KEY] = torch.tensor([types])
+        if spec.with_boxes:
+            batch[BOX_SLOTS_KEY] = torch.tensor([[t for s in samples for t in s.box_slots]])
+            batch[BOX_PAIRS_KEY] = torch.tensor([[t for s in samples for t in s.box_pairs]])
         return batch
     width = max(len(s.input_ids) for s in samples)
     rows = len(samples)
@@ -239,12 +262,16 @@ def make_batch(spec: BatchSpec) -> dict[str, Any]:
     labels = torch.full((rows, width), -100)
     mask = torch.zeros((rows, width), dtype=torch.long)
     types_t = torch.full((rows, width), -1)
+    slots_t = torch.full((rows, width), int(BoxSlot.NONE))
+    links_t = torch.full((rows, width), int(BoxPair.NONE))
     for r, s in enumerate(samples):
         n = len(s.input_ids)
         input_ids[r, :n] = torch.tensor(s.input_ids)
         labels[r, :n] = torch.tensor(s.labels)
         mask[r, :n] = 1
         types_t[r, :n] = torch.tensor(s.types)
+        slots_t[r, :n] = torch.tensor(s.box_slots)
+        links_t[r, :n] = torch.tensor(s.box_pairs)
     batch = {
         "input_ids": input_ids,
         "labels": labels,
@@ -255,6 +282,8 @@ def make_batch(spec: BatchSpec) -> dict[str, Any]:
     }
     if spec.with_types:
         batch[TOKEN_TYPES_KEY] = types_t
+    if spec.with_boxes:
+        batch[BOX_SLOTS_KEY], batch[BOX_PAIRS_KEY] = slots_t, links_t
     return batch
 
 

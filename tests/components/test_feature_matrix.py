@@ -348,10 +348,15 @@ def test_box_cells_emit_exactly_the_reference_keys(
         assert len(values) == 1 and math.isfinite(values[0]), key
         assert check_metric_key(key, values[0], dataset_labels=["lvis", "coco", "mixed"], mode="strict")
     prefix = "bbox_geo" if geo else "bbox_size_aux"
+    # without the answer parser's box extras: label quartets, as the reference (the poly is a "box")
     assert logged[f"{prefix}/groups_total"] == [5.0]  # 1 + 3 (dog, cat and the poly quartet) + 1
     assert logged[f"{prefix}/skipped_incomplete_rows"] == [0.0]
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with_extras, _, _ = run_step(
+        custom, BatchSpec(packed=packed, with_types=with_types, with_boxes=True), tmp_path, base=base
+    )
+    assert with_extras.logged()[f"{prefix}/groups_total"] == [4.0]  # the parser's: the poly is no box
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
@@ -423,3 +428,61 @@ def test_text_gate_one_pass_seam_equals_two_pass(packed: bool, with_types: bool,
         assert values == pytest.approx(ref_logged[key], rel=1e-5, abs=1e-6), key
     _, plain, _ = run_step(custom_with(True), spec, tmp_path, base=SwiftLikeTrainer)
     assert loss.item() == pytest.approx(plain.item() + logged["coord_diag/text_gate"][0], rel=1e-5)
+
+
+REPULSION = {
+    "coord_diag/adjacent_repulsion",
+    "coord_softce_w1/adjacent_repulsion",
+    "coord_diag/adjacent_repulsion_pair_count",
+    "coord_diag/adjacent_repulsion_applied_count",
+    "coord_diag/adjacent_repulsion_copy_score_mean",
+}
+REPULSION_VALUES = {
+    "coord_diag/adjacent_repulsion",
+    "coord_softce_w1/adjacent_repulsion",
+    "coord_diag/adjacent_repulsion_copy_score_mean",
+}
+
+
+@BASES
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
+@pytest.mark.parametrize("mode", ["global", "same_desc"])
+def test_repulsion_cells_emit_exactly_the_reference_keys(
+    mode: str, with_types: bool, packed: bool, base: type[StandInTrainer], tmp_path: Path
+) -> None:
+    from coordexp.config import load_custom_config
+    from coordexp.contracts.catalog import TOKEN_TYPE_CONDITIONS, conditions_from_config, keys_written_under
+
+    custom = custom_with(True)
+    custom["coord_soft_ce_w1"].update(adjacent_repulsion_weight=0.5, adjacent_repulsion_filter_mode=mode)
+    spec = BatchSpec(packed=packed, with_types=with_types, with_boxes=True)
+    trainer, loss, model = run_step(custom, spec, tmp_path, base=base)
+    logged = trainer.logged("train")
+    # one pair (dog, then small cat: another desc), applied only under global
+    applied = mode == "global"
+    assert set(logged) == EXPECTED[(True, with_types)] | (
+        REPULSION if applied else REPULSION - REPULSION_VALUES
+    )
+    conditions = conditions_from_config(load_custom_config(custom))
+    if not with_types:
+        conditions -= TOKEN_TYPE_CONDITIONS
+    if not applied:
+        conditions -= {"repulsion_applied"}
+    assert set(logged) == keys_written_under(conditions)
+    assert logged["coord_diag/adjacent_repulsion_pair_count"] == [1.0]
+    assert logged["coord_diag/adjacent_repulsion_applied_count"] == [1.0 if applied else 0.0]
+    for key, values in logged.items():
+        assert len(values) == 1 and math.isfinite(values[0]), key
+        assert check_metric_key(key, values[0], dataset_labels=["lvis", "coco", "mixed"], mode="strict")
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_repulsion_without_the_box_extras_fails_fast(tmp_path: Path) -> None:
+    from coordexp.components import CoordObjectiveError
+
+    custom = custom_with(True)
+    custom["coord_soft_ce_w1"]["adjacent_repulsion_weight"] = 0.5
+    with pytest.raises(CoordObjectiveError, match="box_slots"):
+        run_step(custom, BatchSpec(packed=False, with_types=True), tmp_path)

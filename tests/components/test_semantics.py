@@ -268,28 +268,18 @@ def test_full_stack_step_has_at_most_two_syncs(packed: bool, tmp_path: Path) -> 
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("seam", [False, True], ids=["two_pass", "one_pass_seam"])
 def test_the_objective_terms_add_no_host_sync(packed: bool, seam: bool, tmp_path: Path) -> None:
-    """Text gate, bbox_geo and bbox_size_aux on: the step has exactly the syncs of the plain step."""
+    """Text gate, bbox_geo, bbox_size_aux and the adjacent repulsion on: the step has exactly the syncs
+    of the plain step."""
     from tests.components.stage1_fixtures import SwiftLikeTrainer
 
-    all_on = custom_with(True)
-    all_on["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
-    all_on["bbox_geo"] = {"enabled": True, "smoothl1_weight": 0.5, "ciou_weight": 1.0}
-    all_on["bbox_size_aux"] = {
-        "enabled": True,
-        "log_wh_weight": 0.05,
-        "oversize_penalty_weight": 0.1,
-        "oversize_area_frac_threshold": 0.2,
-        "oversize_log_w_threshold": None,
-        "oversize_log_h_threshold": None,
-        "eps": 1e-6,
-    }
+    all_on = _all_terms()
     counts = []
     for custom in (custom_with(True), all_on):
         torch.manual_seed(0)
         model = ToyLM(len(tokenizer()))
         base = SwiftLikeTrainer if seam else StandInTrainer
         trainer = build_trainer_cls(base, custom)(model, output_dir=str(tmp_path))
-        batch = make_batch(BatchSpec(packed=packed, with_types=True))
+        batch = make_batch(BatchSpec(packed=packed, with_types=True, with_boxes=True))
         with SyncCounter(count_host_copies=True) as counter:
             loss = trainer.compute_loss(model, batch)
             loss.backward()
@@ -300,6 +290,8 @@ def test_the_objective_terms_add_no_host_sync(packed: bool, seam: bool, tmp_path
 def _all_terms() -> dict[str, Any]:
     custom = custom_with(True)
     custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
+    custom["coord_soft_ce_w1"]["adjacent_repulsion_weight"] = 0.5
+    custom["coord_soft_ce_w1"]["adjacent_repulsion_filter_mode"] = "global"
     custom["bbox_geo"] = {"enabled": True, "smoothl1_weight": 0.5, "ciou_weight": 1.0}
     custom["bbox_size_aux"] = {
         "enabled": True,
@@ -326,8 +318,9 @@ def test_every_term_weighs_its_weight_for_any_accumulation(seam: bool, tmp_path:
         torch.manual_seed(0)
         model = ToyLM(len(tokenizer()))
         trainer = build_trainer_cls(base, _all_terms())(model, output_dir=str(tmp_path), grad_accum=accum)
-        batch = make_batch(BatchSpec(packed=True, with_types=True))
+        batch = make_batch(BatchSpec(packed=True, with_types=True, with_boxes=True))
         losses[accum] = trainer.compute_loss(model, batch, num_items_in_batch=num_items)
         logged = trainer.logged()
         assert {"loss/geo/bbox_geo", "loss/geo/bbox_size_aux", "coord_diag/text_gate"} <= set(logged)
+        assert logged["coord_diag/adjacent_repulsion_applied_count"] == [1.0]
     torch.testing.assert_close(losses[4], losses[1] / 4)

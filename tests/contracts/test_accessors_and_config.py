@@ -15,6 +15,8 @@ from coordexp.contracts.stash import (
 )
 from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
+    BOX_PAIRS_KEY,
+    BOX_SLOTS_KEY,
     DATASET_LABELS_KEY,
     DATASET_SEGMENTS_KEY,
     INSTABILITY_META_JSON_KEY,
@@ -29,6 +31,8 @@ def test_key_constants_match_the_contract() -> None:
         DATASET_SEGMENTS_KEY,
         PACK_NUM_SAMPLES_KEY,
         TOKEN_TYPES_KEY,
+        BOX_SLOTS_KEY,
+        BOX_PAIRS_KEY,
         INSTABILITY_META_JSON_KEY,
     )
     assert TOKEN_TYPES_KEY == "token_types" and PACK_NUM_SAMPLES_KEY == "pack_num_samples"

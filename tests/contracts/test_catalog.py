@@ -166,7 +166,7 @@ def test_fractions_are_bounded() -> None:
     assert cat.METRIC_SPECS["coord_diag/coord_tokens"].minimum == 0
 
 
-BATCH = {"runtime", "coord_vocab", "supervised", "coord_targets", "noncoord_targets"}
+BATCH = {"runtime", "coord_vocab", "supervised", "coord_targets", "noncoord_targets", "repulsion_applied"}
 TYPES = {"token_types", "desc_targets", "format_targets"}
 TOKEN = {"token_metrics", "token_top5", "coord_monitor_mass"}
 COORD_ON = {"coord_diag", "coord_loss", "coord_gate"}

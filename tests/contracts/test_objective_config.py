@@ -71,8 +71,11 @@ def test_defaults_are_the_reference_s() -> None:
             {"coord_soft_ce_w1": {**COORD, "soft_ce_weight": 0.0, "w1_weight": 0.0, "gate_weight": 0.0}},
             "text_gate_weight, adjacent_repulsion_weight",
         ),
-        # terms not computed by the pass yet are refused, never a silent no-op
-        ({"coord_soft_ce_w1": {**COORD, "adjacent_repulsion_weight": 0.01}}, "not computed by the training"),
+        # the repulsion is part of the coord loss: on without it is refused, never a silent no-op
+        (
+            {"coord_soft_ce_w1": {**COORD, "enabled": False, "adjacent_repulsion_weight": 0.01}},
+            "adjacent_repulsion_weight: the box terms are computed in the coord loss's pass",
+        ),
     ],
 )
 def test_config_errors_at_load(custom: dict[str, Any], message: str) -> None:

@@ -8,12 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coordexp.functional import CoordLossConfig, CoordSlice, SyncCounter, coord_loss, next_token_targets
+from coordexp.functional import (
+    CoordLossConfig,
+    CoordSlice,
+    SyncCounter,
+    coord_loss,
+    next_token_targets,
+    next_token_types,
+)
+from coordexp.functional.adjacent_repulsion import RepulsionWeights
 from coordexp.functional.bbox_geo import BBoxGeoWeights
 from coordexp.functional.bbox_size_aux import BBoxSizeAuxWeights
 from coordexp.functional.box_groups import box_groups
 from coordexp.functional.box_terms import BoxBatch, BoxTerms
 from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
+from coordexp.generated.batch_extras import BoxPair, BoxSlot
 from tests.functional import objective_reference as ref
 from tests.functional.toy_data import VOCAB, coord_ids
 
@@ -138,3 +147,161 @@ def test_box_terms_are_sync_free() -> None:
         loss, _ = coord_loss(logits, targets, coord, CoordLossConfig(), base_ce=True, boxes=boxes)
         loss.backward()
     assert counter.count == 0, counter.ops
+
+
+# -- the answer parser's boxes (box_slots / box_pairs) and the adjacent repulsion ------------------------
+
+REPULSION = BoxTerms(
+    temperature=0.8,
+    geo=TERMS.geo,
+    repulsion=RepulsionWeights(weight=3.0, mode="same_desc", margin_ratio=0.2, copy_margin=0.1),
+)
+
+
+def _codes(
+    labels: torch.Tensor, ids: list[int], links_per_box: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``box_slots`` / ``box_pairs`` of ``labels``: each complete quartet of coord labels is a box, in
+    order, with the given links; a row's incomplete tail is UNREAD (as the enricher marks a cut sample)."""
+    slots = torch.full_like(labels, int(BoxSlot.NONE))
+    links = torch.full_like(labels, int(BoxPair.NONE))
+    coord = torch.isin(labels, torch.tensor(ids))
+    box = 0
+    for r in range(labels.shape[0]):
+        cols = torch.nonzero(coord[r]).flatten().tolist()
+        if len(cols) % 4:
+            slots[r, labels[r] != -100] = int(BoxSlot.UNREAD)
+            continue
+        for j, c in enumerate(cols):
+            slots[r, c] = j % 4
+            links[r, c] = links_per_box[box + j // 4]
+        box += len(cols) // 4
+    return slots, links
+
+
+def _peaked_at_previous(
+    targets: torch.Tensor, ids: list[int], positions: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """Peaked logits whose second and third boxes also put mass on their previous box's bins (so the
+    copy score exceeds the margin)."""
+    logits = _peaked_logits(targets, ids, seed)
+    bin_of = {tok: k for k, tok in enumerate(ids)}
+    idx = torch.tensor(ids)
+    for m in (1, 2):
+        for s in range(4):
+            prev_bin = bin_of[int(targets[positions[m - 1, s]])]
+            row = logits[positions[m, s]]
+            row[idx[prev_bin]] = row[idx].max() + 1.0  # most of the slot's mass on the previous bin
+    return logits
+
+
+def _repulsion_reference(
+    logits: torch.Tensor,
+    positions: list[list[int]],
+    bins: list[list[int]],
+    ids: list[int],
+    applied: list[int],
+) -> torch.Tensor:
+    rep = REPULSION.repulsion
+    assert rep is not None
+    idx = torch.tensor(ids)
+    pens = [
+        ref.ref_repulsion(
+            logits[positions[m]][:, idx].double(),
+            bins[m - 1],
+            REPULSION.temperature,
+            rep.margin_ratio,
+            rep.copy_margin,
+        )[0]
+        for m in applied
+    ]
+    return rep.weight * sum(pens) / max(1, len(applied))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("materialised", [True, False], ids=["logits", "no_logits"])
+def test_repulsion_in_the_pass_equals_the_reference(layout: str, materialised: bool) -> None:
+    ids = coord_ids("permuted")
+    labels = _labels(layout, ids)
+    same, first = int(BoxPair.SAME_DESC), int(BoxPair.FIRST)
+    # padded: row 0 holds boxes 0, 1 (1 links to 0), row 1 box 2 (first of its sample)
+    # packed: samples [box 0], [box 1, box 2]: box 2 links to box 1, box 1 is first of its sample
+    links_per_box = [first, same, first] if layout == "padded" else [first, first, same]
+    slots, links = _codes(labels, ids, links_per_box)
+    targets2d = next_token_targets(labels).view(labels.shape[0], -1)
+    flat_slots, flat_links = next_token_types(slots), next_token_types(links)
+    coord = CoordSlice.from_ids(ids)
+    groups = box_groups(targets2d, coord, flat_slots, flat_links)
+    boxes = BoxBatch(REPULSION, groups, groups.n_boxes.clamp(min=1.0))
+    targets = targets2d.reshape(-1)
+    positions, bins, _, _ = ref.ref_groups(targets2d, ids)
+    applied = [1] if layout == "padded" else [2]
+    cfg = CoordLossConfig()
+    logits = _peaked_at_previous(targets, ids, torch.tensor(positions), 5)
+    if materialised:
+        leaf = logits.clone().requires_grad_()
+        loss, stats = coord_loss(leaf, targets, coord, cfg, base_ce=True, boxes=boxes, chunk_size=5)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        plain_leaf = logits.clone().requires_grad_()
+        plain, _ = coord_loss(plain_leaf, targets, coord, cfg, base_ce=True, chunk_size=5)
+        (plain_grad,) = torch.autograd.grad(plain, plain_leaf)
+    else:  # the logits are the head's output: hidden = logits, identity head
+        hidden = logits.clone().requires_grad_()
+        head = OutputHead(torch.eye(VOCAB))
+        loss, stats = linear_coord_loss(hidden, head, targets, coord, cfg, base_ce=True, boxes=boxes)
+        (grad,) = torch.autograd.grad(loss, hidden)
+        plain_leaf = logits.clone().requires_grad_()
+        plain, _ = linear_coord_loss(plain_leaf, head, targets, coord, cfg, base_ce=True)
+        (plain_grad,) = torch.autograd.grad(plain, plain_leaf)
+    assert stats["n_repulsion_pairs"].item() == stats["n_repulsion_applied"].item() == 1
+    ref_leaf = logits.double().requires_grad_()
+    box_ref = _box_reference_geo(ref_leaf, positions, bins, ids, 3.0)
+    rep_ref = _repulsion_reference(ref_leaf, positions, bins, ids, applied)
+    assert rep_ref.item() > 1e-3
+    (ref_grad,) = torch.autograd.grad(box_ref + rep_ref, ref_leaf)
+    torch.testing.assert_close(
+        loss.double(), plain.double() + box_ref.detach() + rep_ref.detach(), rtol=1e-5, atol=0
+    )
+    want = plain_grad.double() + ref_grad
+    torch.testing.assert_close(grad.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    # the repulsion's own gradient (the difference to the pass without it) is the reference's
+    rep_leaf = logits.double().requires_grad_()
+    (rep_grad,) = torch.autograd.grad(_repulsion_reference(rep_leaf, positions, bins, ids, applied), rep_leaf)
+    assert rep_grad.abs().max() > 1e-3
+
+
+def _box_reference_geo(
+    logits: torch.Tensor, positions: list[list[int]], bins: list[list[int]], ids: list[int], den: float
+) -> torch.Tensor:
+    geo = REPULSION.geo
+    assert geo is not None
+    idx = torch.tensor(ids)
+    total = logits.new_zeros((), dtype=torch.float64)
+    for pos, gt_bins in zip(positions, bins, strict=True):
+        p = ref.canon([ref.ref_decode(logits[q, idx].double(), REPULSION.temperature) for q in pos])
+        g = ref.canon([torch.tensor(b / 999, dtype=torch.float64) for b in gt_bins])
+        reg, ciou = ref.ref_geo_box(p, g, "xyxy", 1.0, 1.0)
+        total = total + geo.smoothl1_weight * reg + geo.ciou_weight * ciou
+    return total / den
+
+
+def test_box_slots_drop_unread_and_misordered_rows_and_skip_polys() -> None:
+    ids = coord_ids("consecutive")
+    labels = _labels("padded", ids)  # row 2 is cut mid-box
+    slots, links = _codes(labels, ids, [int(BoxPair.FIRST)] * 3)
+    coord = CoordSlice.from_ids(ids)
+    targets2d = next_token_targets(labels).view(labels.shape[0], -1)
+    groups = box_groups(targets2d, coord, next_token_types(slots), next_token_types(links))
+    assert (groups.n_boxes.item(), groups.skipped_rows.item(), groups.skipped_slots.item()) == (3, 1, 3)
+    # row 0's second quartet is a poly's coordinates (NONE): one box, the row is kept
+    poly = slots.clone()
+    cols = torch.nonzero(torch.isin(labels[0], torch.tensor(ids))).flatten()[4:8]
+    poly[0, cols] = int(BoxSlot.NONE)
+    groups = box_groups(targets2d, coord, next_token_types(poly), next_token_types(links))
+    assert (groups.n_boxes.item(), groups.skipped_rows.item()) == (2, 1)
+    # slots out of turn (a cut that kept x2, y2 of one box and x1, y1 of the next): the row is dropped
+    bad = slots.clone()
+    bad[0, cols] = torch.tensor([2, 3, 0, 1])
+    groups = box_groups(targets2d, coord, next_token_types(bad), next_token_types(links))
+    assert (groups.n_boxes.item(), groups.skipped_rows.item(), groups.skipped_slots.item()) == (1, 2, 11)
+    assert groups.row[:1].tolist() == [1]

@@ -9,11 +9,17 @@ import pytest
 import torch
 
 from coordexp.functional import CoordSlice
-from coordexp.functional.adjacent_repulsion import normalize_desc, repulsion_pairs, repulsion_per_pair
+from coordexp.functional.adjacent_repulsion import (
+    normalize_desc,
+    object_links,
+    repulsion_pairs,
+    repulsion_per_pair,
+)
 from coordexp.functional.bbox_geo import BBoxGeoWeights, bbox_geo_per_box, ciou_loss
 from coordexp.functional.bbox_size_aux import BBoxSizeAuxWeights, bbox_size_per_box
 from coordexp.functional.box_groups import box_groups, canonical_boxes, expected_coords
 from coordexp.functional.text_gate import text_gate_grad, text_gate_positions, text_gate_rows
+from coordexp.generated.batch_extras import BoxPair
 from tests.functional import objective_reference as ref
 from tests.functional.toy_data import BINS, VOCAB, coord_ids
 
@@ -282,12 +288,31 @@ def test_adjacent_repulsion_value_and_gradient_equal_the_reference(ratio: float)
 
 
 def test_pairs_stay_inside_a_sample_and_follow_the_filter() -> None:
-    samples = [["Cat", "cat ", "dog"], ["dog", "Dog_(toy)"], ["bird"]]
-    same = repulsion_pairs(samples, "same_desc")
-    assert same.current == (1, 2, 4) and same.previous == (0, 1, 3)  # box 3 (sample 2's first) has none
-    assert same.applied == (True, False, False)
-    assert (same.pair_count, same.applied_count) == (3, 1)
-    assert repulsion_pairs(samples, "global").applied_count == 3
+    # three samples' answers; in a packed row they follow each other (rows 0, 0, 1)
+    answers = [
+        [("Cat", True), ("cat ", True), ("dog", True)],
+        [("dog", True), ("Dog_(toy)", True)],
+        [("bird", True)],
+    ]
+    links = [code for answer in answers for code in object_links(answer)]
+    first, other, same_desc = int(BoxPair.FIRST), int(BoxPair.OTHER_DESC), int(BoxPair.SAME_DESC)
+    assert links == [first, same_desc, other, first, other, first]
+    valid = torch.ones(6, dtype=torch.bool)
+    row = torch.tensor([0, 0, 0, 0, 0, 1])
+    paired, applied = repulsion_pairs(valid, torch.tensor(links), row, "same_desc")
+    assert paired.tolist() == [False, True, True, False, True, False]  # box 3 (sample 2's first) has none
+    assert applied.tolist() == [False, True, False, False, False, False]
+    assert repulsion_pairs(valid, torch.tensor(links), row, "global")[1].sum() == 3
+    # a box whose previous box was dropped (another row, or not kept) is no pair
+    paired, _ = repulsion_pairs(
+        torch.tensor([True, False, True]),
+        torch.tensor([first, same_desc, same_desc]),
+        torch.tensor([0, -1, 0]),
+        "global",
+    )
+    assert paired.tolist() == [False, False, False]
+    # a poly is no box: the box after it has no previous box
+    assert object_links([("a", True), ("a", False), ("a", True)]) == [first, int(BoxPair.NONE), first]
     assert normalize_desc("  Dog_(toy)/Big  ") == "dog toy big"
     with pytest.raises(ValueError, match="same_desc or global"):
-        repulsion_pairs(samples, "nearest")
+        repulsion_pairs(valid, torch.tensor(links), row, "nearest")
