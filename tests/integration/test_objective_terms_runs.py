@@ -1,4 +1,5 @@
-"""Real ms-swift runs of the tiny Qwen3 with issue 21's terms on (text gate, bbox_geo, bbox_size_aux):
+"""Real ms-swift runs of the tiny Qwen3 with issue 21's terms on (text gate, bbox_geo, bbox_size_aux,
+adjacent repulsion; boxes from coordexp's collator, i.e. the answer parser):
 in every layout the one pass equals the two-pass path and the pass without materialised logits equals
 the materialised one; a run passes ``check-logs`` with every enabled key seen in train and eval."""
 
@@ -20,7 +21,13 @@ from tests.integration.test_one_pass_seam import LAYOUTS, _assert_same, _run_win
 pytestmark = pytest.mark.slow
 
 ALL_TERMS: dict[str, Any] = {
-    "coord_soft_ce_w1": {"text_gate_weight": 0.1},
+    "coord_soft_ce_w1": {
+        "text_gate_weight": 0.1,
+        "adjacent_repulsion_weight": 0.5,
+        "adjacent_repulsion_filter_mode": "global",
+        "adjacent_repulsion_margin_ratio": 0.05,
+        "adjacent_repulsion_copy_margin": 0.0,
+    },
     "bbox_geo": {"enabled": True, "smoothl1_weight": 0.5, "ciou_weight": 1.0},
     "bbox_size_aux": {
         "enabled": True,
@@ -39,6 +46,9 @@ TERM_KEYS = {
     "loss/geo/bbox_size_aux",
     "bbox_geo/groups_total",
     "bbox_size_aux/mean_width",
+    "coord_diag/adjacent_repulsion",
+    "coord_diag/adjacent_repulsion_pair_count",
+    "coord_diag/adjacent_repulsion_copy_score_mean",
 }
 
 
