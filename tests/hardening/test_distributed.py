@@ -325,3 +325,117 @@ def test_components_ddp_gradient_is_the_global_token_mean(tmp_path: Path) -> Non
     # only rank 0 wrote events, and all of them are rank 0's
     events = read_events(tmp_path / "instability_dumps" / "events.jsonl")
     assert len(events) == 1 and "rank0" in events[0]["instability_meta_json"]
+
+
+# -- issue 21: the box terms and the adjacent repulsion are global means over boxes / applied pairs ------
+
+
+def _box_batch(rank: int | None) -> dict[str, Any]:
+    """The dense scenes of the trainer-level reference, padded; rank 0 gets rows 0 and 1, rank 1 row 2,
+    None all three (what one process sees of both ranks)."""
+    from tests.components.stage1_fixtures import BatchSpec, make_batch
+    from tests.components.test_objective_terms_reference import PAYLOADS
+
+    full = make_batch(BatchSpec(packed=False, with_types=True, with_boxes=True, payloads=PAYLOADS))
+    if rank is None:
+        return full
+    rows = slice(0, 2) if rank == 0 else slice(2, 3)
+    return {k: v[rows] for k, v in full.items()}
+
+
+def _box_custom() -> dict[str, Any]:
+    from tests.components.test_objective_terms_reference import GEO, SIZE
+    from tests.hardening.support import custom
+
+    block = custom(True)
+    block["coord_soft_ce_w1"].update(
+        text_gate_weight=0.5,
+        adjacent_repulsion_weight=5000.0,
+        adjacent_repulsion_filter_mode="global",
+        adjacent_repulsion_margin_ratio=0.3,
+        adjacent_repulsion_copy_margin=0.0,
+    )
+    block["bbox_geo"], block["bbox_size_aux"] = dict(GEO), dict(SIZE)
+    return block
+
+
+def _box_worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
+    try:
+        from tests.components.stage1_fixtures import StandInTrainer, ToyLM, tokenizer
+        from tests.hardening.support import stage1_trainer
+
+        class DDPStandIn(StandInTrainer):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.args.average_tokens_across_devices = True
+
+            def compute_loss(
+                self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+            ) -> Any:
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+                if num_items_in_batch is not None:
+                    loss = loss * dist.get_world_size()
+                return (loss, outputs) if return_outputs else loss
+
+        torch.manual_seed(0)
+        model = ToyLM(len(tokenizer()))
+        trainer, _ = stage1_trainer(_box_custom(), Path(out), model=model, base=DDPStandIn)
+        loss = trainer.compute_loss(model, _box_batch(rank), num_items_in_batch=torch.tensor(1))
+        loss.backward()
+        grads = {}
+        for name, p in model.named_parameters():
+            assert p.grad is not None
+            g = p.grad.clone()
+            dist.all_reduce(g)
+            grads[name] = g / WORLD
+        torch.save(
+            {"loss": loss.detach(), "grads": grads, "logged": trainer.logged()},
+            Path(out) / f"box_rank{rank}.pt",
+        )
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_box_terms_ddp_gradient_is_the_global_mean_over_boxes_and_pairs(tmp_path: Path) -> None:
+    ctx = mp.start_processes(
+        _box_worker,
+        args=(str(tmp_path / "init"), str(tmp_path)),
+        nprocs=WORLD,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the 2-rank box-term step did not finish in {SPAWN_TIMEOUT_S} s (hang?)")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+    results = [torch.load(tmp_path / f"box_rank{r}.pt") for r in range(WORLD)]
+    # rank 0: 6 boxes and 3 pairs, rank 1: 1 box and no pair (it still joins the one collective)
+    assert results[0]["logged"]["bbox_geo/groups_total"] == [6.0]
+    assert results[0]["logged"]["coord_diag/adjacent_repulsion_applied_count"] == [3.0]
+    assert results[1]["logged"]["coord_diag/adjacent_repulsion_applied_count"] == [0.0]
+    from tests.components.stage1_fixtures import ToyLM, tokenizer
+    from tests.hardening.support import stage1_trainer
+
+    torch.manual_seed(0)
+    model = ToyLM(len(tokenizer()))
+    trainer, _ = stage1_trainer(_box_custom(), tmp_path / "single", model=model)
+    loss = trainer.compute_loss(model, _box_batch(None), num_items_in_batch=torch.tensor(1))
+    loss.backward()
+    assert trainer.logged()["coord_diag/adjacent_repulsion"][0] > 1e-2 * loss.item()
+    for name, p in model.named_parameters():
+        assert p.grad is not None
+        torch.testing.assert_close(results[0]["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(
+        (results[0]["loss"] + results[1]["loss"]) / WORLD, loss.detach(), rtol=1e-5, atol=1e-6
+    )
