@@ -15,9 +15,12 @@ share the model:
   per type, coord-mass monitors), the coord diagnostics and the instability monitor. The base CE and
   every statistic come from ONE pass over the logits through ``compute_loss_func``.
 - ``coord_on``: the same with the coord loss on (base CE of the non-coord targets + softCE, W1, gate).
-- with ``--no-logits``, also ``metrics_no_logits`` and ``coord_on_no_logits``: the same two stacks with
-  ``custom.stage1_pass.materialize_logits: false`` (the pass computes the logits chunk by chunk from the
-  hidden states and ``lm_head``; the full logits never exist).
+- with ``--all-terms``, also ``all_terms``: the coord loss with every issue-21 term on as well (text gate,
+  bbox_geo, bbox_size_aux, adjacent repulsion). The row then carries the box extras the collator's
+  answer parser would attach (each sample's coord targets in quartets, links to the previous box).
+- with ``--no-logits``, also ``metrics_no_logits`` and ``coord_on_no_logits`` (and ``all_terms_no_logits``):
+  the same stacks with ``custom.stage1_pass.materialize_logits: false`` (the pass computes the logits
+  chunk by chunk from the hidden states and ``lm_head``; the full logits never exist).
 
 The batch carries the Stage-1 extras (token types, pack sizes, labels) the collator would attach.
 ``instability_monitor.min_supervised_tokens`` is set above the row length, so the random model's zero
@@ -39,7 +42,8 @@ Checks (exit code 1 when one fails): the ``metrics`` step's loss and ``lm_head``
 ``plain`` step's (relative 1e-5). There, the base CE is ms-swift's own CE, computed by the Stage-1 pass.
 
 Targets (CPU, 2,048 and 8,192 tokens): the stack's step at most 1.15x the plain step, peak memory no
-higher than plain, at most 2 host syncs per step (added by the stack). Without materialised logits (CPU, 8,192
+higher than plain, at most 2 host syncs per step (added by the stack); every term on at most 1.10x the
+plain step, peak memory no higher, host syncs plain + 1. Without materialised logits (CPU, 8,192
 tokens): peak memory at most 0.5x plain's, step time at most 1.2x; the check then also covers
 ``metrics_no_logits``.
 """
@@ -67,18 +71,49 @@ from coordexp.functional import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT
 VARIANTS = ("plain", "metrics", "coord_on")
 UNMATERIALISED = ("metrics_no_logits", "coord_on_no_logits")
 """``--no-logits``: the same two stacks with ``custom.stage1_pass.materialize_logits: false``."""
+ALL_TERMS = ("all_terms",)
+"""``--all-terms``: the coord loss with every issue-21 term on (``all_terms_no_logits`` with ``--no-logits``)."""
 LABELS = {
     "plain": "plain ms-swift",
     "metrics": "stack, metrics only",
     "coord_on": "stack, coord on",
+    "all_terms": "stack, every term on",
     "metrics_no_logits": "metrics only, no logits",
     "coord_on_no_logits": "coord on, no logits",
+    "all_terms_no_logits": "every term on, no logits",
 }
+TERMS: dict[str, Any] = {
+    "coord_soft_ce_w1": {
+        "text_gate_weight": 0.1,
+        "adjacent_repulsion_weight": 0.01,
+        "adjacent_repulsion_filter_mode": "same_desc",
+    },
+    "bbox_geo": {"enabled": True, "smoothl1_weight": 1.0, "ciou_weight": 1.0},
+    "bbox_size_aux": {
+        "enabled": True,
+        "log_wh_weight": 0.05,
+        "oversize_penalty_weight": 0.1,
+        "oversize_area_frac_threshold": 0.5,
+        "oversize_log_w_threshold": None,
+        "oversize_log_h_threshold": None,
+        "eps": 1e-6,
+    },
+}
+"""the terms ``all_terms`` adds to ``coord_on`` (the reference's typical weights)"""
 HIDDEN, LAYERS = 64, 2
 DATASET = "lvis"
 
 
-def _custom(coord_on: bool, max_tokens: int, materialize_logits: bool = True) -> dict[str, Any]:
+def _custom(variant: str, max_tokens: int) -> dict[str, Any]:
+    stack = variant.removesuffix("_no_logits")
+    custom = _stack_custom(stack != "metrics", max_tokens, not variant.endswith("_no_logits"))
+    if stack == "all_terms":
+        custom["coord_soft_ce_w1"].update(TERMS["coord_soft_ce_w1"])
+        custom.update({k: dict(v) for k, v in TERMS.items() if k != "coord_soft_ce_w1"})
+    return custom
+
+
+def _stack_custom(coord_on: bool, max_tokens: int, materialize_logits: bool = True) -> dict[str, Any]:
     return {
         "stage1_pass": {"materialize_logits": materialize_logits},
         "coord_soft_ce_w1": {"enabled": coord_on},
@@ -138,8 +173,7 @@ def build_trainers(
     common = {"model": model, "args": args, "template": template, "train_dataset": [{}]}
     trainers = {"plain": Seq2SeqTrainer(**common)}
     for name in variants[1:]:
-        custom = _custom(name.startswith("coord_on"), max_length, not name.endswith("_no_logits"))
-        trainers[name] = build_trainer_cls(Seq2SeqTrainer, custom)(**common)
+        trainers[name] = build_trainer_cls(Seq2SeqTrainer, _custom(name, max_length))(**common)
     return trainers
 
 
@@ -147,10 +181,13 @@ def packed_row(length: int, tokenizer: Any, seed: int) -> tuple[dict[str, Any], 
     """One packed row (prompt unsupervised, answer supervised, ~35% coord targets) with its extras."""
     from coordexp.coord_tokens.codec import get_coord_token_ids
     from coordexp.generated.batch_extras import (
+        BOX_PAIRS_KEY,
+        BOX_SLOTS_KEY,
         DATASET_LABELS_KEY,
         DATASET_SEGMENTS_KEY,
         PACK_NUM_SAMPLES_KEY,
         TOKEN_TYPES_KEY,
+        BoxPair,
     )
 
     gen = torch.Generator().manual_seed(seed)
@@ -160,6 +197,8 @@ def packed_row(length: int, tokenizer: Any, seed: int) -> tuple[dict[str, Any], 
     labels: list[int] = []
     types: list[int] = []
     positions: list[int] = []
+    slots: list[int] = []
+    links: list[int] = []
     samples = 0
     while len(ids) < length:
         size = min(int(torch.randint(200, 600, (1,), generator=gen)), length - len(ids))
@@ -174,6 +213,21 @@ def packed_row(length: int, tokenizer: Any, seed: int) -> tuple[dict[str, Any], 
         kinds = torch.where(torch.rand(answer, generator=gen) < 0.3, TYPE_DESC, TYPE_FORMAT)
         types += [-1] * prompt + torch.where(is_coord, TYPE_COORD, kinds).tolist()
         positions += list(range(size))
+        slots += [-1] * prompt
+        links += [-1] * prompt
+        # the sample's coord targets in quartets are its boxes (a remainder is a poly's); each box
+        # after the first links to the previous one, with the same desc half of the time
+        boxes = int(is_coord.sum()) // 4
+        box_links = [int(BoxPair.FIRST)] + [
+            int(BoxPair.SAME_DESC if bool(torch.rand(1, generator=gen) < 0.5) else BoxPair.OTHER_DESC)
+            for _ in range(boxes - 1)
+        ]
+        seen = 0
+        for coord in is_coord.tolist():
+            box = seen // 4
+            slots.append(seen % 4 if coord and box < boxes else -1)
+            links.append(box_links[box] if coord and box < boxes else -1)
+            seen += int(coord)
         samples += 1
     label_t = torch.tensor([labels])
     supervised = label_t != IGNORE_INDEX
@@ -182,6 +236,8 @@ def packed_row(length: int, tokenizer: Any, seed: int) -> tuple[dict[str, Any], 
         "labels": label_t,
         "position_ids": torch.tensor([positions]),
         TOKEN_TYPES_KEY: torch.tensor([types]),
+        BOX_SLOTS_KEY: torch.tensor([slots]),
+        BOX_PAIRS_KEY: torch.tensor([links]),
         PACK_NUM_SAMPLES_KEY: torch.tensor([samples]),
         DATASET_LABELS_KEY: [DATASET],
         DATASET_SEGMENTS_KEY: [length],
@@ -312,6 +368,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
+        "--all-terms", action="store_true", help="also time the coord loss with every issue-21 term on"
+    )
+    parser.add_argument(
         "--no-logits",
         action="store_true",
         help="also time the stacks with custom.stage1_pass.materialize_logits: false",
@@ -329,7 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_checkpoint(Path(tmp) / "model", args.vocab, max_length)
-        variants = VARIANTS + (UNMATERIALISED if args.no_logits else ())
+        terms = ALL_TERMS if args.all_terms else ()
+        unmaterialised = UNMATERIALISED + tuple(f"{n}_no_logits" for n in terms) if args.no_logits else ()
+        variants = VARIANTS + terms + unmaterialised
         trainers = build_trainers(checkpoint, Path(tmp) / "out", max_length, variants)
         tokenizer = trainers["plain"].template.tokenizer
         for length in lengths:

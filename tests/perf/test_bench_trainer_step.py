@@ -36,3 +36,24 @@ def test_benchmark_times_the_stacks_without_materialised_logits(tmp_path: Path) 
     assert payload["meta"]["variants"] == list(variants) and set(result["median_ms"]) == set(variants)
     assert [c["ok"] for c in result["checks"]] == [True, True]  # both metrics-only stacks == plain
     assert {result["added_syncs"][name] for name in bench_trainer_step.UNMATERIALISED} == {1}
+
+
+def test_benchmark_times_every_term_on(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        "--lengths",
+        "300",
+        "--vocab",
+        "4096",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--all-terms",
+        "--no-logits",
+    ]
+    assert bench_trainer_step.main([*argv, "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert {"all_terms", "all_terms_no_logits"} <= set(result["median_ms"])
+    # every term on (boxes and repulsion pairs from the row's box extras): still ONE added host sync
+    assert result["added_syncs"]["all_terms"] == result["added_syncs"]["all_terms_no_logits"] == 1
