@@ -72,7 +72,8 @@ VARIANTS = ("plain", "metrics", "coord_on")
 UNMATERIALISED = ("metrics_no_logits", "coord_on_no_logits")
 """``--no-logits``: the same two stacks with ``custom.stage1_pass.materialize_logits: false``."""
 ALL_TERMS = ("all_terms",)
-"""``--all-terms``: the coord loss with every issue-21 term on (``all_terms_no_logits`` with ``--no-logits``)."""
+"""``--all-terms``: the coord loss with every issue-21 term on (with ``--no-logits`` also
+``all_terms_no_logits``)."""
 LABELS = {
     "plain": "plain ms-swift",
     "metrics": "stack, metrics only",
