@@ -57,7 +57,9 @@ def _box_rows(logits: Tensor, plan: LossPlan) -> Callable[[Tensor], Tensor]:
     def rows(positions: Tensor) -> Tensor:
         coord = plan.coord
         assert coord is not None
-        return coord.take(logits.index_select(0, positions))
+        if coord.start is not None:  # a view of the coord columns, then the rows: [P, K] is all we copy
+            return coord.take(logits).index_select(0, positions)
+        return logits[positions.unsqueeze(-1), coord.ids.unsqueeze(0)]  # never [P, V]
 
     return rows
 

@@ -16,6 +16,13 @@ import torch
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
 from coordexp.launch import TrainConfig, build_trainer, train
 from coordexp.swift_seam.loss_func import Stage1LossFunc
+from coordexp.swift_seam.trainer_sections import find_tokenizer, trainer_custom
+from tests.integration.objective_reference_runs import (
+    model_logits,
+    reference_parts,
+    window_objective,
+    window_values,
+)
 from tests.integration.test_one_pass_seam import LAYOUTS, _assert_same, _run_window, _window
 
 pytestmark = pytest.mark.slow
@@ -90,3 +97,50 @@ def test_run_with_every_term_passes_check_logs(
     assert set(report["expected"]) <= set(report["seen_train"]) & set(report["seen_eval"])
     records = [json.loads(line) for line in Path(result.output_dir, "logging.jsonl").read_text().splitlines()]
     assert any("eval_loss/geo/bbox_geo" in r for r in records)
+
+
+LOGGED_TERMS = {
+    "text_gate": "coord_diag/text_gate",
+    "bbox_geo": "loss/geo/bbox_geo",
+    "bbox_size_aux": "loss/geo/bbox_size_aux",
+    "adjacent_repulsion": "coord_diag/adjacent_repulsion",
+    "coord": "coord_diag/loss",
+    "base_ce": "base_ce/loss",
+}
+
+
+def assert_window_equals_the_reference(trainer: Any) -> None:
+    """A real window (two micro-batches) of ``trainer``, with and without token types: the gradient of
+    every parameter and each term's logged window value equal the slow reference's."""
+    custom = {k: v for k, v in trainer_custom(trainer).model_dump().items() if v is not None}
+    tokenizer = find_tokenizer(trainer)
+    batches, num_items = _window(trainer)
+    for drop in ((), (TOKEN_TYPES_KEY,)):
+        _, grads, logged = _run_window(trainer, batches, num_items, drop=drop)
+        trainer.model.zero_grad(set_to_none=True)
+        parts = [
+            reference_parts(model_logits(trainer.model, b), b, tokenizer, custom, typed=not drop)
+            for b in batches
+        ]
+        assert sum(p["adjacent_repulsion"][1] for p in parts) > 0, "no applied pair in the window"
+        window_objective(parts).backward()
+        for name, p in trainer.model.named_parameters():
+            if p.grad is None:
+                assert name not in grads, name
+                continue
+            want = p.grad
+            torch.testing.assert_close(
+                grads[name], want, rtol=1e-5, atol=1e-5 * float(want.abs().max()), msg=name
+            )
+        for term, value in window_values(parts).items():
+            assert logged[LOGGED_TERMS[term]] == pytest.approx(value, rel=1e-4), term
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("materialize", [True, False], ids=["logits", "no_logits"])
+def test_every_term_equals_the_slow_reference_in_a_real_run(
+    layout: str, materialize: bool, make_config: Callable[..., TrainConfig]
+) -> None:
+    torch.manual_seed(0)
+    custom = {**ALL_TERMS, "stage1_pass": {"materialize_logits": materialize}}
+    assert_window_equals_the_reference(build_trainer(make_config(layout=layout, custom=custom)))

@@ -107,3 +107,17 @@ def test_vl_run_with_every_objective_term_passes_check_logs(
 
     result = train(make_vl_config(layout="packing", custom=ALL_TERMS))
     _assert_every_enabled_key_seen(result.output_dir, capsys)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("materialize", [True, False], ids=["logits", "no_logits"])
+def test_vl_every_term_equals_the_slow_reference(
+    layout: str, materialize: bool, make_vl_config: Callable[..., TrainConfig]
+) -> None:
+    """Issue 21's terms on Qwen3-VL: each term's logged window value and every parameter's gradient equal
+    the slow reference computed from the VL model's full logits."""
+    from tests.integration.test_objective_terms_runs import ALL_TERMS, assert_window_equals_the_reference
+
+    torch.manual_seed(0)
+    custom = {**ALL_TERMS, "stage1_pass": {"materialize_logits": materialize}}
+    assert_window_equals_the_reference(build_trainer(make_vl_config(layout=layout, custom=custom)))
