@@ -97,6 +97,25 @@ def test_run_with_every_term_passes_check_logs(
     assert set(report["expected"]) <= set(report["seen_train"]) & set(report["seen_eval"])
     records = [json.loads(line) for line in Path(result.output_dir, "logging.jsonl").read_text().splitlines()]
     assert any("eval_loss/geo/bbox_geo" in r for r in records)
+    # report plots every term's keys (the loss composition panel holds each term of the objective)
+    from coordexp.cli import report
+    from coordexp.cli.run_dir import read_run_or_say_why
+
+    assert report.main([str(result.output_dir)]) == 0
+    assert Path(result.output_dir, report.PNG_NAME).stat().st_size > 0
+    logs = read_run_or_say_why("report", result.output_dir)
+    assert logs is not None
+    table = report._table_of(logs)
+    assert table is not None
+    plotted = {k for panel in report.panels_for(table) for k in panel.keys}
+    assert TERM_KEYS <= plotted
+    composition = report.panels_for(table)[0].keys
+    assert {
+        "coord_diag/text_gate",
+        "loss/geo/bbox_geo",
+        "loss/geo/bbox_size_aux",
+        "coord_diag/adjacent_repulsion",
+    } <= set(composition)
 
 
 LOGGED_TERMS = {
