@@ -115,17 +115,6 @@ def _decode(z: torch.Tensor, t: float) -> torch.Tensor:
     return (p * (torch.arange(K_BINS, dtype=z.dtype) / (K_BINS - 1))).sum(-1)
 
 
-def _copy_pen(z: torch.Tensor, prev: list[int], t: float, rho: float, margin: float) -> torch.Tensor:
-    w, h = max(1, abs(prev[2] - prev[0])), max(1, abs(prev[3] - prev[1]))
-    hx, hy = max(1, round(w * rho)), max(1, round(h * rho))
-    overlaps = []
-    for s, half in enumerate((hx, hy, hx, hy)):
-        kern = (1 - (torch.arange(K_BINS, dtype=z.dtype) - prev[s]).abs() / half).clamp(0, 1)
-        overlaps.append((torch.softmax(z[s] / t, -1) * kern).sum().clamp(0, 1).clamp(1e-12, 1))
-    copy = (overlaps[0] * overlaps[1] * overlaps[2] * overlaps[3]) ** 0.25
-    return torch.clamp(copy - margin, min=0) ** 2
-
-
 def _reference(
     model: nn.Module, batch: dict[str, Any], packed: bool, typed: bool, filter_mode: str
 ) -> torch.Tensor:
@@ -193,7 +182,7 @@ def _reference(
     applied = [m for m, on in pairs if on]
     rep = flat_x.new_zeros(())
     for m in applied:
-        rep = rep + _copy_pen(flat_x[boxes[m][0]][:, ids], boxes[m - 1][1], t, 0.3, 0.0)
+        rep = rep + ref.ref_repulsion(flat_x[boxes[m][0]][:, ids], boxes[m - 1][1], t, 0.3, 0.0)[0]
     terms["coord_diag/adjacent_repulsion"] = COORD["adjacent_repulsion_weight"] * rep / max(1, len(applied))
     for value in list(terms.values())[1:]:
         total = total + value

@@ -223,6 +223,44 @@ def _rank_batch(rank: int) -> dict[str, Any]:
     return batch
 
 
+def _ddp_stand_in() -> type:
+    """The stand-in trainer with ms-swift's world-size scaling under average_tokens (built in the
+    spawned rank, after its imports)."""
+    from tests.components.stage1_fixtures import StandInTrainer
+
+    class DDPStandIn(StandInTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.args.average_tokens_across_devices = True
+
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            if num_items_in_batch is not None:
+                loss = loss * dist.get_world_size()
+            return (loss, outputs) if return_outputs else loss
+
+    return DDPStandIn
+
+
+def _spawn_ranks(worker: Any, tmp_path: Path, what: str) -> None:
+    """Run ``worker(rank, init_file, out)`` on WORLD spawned ranks; a hang fails the test."""
+    ctx = mp.start_processes(
+        worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the 2-rank {what} did not finish in {SPAWN_TIMEOUT_S} s (hang?)")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+
+
 def _worker(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -230,23 +268,10 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     )
     try:
         import coordexp.components.coord_loss as coord_module
-        from tests.components.stage1_fixtures import StandInTrainer, ToyLM, tokenizer
+        from tests.components.stage1_fixtures import ToyLM, tokenizer
         from tests.hardening.support import custom, stage1_trainer
 
-        class DDPStandIn(StandInTrainer):
-            """The stand-in trainer with ms-swift's world-size scaling under average_tokens."""
-
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                self.args.average_tokens_across_devices = True
-
-            def compute_loss(
-                self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
-            ) -> Any:
-                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-                if num_items_in_batch is not None:
-                    loss = loss * dist.get_world_size()
-                return (loss, outputs) if return_outputs else loss
+        DDPStandIn = _ddp_stand_in()
 
         calls = {"n": 0}
         real_global = coord_module._global
@@ -283,19 +308,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 
 
 def test_components_ddp_gradient_is_the_global_token_mean(tmp_path: Path) -> None:
-    ctx = mp.start_processes(
-        _worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the 2-rank component step did not finish in {SPAWN_TIMEOUT_S} s (hang?)")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(10)
+    _spawn_ranks(_worker, tmp_path, "component step")
     results = [torch.load(tmp_path / f"component_rank{r}.pt") for r in range(WORLD)]
 
     # the count reduction ran on both ranks (base count + coord count), rank 1 has no coord targets
@@ -365,21 +378,10 @@ def _box_worker(rank: int, init_file: str, out: str) -> None:
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
     )
     try:
-        from tests.components.stage1_fixtures import StandInTrainer, ToyLM, tokenizer
+        from tests.components.stage1_fixtures import ToyLM, tokenizer
         from tests.hardening.support import stage1_trainer
 
-        class DDPStandIn(StandInTrainer):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                self.args.average_tokens_across_devices = True
-
-            def compute_loss(
-                self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
-            ) -> Any:
-                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-                if num_items_in_batch is not None:
-                    loss = loss * dist.get_world_size()
-                return (loss, outputs) if return_outputs else loss
+        DDPStandIn = _ddp_stand_in()
 
         torch.manual_seed(0)
         model = ToyLM(len(tokenizer()))
@@ -402,23 +404,7 @@ def _box_worker(rank: int, init_file: str, out: str) -> None:
 
 
 def test_box_terms_ddp_gradient_is_the_global_mean_over_boxes_and_pairs(tmp_path: Path) -> None:
-    ctx = mp.start_processes(
-        _box_worker,
-        args=(str(tmp_path / "init"), str(tmp_path)),
-        nprocs=WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the 2-rank box-term step did not finish in {SPAWN_TIMEOUT_S} s (hang?)")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(10)
+    _spawn_ranks(_box_worker, tmp_path, "box-term step")
     results = [torch.load(tmp_path / f"box_rank{r}.pt") for r in range(WORLD)]
     # rank 0: 6 boxes and 3 pairs, rank 1: 1 box and no pair (it still joins the one collective)
     assert results[0]["logged"]["bbox_geo/groups_total"] == [6.0]

@@ -30,17 +30,6 @@ def model_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     return model(**inputs).logits.float()
 
 
-def _copy_pen(z: torch.Tensor, prev: list[int], t: float, rho: float, margin: float) -> torch.Tensor:
-    w, h = max(1, abs(prev[2] - prev[0])), max(1, abs(prev[3] - prev[1]))
-    hx, hy = max(1, round(w * rho)), max(1, round(h * rho))
-    overlaps = []
-    for s, half in enumerate((hx, hy, hx, hy)):
-        kern = (1 - (torch.arange(K_BINS, dtype=z.dtype) - prev[s]).abs() / half).clamp(0, 1)
-        overlaps.append((torch.softmax(z[s] / t, -1) * kern).sum().clamp(0, 1).clamp(1e-12, 1))
-    copy = (overlaps[0] * overlaps[1] * overlaps[2] * overlaps[3]) ** 0.25
-    return torch.clamp(copy - margin, min=0) ** 2
-
-
 def reference_parts(
     logits: torch.Tensor, batch: dict[str, Any], tokenizer: Any, custom: dict[str, Any], *, typed: bool
 ) -> ReferenceParts:
@@ -133,7 +122,7 @@ def reference_parts(
             if mode == "same_desc" and link != SAME_DESC:
                 continue
             applied += 1
-            rep = rep + _copy_pen(flat_x[pos][:, ids], boxes[m - 1][1], t, rho, margin)
+            rep = rep + ref.ref_repulsion(flat_x[pos][:, ids], boxes[m - 1][1], t, rho, margin)[0]
         parts["adjacent_repulsion"] = (weight * rep, float(applied))
     return parts
 
