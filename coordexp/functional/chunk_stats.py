@@ -17,10 +17,12 @@ from coordexp.functional.coord_math import (
     CoordTerms,
     coord_terms,
     coord_terms_grad,
+    coord_terms_grad_parts,
     sanitize_logits,
     sanitizer_passes_grad,
 )
 from coordexp.functional.coord_slice import CoordSlice
+from coordexp.functional.grad_monitor import FullRows, TermRows
 from coordexp.functional.pass_spec import ChunkSource, GradSpec, PassSpec
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, TYPE_IGNORE
 from coordexp.functional.text_gate import MASS_FLOOR as TEXT_MASS_FLOOR
@@ -337,7 +339,10 @@ class ChunkStats:
         if self.grad is None or self.grad_rows is None:
             return
         coord_grad, _ = self._coord_grad(cfg, terms, None)
-        coord_grad.masked_fill_(~sanitizer_passes_grad(coord.take(x)), 0.0)
+        keep = sanitizer_passes_grad(coord.take(x))
+        coord_grad.masked_fill_(~keep, 0.0)
+        if self.grad.monitor is not None:
+            self.grad.monitor.add(self._coord_parts(cfg, terms, keep), None, self.size, coord.num_bins)
         out = self.grad_rows.zero_()
         if coord.start is not None:
             coord.take(out).copy_(coord_grad)
@@ -373,6 +378,10 @@ class ChunkStats:
         if text is not None and text[2] is None:  # the text gate on the pass's own softmax (T = 1)
             row_coef = row_coef + text[1]
         row_coef = torch.where(base_on & ~raw_top.isfinite(), math.nan, row_coef)
+        if self.grad.monitor is not None and coord is not None and cfg is not None and terms is not None:
+            gate_coef = gate_scale * lse_fix / spec.temperature
+            base_a = torch.where(base_on & ~raw_top.isfinite(), math.nan, base_coef)
+            self._monitor_full(coord, cfg, x, probs, terms, gate_coef, gate_scale, base_a, base_on, text)
         mask = self.grad_mask.mul_(row_coef.unsqueeze(-1))
         work = out if out.dtype == torch.float32 else probs
         torch.mul(probs, mask, out=work)
@@ -390,3 +399,58 @@ class ChunkStats:
                 work.index_add_(-1, coord.ids, coord_grad)
         if work is not out:
             out.copy_(work)
+
+    def _coord_parts(self, cfg: CoordSoftCEW1Config, terms: CoordTerms, keep: Tensor) -> dict[str, TermRows]:
+        """The coord-column parts (softCE, W1, CE) of the chunk's gradient rows, for the monitor."""
+        assert self.grad is not None
+        row_scale = torch.where(self.coord_row, self.grad.coord_scale, torch.zeros((), device=keep.device))
+        parts = coord_terms_grad_parts(terms, self.bins, cfg, row_scale)
+        return {name: TermRows(c=part.masked_fill_(~keep, 0.0)) for name, part in parts.items()}
+
+    def _monitor_full(
+        self,
+        coord: CoordSlice,
+        cfg: CoordSoftCEW1Config,
+        x: Tensor,
+        probs: Tensor,
+        terms: CoordTerms,
+        gate_coef: Tensor,
+        gate_scale: Tensor,
+        base_coef: Tensor,
+        base_on: Tensor,
+        text: tuple[Tensor, Tensor, Tensor | None] | None,
+    ) -> None:
+        """Each term's part of the chunk's gradient rows (as :meth:`_write_full_grad` sums them) into
+        the monitor's Gram matrix (:mod:`coordexp.functional.grad_monitor`); before the mask is scaled."""
+        assert self.grad is not None and self.grad.monitor is not None and self.grad_mask is not None
+        keep = sanitizer_passes_grad(coord.take(x))
+        parts = self._coord_parts(cfg, terms, keep)
+        if self.spec.do_base:
+            parts["base_ce"] = TermRows(a=base_coef, d=torch.where(base_on, -base_coef, 0.0))
+        if cfg.gate_weight != 0:
+            gate_c = terms.p * (-gate_scale / self.spec.temperature).unsqueeze(-1)
+            parts["gate"] = TermRows(a=gate_coef, c=gate_c.masked_fill_(~keep, 0.0))
+        q = probs * self.grad_mask  # chunk-sized scratch, monitored passes only
+        q_coord = coord.take(q).clone()
+        off = _zero_coord_columns(coord, q)
+        target = self.tgt.clamp(min=0).unsqueeze(-1)
+        s = s_coord = s_target = None
+        if text is not None:
+            text_c = text[0].masked_fill(~keep, 0.0)
+            if text[2] is None:
+                parts["text_gate"] = TermRows(a=text[1], c=text_c)
+            else:
+                s_coord = coord.take(text[2]).clone()
+                s = _zero_coord_columns(coord, text[2].clone())
+                s_target = s.gather(-1, target).squeeze(-1)
+                parts["text_gate"] = TermRows(b=text[1], c=text_c)
+        full = FullRows(off, q_coord, off.gather(-1, target).squeeze(-1), s, s_coord, s_target)
+        self.grad.monitor.add(parts, full, self.size, coord.num_bins)
+
+
+def _zero_coord_columns(coord: CoordSlice, rows: Tensor) -> Tensor:
+    """``rows`` with its coord columns set to 0, in place."""
+    if coord.start is not None:
+        coord.take(rows).zero_()
+        return rows
+    return rows.index_fill_(-1, coord.ids, 0.0)
