@@ -43,6 +43,8 @@ class MetricSpec:
     renamed_to: str | None
     eval_only: bool
     """written only into eval records (logged as ``eval_`` + key), once per evaluation"""
+    train_only: bool
+    """written only into train records (it needs the training gradient)"""
 
 
 CONDITIONS: Final[Mapping[str, str]] = MappingProxyType(
@@ -103,6 +105,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "accum/grad_steps": MetricSpec(
             key="accum/grad_steps",
@@ -124,6 +127,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "accum/current_grad_steps": MetricSpec(
             key="accum/current_grad_steps",
@@ -145,6 +149,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "pack/num_samples": MetricSpec(
             key="pack/num_samples",
@@ -166,6 +171,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/loss": MetricSpec(
             key="base_ce/loss",
@@ -187,6 +193,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/noncoord_tokens": MetricSpec(
             key="base_ce/noncoord_tokens",
@@ -208,6 +215,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/noncoord_tokens_per_sample": MetricSpec(
             key="base_ce/noncoord_tokens_per_sample",
@@ -229,6 +237,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/loss_per_sample": MetricSpec(
             key="base_ce/loss_per_sample",
@@ -250,6 +259,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/enabled": MetricSpec(
             key="coord_diag/enabled",
@@ -271,6 +281,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/loss": MetricSpec(
             key="coord_diag/loss",
@@ -292,6 +303,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/soft_ce": MetricSpec(
             key="coord_diag/soft_ce",
@@ -313,6 +325,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/w1": MetricSpec(
             key="coord_diag/w1",
@@ -334,6 +347,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/ce": MetricSpec(
             key="coord_diag/ce",
@@ -355,6 +369,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/gate": MetricSpec(
             key="coord_diag/gate",
@@ -376,6 +391,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/coord_vocab_mass": MetricSpec(
             key="coord_diag/coord_vocab_mass",
@@ -397,6 +413,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/coord_tokens": MetricSpec(
             key="coord_diag/coord_tokens",
@@ -418,6 +435,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/acc_top5": MetricSpec(
             key="coord_diag/acc_top5",
@@ -439,6 +457,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/p_gt_mean": MetricSpec(
             key="coord_diag/p_gt_mean",
@@ -460,6 +479,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/margin_mean": MetricSpec(
             key="coord_diag/margin_mean",
@@ -481,6 +501,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/expected_bin_mae": MetricSpec(
             key="coord_diag/expected_bin_mae",
@@ -502,6 +523,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/expected_bin_abs_err_p90": MetricSpec(
             key="coord_diag/expected_bin_abs_err_p90",
@@ -523,6 +545,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/w1_to_delta": MetricSpec(
             key="coord_diag/w1_to_delta",
@@ -544,6 +567,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/coord_tokens_per_sample": MetricSpec(
             key="coord_diag/coord_tokens_per_sample",
@@ -565,6 +589,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/loss_per_sample": MetricSpec(
             key="coord_diag/loss_per_sample",
@@ -586,6 +611,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "stage1/total_loss_per_sample_est": MetricSpec(
             key="stage1/total_loss_per_sample_est",
@@ -607,6 +633,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/loss": MetricSpec(
             key="coord_softce_w1/loss",
@@ -628,6 +655,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/loss",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/soft_ce": MetricSpec(
             key="coord_softce_w1/soft_ce",
@@ -649,6 +677,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/soft_ce",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/w1": MetricSpec(
             key="coord_softce_w1/w1",
@@ -670,6 +699,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/w1",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/ce": MetricSpec(
             key="coord_softce_w1/ce",
@@ -691,6 +721,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/ce",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/gate": MetricSpec(
             key="coord_softce_w1/gate",
@@ -712,6 +743,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/gate",
             eval_only=False,
+            train_only=False,
         ),
         "token_acc_top5": MetricSpec(
             key="token_acc_top5",
@@ -733,6 +765,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "text_token_acc": MetricSpec(
             key="text_token_acc",
@@ -754,6 +787,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "desc_token_frac": MetricSpec(
             key="desc_token_frac",
@@ -775,6 +809,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "desc_token_acc": MetricSpec(
             key="desc_token_acc",
@@ -796,6 +831,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "desc_token_acc_top5": MetricSpec(
             key="desc_token_acc_top5",
@@ -817,6 +853,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "format_token_frac": MetricSpec(
             key="format_token_frac",
@@ -838,6 +875,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "format_token_acc": MetricSpec(
             key="format_token_acc",
@@ -859,6 +897,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "format_token_acc_top5": MetricSpec(
             key="format_token_acc_top5",
@@ -880,6 +919,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_token_frac": MetricSpec(
             key="coord_token_frac",
@@ -901,6 +941,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_token_acc": MetricSpec(
             key="coord_token_acc",
@@ -922,6 +963,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_token_acc_top5": MetricSpec(
             key="coord_token_acc_top5",
@@ -943,6 +985,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_coord_to_noncoord": MetricSpec(
             key="coord_monitor/flip_coord_to_noncoord",
@@ -964,6 +1007,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_text_to_coord": MetricSpec(
             key="coord_monitor/flip_text_to_coord",
@@ -985,6 +1029,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_format_to_coord": MetricSpec(
             key="coord_monitor/flip_format_to_coord",
@@ -1006,6 +1051,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_desc_to_coord": MetricSpec(
             key="coord_monitor/flip_desc_to_coord",
@@ -1027,6 +1073,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_coord": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_coord",
@@ -1048,6 +1095,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_text": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_text",
@@ -1069,6 +1117,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_format": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_format",
@@ -1090,6 +1139,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_desc": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_desc",
@@ -1111,6 +1161,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/text_gate": MetricSpec(
             key="coord_diag/text_gate",
@@ -1132,6 +1183,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/text_coord_vocab_mass": MetricSpec(
             key="coord_diag/text_coord_vocab_mass",
@@ -1153,6 +1205,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/text_gate": MetricSpec(
             key="coord_softce_w1/text_gate",
@@ -1174,6 +1227,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/text_gate",
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion": MetricSpec(
             key="coord_diag/adjacent_repulsion",
@@ -1195,6 +1249,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/adjacent_repulsion": MetricSpec(
             key="coord_softce_w1/adjacent_repulsion",
@@ -1216,6 +1271,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/adjacent_repulsion",
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion_pair_count": MetricSpec(
             key="coord_diag/adjacent_repulsion_pair_count",
@@ -1237,6 +1293,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion_applied_count": MetricSpec(
             key="coord_diag/adjacent_repulsion_applied_count",
@@ -1258,6 +1315,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion_copy_score_mean": MetricSpec(
             key="coord_diag/adjacent_repulsion_copy_score_mean",
@@ -1279,6 +1337,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_geo": MetricSpec(
             key="loss/geo/bbox_geo",
@@ -1300,6 +1359,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_smoothl1": MetricSpec(
             key="loss/geo/bbox_smoothl1",
@@ -1321,6 +1381,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_ciou": MetricSpec(
             key="loss/geo/bbox_ciou",
@@ -1342,6 +1403,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/groups_total": MetricSpec(
             key="bbox_geo/groups_total",
@@ -1363,6 +1425,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/coord_slots_total": MetricSpec(
             key="bbox_geo/coord_slots_total",
@@ -1384,6 +1447,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/skipped_incomplete_rows": MetricSpec(
             key="bbox_geo/skipped_incomplete_rows",
@@ -1405,6 +1469,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/skipped_incomplete_coord_slots": MetricSpec(
             key="bbox_geo/skipped_incomplete_coord_slots",
@@ -1426,6 +1491,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/groups_per_sample": MetricSpec(
             key="bbox_geo/groups_per_sample",
@@ -1447,6 +1513,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/loss_per_sample": MetricSpec(
             key="bbox_geo/loss_per_sample",
@@ -1468,6 +1535,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_size_aux": MetricSpec(
             key="loss/geo/bbox_size_aux",
@@ -1489,6 +1557,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_log_wh": MetricSpec(
             key="loss/geo/bbox_log_wh",
@@ -1510,6 +1579,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_oversize": MetricSpec(
             key="loss/geo/bbox_oversize",
@@ -1531,6 +1601,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/groups_total": MetricSpec(
             key="bbox_size_aux/groups_total",
@@ -1552,6 +1623,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/coord_slots_total": MetricSpec(
             key="bbox_size_aux/coord_slots_total",
@@ -1573,6 +1645,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/skipped_incomplete_rows": MetricSpec(
             key="bbox_size_aux/skipped_incomplete_rows",
@@ -1594,6 +1667,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/skipped_incomplete_coord_slots": MetricSpec(
             key="bbox_size_aux/skipped_incomplete_coord_slots",
@@ -1615,6 +1689,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/groups_per_sample": MetricSpec(
             key="bbox_size_aux/groups_per_sample",
@@ -1636,6 +1711,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/mean_width": MetricSpec(
             key="bbox_size_aux/mean_width",
@@ -1657,6 +1733,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/mean_height": MetricSpec(
             key="bbox_size_aux/mean_height",
@@ -1678,6 +1755,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/mean_log_area": MetricSpec(
             key="bbox_size_aux/mean_log_area",
@@ -1699,6 +1777,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/loss_per_sample": MetricSpec(
             key="bbox_size_aux/loss_per_sample",
@@ -1720,6 +1799,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "gradmon/grad_norm/base_ce": MetricSpec(
             key="gradmon/grad_norm/base_ce",
@@ -1741,6 +1821,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/base_ce": MetricSpec(
             key="gradmon/cos_to_total/base_ce",
@@ -1762,6 +1843,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/soft_ce": MetricSpec(
             key="gradmon/grad_norm/soft_ce",
@@ -1783,6 +1865,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/soft_ce": MetricSpec(
             key="gradmon/cos_to_total/soft_ce",
@@ -1804,6 +1887,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/w1": MetricSpec(
             key="gradmon/grad_norm/w1",
@@ -1825,6 +1909,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/w1": MetricSpec(
             key="gradmon/cos_to_total/w1",
@@ -1846,6 +1931,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/ce": MetricSpec(
             key="gradmon/grad_norm/ce",
@@ -1867,6 +1953,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/ce": MetricSpec(
             key="gradmon/cos_to_total/ce",
@@ -1888,6 +1975,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/gate": MetricSpec(
             key="gradmon/grad_norm/gate",
@@ -1909,6 +1997,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/gate": MetricSpec(
             key="gradmon/cos_to_total/gate",
@@ -1930,6 +2019,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/text_gate": MetricSpec(
             key="gradmon/grad_norm/text_gate",
@@ -1951,6 +2041,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/text_gate": MetricSpec(
             key="gradmon/cos_to_total/text_gate",
@@ -1972,6 +2063,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/bbox_geo": MetricSpec(
             key="gradmon/grad_norm/bbox_geo",
@@ -1993,6 +2085,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/bbox_geo": MetricSpec(
             key="gradmon/cos_to_total/bbox_geo",
@@ -2014,6 +2107,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/bbox_size_aux": MetricSpec(
             key="gradmon/grad_norm/bbox_size_aux",
@@ -2035,6 +2129,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/bbox_size_aux": MetricSpec(
             key="gradmon/cos_to_total/bbox_size_aux",
@@ -2056,6 +2151,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/grad_norm/adjacent_repulsion": MetricSpec(
             key="gradmon/grad_norm/adjacent_repulsion",
@@ -2077,6 +2173,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/cos_to_total/adjacent_repulsion": MetricSpec(
             key="gradmon/cos_to_total/adjacent_repulsion",
@@ -2098,6 +2195,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/total_grad_norm": MetricSpec(
             key="gradmon/total_grad_norm",
@@ -2119,6 +2217,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "gradmon/neg_cosine_pair_frac": MetricSpec(
             key="gradmon/neg_cosine_pair_frac",
@@ -2140,6 +2239,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=True,
         ),
         "loss": MetricSpec(
             key="loss",
@@ -2161,6 +2261,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "grad_norm": MetricSpec(
             key="grad_norm",
@@ -2182,6 +2283,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "epoch": MetricSpec(
             key="epoch",
@@ -2203,6 +2305,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "token_acc": MetricSpec(
             key="token_acc",
@@ -2224,6 +2327,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "aux_loss": MetricSpec(
             key="aux_loss",
@@ -2245,6 +2349,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "global_step/max_steps": MetricSpec(
             key="global_step/max_steps",
@@ -2266,6 +2371,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "percentage": MetricSpec(
             key="percentage",
@@ -2287,6 +2393,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "elapsed_time": MetricSpec(
             key="elapsed_time",
@@ -2308,6 +2415,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "remaining_time": MetricSpec(
             key="remaining_time",
@@ -2329,6 +2437,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "memory(GiB)": MetricSpec(
             key="memory(GiB)",
@@ -2350,6 +2459,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_speed(iter/s)": MetricSpec(
             key="train_speed(iter/s)",
@@ -2371,6 +2481,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_speed(s/it)": MetricSpec(
             key="train_speed(s/it)",
@@ -2392,6 +2503,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_runtime": MetricSpec(
             key="train_runtime",
@@ -2413,6 +2525,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_samples_per_second": MetricSpec(
             key="train_samples_per_second",
@@ -2434,6 +2547,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_steps_per_second": MetricSpec(
             key="train_steps_per_second",
@@ -2455,6 +2569,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "total_flos": MetricSpec(
             key="total_flos",
@@ -2476,6 +2591,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_loss": MetricSpec(
             key="train_loss",
@@ -2497,6 +2613,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_runtime": MetricSpec(
             key="eval_runtime",
@@ -2518,6 +2635,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_samples_per_second": MetricSpec(
             key="eval_samples_per_second",
@@ -2539,6 +2657,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_steps_per_second": MetricSpec(
             key="eval_steps_per_second",
@@ -2560,6 +2679,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_loss": MetricSpec(
             key="eval_loss",
@@ -2581,6 +2701,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "step": MetricSpec(
             key="step",
@@ -2602,6 +2723,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "det_empty_pred": MetricSpec(
             key="det_empty_pred",
@@ -2623,6 +2745,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_parse_valid_rate": MetricSpec(
             key="det_parse_valid_rate",
@@ -2644,6 +2767,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_start_objects_wrapper_rate": MetricSpec(
             key="det_start_objects_wrapper_rate",
@@ -2665,6 +2789,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_start_bare_desc_rate": MetricSpec(
             key="det_start_bare_desc_rate",
@@ -2686,6 +2811,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_start_coord_first_rate": MetricSpec(
             key="det_start_coord_first_rate",
@@ -2707,6 +2833,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_truncated_rate": MetricSpec(
             key="det_truncated_rate",
@@ -2728,6 +2855,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_invalid_rate": MetricSpec(
             key="det_invalid_rate",
@@ -2749,6 +2877,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AP": MetricSpec(
             key="det_bbox_AP",
@@ -2770,6 +2899,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AP50": MetricSpec(
             key="det_bbox_AP50",
@@ -2791,6 +2921,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AP75": MetricSpec(
             key="det_bbox_AP75",
@@ -2812,6 +2943,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_APs": MetricSpec(
             key="det_bbox_APs",
@@ -2833,6 +2965,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_APm": MetricSpec(
             key="det_bbox_APm",
@@ -2854,6 +2987,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_APl": MetricSpec(
             key="det_bbox_APl",
@@ -2875,6 +3009,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AR1": MetricSpec(
             key="det_bbox_AR1",
@@ -2896,6 +3031,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AR10": MetricSpec(
             key="det_bbox_AR10",
@@ -2917,6 +3053,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AR100": MetricSpec(
             key="det_bbox_AR100",
@@ -2938,6 +3075,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_ARs": MetricSpec(
             key="det_bbox_ARs",
@@ -2959,6 +3097,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_ARm": MetricSpec(
             key="det_bbox_ARm",
@@ -2980,6 +3119,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_ARl": MetricSpec(
             key="det_bbox_ARl",
@@ -3001,6 +3141,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_tp_loc": MetricSpec(
             key="det_f1ish@0.30_tp_loc",
@@ -3022,6 +3163,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fp_loc": MetricSpec(
             key="det_f1ish@0.30_fp_loc",
@@ -3043,6 +3185,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fn_loc": MetricSpec(
             key="det_f1ish@0.30_fn_loc",
@@ -3064,6 +3207,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_pred_total": MetricSpec(
             key="det_f1ish@0.30_pred_total",
@@ -3085,6 +3229,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_pred_eval": MetricSpec(
             key="det_f1ish@0.30_pred_eval",
@@ -3106,6 +3251,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_pred_ignored": MetricSpec(
             key="det_f1ish@0.30_pred_ignored",
@@ -3127,6 +3273,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_loc_micro": MetricSpec(
             key="det_f1ish@0.30_precision_loc_micro",
@@ -3148,6 +3295,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_loc_micro": MetricSpec(
             key="det_f1ish@0.30_recall_loc_micro",
@@ -3169,6 +3317,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_loc_micro": MetricSpec(
             key="det_f1ish@0.30_f1_loc_micro",
@@ -3190,6 +3339,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_loc_macro": MetricSpec(
             key="det_f1ish@0.30_precision_loc_macro",
@@ -3211,6 +3361,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_loc_macro": MetricSpec(
             key="det_f1ish@0.30_recall_loc_macro",
@@ -3232,6 +3383,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_loc_macro": MetricSpec(
             key="det_f1ish@0.30_f1_loc_macro",
@@ -3253,6 +3405,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_matched_sem_ok": MetricSpec(
             key="det_f1ish@0.30_matched_sem_ok",
@@ -3274,6 +3427,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_matched_sem_bad": MetricSpec(
             key="det_f1ish@0.30_matched_sem_bad",
@@ -3295,6 +3449,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_sem_acc_on_matched": MetricSpec(
             key="det_f1ish@0.30_sem_acc_on_matched",
@@ -3316,6 +3471,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_tp_full": MetricSpec(
             key="det_f1ish@0.30_tp_full",
@@ -3337,6 +3493,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fp_full": MetricSpec(
             key="det_f1ish@0.30_fp_full",
@@ -3358,6 +3515,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fn_full": MetricSpec(
             key="det_f1ish@0.30_fn_full",
@@ -3379,6 +3537,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_full_micro": MetricSpec(
             key="det_f1ish@0.30_precision_full_micro",
@@ -3400,6 +3559,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_full_micro": MetricSpec(
             key="det_f1ish@0.30_recall_full_micro",
@@ -3421,6 +3581,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_full_micro": MetricSpec(
             key="det_f1ish@0.30_f1_full_micro",
@@ -3442,6 +3603,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_full_macro": MetricSpec(
             key="det_f1ish@0.30_precision_full_macro",
@@ -3463,6 +3625,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_full_macro": MetricSpec(
             key="det_f1ish@0.30_recall_full_macro",
@@ -3484,6 +3647,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_full_macro": MetricSpec(
             key="det_f1ish@0.30_f1_full_macro",
@@ -3505,6 +3669,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_tp_loc": MetricSpec(
             key="det_f1ish@0.50_tp_loc",
@@ -3526,6 +3691,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fp_loc": MetricSpec(
             key="det_f1ish@0.50_fp_loc",
@@ -3547,6 +3713,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fn_loc": MetricSpec(
             key="det_f1ish@0.50_fn_loc",
@@ -3568,6 +3735,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_pred_total": MetricSpec(
             key="det_f1ish@0.50_pred_total",
@@ -3589,6 +3757,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_pred_eval": MetricSpec(
             key="det_f1ish@0.50_pred_eval",
@@ -3610,6 +3779,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_pred_ignored": MetricSpec(
             key="det_f1ish@0.50_pred_ignored",
@@ -3631,6 +3801,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_loc_micro": MetricSpec(
             key="det_f1ish@0.50_precision_loc_micro",
@@ -3652,6 +3823,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_loc_micro": MetricSpec(
             key="det_f1ish@0.50_recall_loc_micro",
@@ -3673,6 +3845,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_loc_micro": MetricSpec(
             key="det_f1ish@0.50_f1_loc_micro",
@@ -3694,6 +3867,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_loc_macro": MetricSpec(
             key="det_f1ish@0.50_precision_loc_macro",
@@ -3715,6 +3889,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_loc_macro": MetricSpec(
             key="det_f1ish@0.50_recall_loc_macro",
@@ -3736,6 +3911,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_loc_macro": MetricSpec(
             key="det_f1ish@0.50_f1_loc_macro",
@@ -3757,6 +3933,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_matched_sem_ok": MetricSpec(
             key="det_f1ish@0.50_matched_sem_ok",
@@ -3778,6 +3955,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_matched_sem_bad": MetricSpec(
             key="det_f1ish@0.50_matched_sem_bad",
@@ -3799,6 +3977,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_sem_acc_on_matched": MetricSpec(
             key="det_f1ish@0.50_sem_acc_on_matched",
@@ -3820,6 +3999,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_tp_full": MetricSpec(
             key="det_f1ish@0.50_tp_full",
@@ -3841,6 +4021,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fp_full": MetricSpec(
             key="det_f1ish@0.50_fp_full",
@@ -3862,6 +4043,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fn_full": MetricSpec(
             key="det_f1ish@0.50_fn_full",
@@ -3883,6 +4065,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_full_micro": MetricSpec(
             key="det_f1ish@0.50_precision_full_micro",
@@ -3904,6 +4087,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_full_micro": MetricSpec(
             key="det_f1ish@0.50_recall_full_micro",
@@ -3925,6 +4109,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_full_micro": MetricSpec(
             key="det_f1ish@0.50_f1_full_micro",
@@ -3946,6 +4131,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_full_macro": MetricSpec(
             key="det_f1ish@0.50_precision_full_macro",
@@ -3967,6 +4153,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_full_macro": MetricSpec(
             key="det_f1ish@0.50_recall_full_macro",
@@ -3988,6 +4175,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_full_macro": MetricSpec(
             key="det_f1ish@0.50_f1_full_macro",
@@ -4009,6 +4197,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_tp_loc": MetricSpec(
             key="det_f1ish@0.75_tp_loc",
@@ -4030,6 +4219,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fp_loc": MetricSpec(
             key="det_f1ish@0.75_fp_loc",
@@ -4051,6 +4241,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fn_loc": MetricSpec(
             key="det_f1ish@0.75_fn_loc",
@@ -4072,6 +4263,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_pred_total": MetricSpec(
             key="det_f1ish@0.75_pred_total",
@@ -4093,6 +4285,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_pred_eval": MetricSpec(
             key="det_f1ish@0.75_pred_eval",
@@ -4114,6 +4307,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_pred_ignored": MetricSpec(
             key="det_f1ish@0.75_pred_ignored",
@@ -4135,6 +4329,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_loc_micro": MetricSpec(
             key="det_f1ish@0.75_precision_loc_micro",
@@ -4156,6 +4351,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_loc_micro": MetricSpec(
             key="det_f1ish@0.75_recall_loc_micro",
@@ -4177,6 +4373,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_loc_micro": MetricSpec(
             key="det_f1ish@0.75_f1_loc_micro",
@@ -4198,6 +4395,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_loc_macro": MetricSpec(
             key="det_f1ish@0.75_precision_loc_macro",
@@ -4219,6 +4417,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_loc_macro": MetricSpec(
             key="det_f1ish@0.75_recall_loc_macro",
@@ -4240,6 +4439,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_loc_macro": MetricSpec(
             key="det_f1ish@0.75_f1_loc_macro",
@@ -4261,6 +4461,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_matched_sem_ok": MetricSpec(
             key="det_f1ish@0.75_matched_sem_ok",
@@ -4282,6 +4483,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_matched_sem_bad": MetricSpec(
             key="det_f1ish@0.75_matched_sem_bad",
@@ -4303,6 +4505,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_sem_acc_on_matched": MetricSpec(
             key="det_f1ish@0.75_sem_acc_on_matched",
@@ -4324,6 +4527,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_tp_full": MetricSpec(
             key="det_f1ish@0.75_tp_full",
@@ -4345,6 +4549,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fp_full": MetricSpec(
             key="det_f1ish@0.75_fp_full",
@@ -4366,6 +4571,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fn_full": MetricSpec(
             key="det_f1ish@0.75_fn_full",
@@ -4387,6 +4593,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_full_micro": MetricSpec(
             key="det_f1ish@0.75_precision_full_micro",
@@ -4408,6 +4615,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_full_micro": MetricSpec(
             key="det_f1ish@0.75_recall_full_micro",
@@ -4429,6 +4637,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_full_micro": MetricSpec(
             key="det_f1ish@0.75_f1_full_micro",
@@ -4450,6 +4659,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_full_macro": MetricSpec(
             key="det_f1ish@0.75_precision_full_macro",
@@ -4471,6 +4681,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_full_macro": MetricSpec(
             key="det_f1ish@0.75_recall_full_macro",
@@ -4492,6 +4703,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_full_macro": MetricSpec(
             key="det_f1ish@0.75_f1_full_macro",
@@ -4513,6 +4725,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
     }
 )
@@ -5051,6 +5264,32 @@ EVAL_ONLY_KEYS: Final[frozenset[str]] = frozenset(
     }
 )
 """Keys written only into eval records (as ``eval_`` + key), once per evaluation."""
+
+TRAIN_ONLY_KEYS: Final[frozenset[str]] = frozenset(
+    {
+    "gradmon/cos_to_total/adjacent_repulsion",
+    "gradmon/cos_to_total/base_ce",
+    "gradmon/cos_to_total/bbox_geo",
+    "gradmon/cos_to_total/bbox_size_aux",
+    "gradmon/cos_to_total/ce",
+    "gradmon/cos_to_total/gate",
+    "gradmon/cos_to_total/soft_ce",
+    "gradmon/cos_to_total/text_gate",
+    "gradmon/cos_to_total/w1",
+    "gradmon/grad_norm/adjacent_repulsion",
+    "gradmon/grad_norm/base_ce",
+    "gradmon/grad_norm/bbox_geo",
+    "gradmon/grad_norm/bbox_size_aux",
+    "gradmon/grad_norm/ce",
+    "gradmon/grad_norm/gate",
+    "gradmon/grad_norm/soft_ce",
+    "gradmon/grad_norm/text_gate",
+    "gradmon/grad_norm/w1",
+    "gradmon/neg_cosine_pair_frac",
+    "gradmon/total_grad_norm",
+    }
+)
+"""Keys written only into train records (they need the training gradient)."""
 
 KEYS_BY_GROUP: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {

@@ -53,6 +53,15 @@ class Workspace:
         self.u = make(spec.need_full)
         # base_all keeps the shared softmax untempered (the CE needs it): the gate's tempered rows go here
         self.t = make(spec.base_all and spec.tempered)
+        self._shape, self._device = shape, source.device
+        self.monitor: list[Tensor] = []
+        """the gradient monitor's scratch (allocated on the first monitored chunk)"""
+
+    def monitor_buffers(self, count: int, size: int) -> list[Tensor]:
+        """``count`` fp32 ``[size, V]`` scratch buffers of the gradient monitor (reused by every chunk)."""
+        while len(self.monitor) < count:
+            self.monitor.append(torch.empty(self._shape, dtype=torch.float32, device=self._device))
+        return [buf.narrow(0, 0, size) for buf in self.monitor[:count]]
 
     @staticmethod
     def take(buf: Tensor | None, size: int) -> Tensor:
@@ -430,7 +439,9 @@ class ChunkStats:
         if cfg.gate_weight != 0:
             gate_c = terms.p * (-gate_scale / self.spec.temperature).unsqueeze(-1)
             parts["gate"] = TermRows(a=gate_coef, c=gate_c.masked_fill_(~keep, 0.0))
-        q = probs * self.grad_mask  # chunk-sized scratch, monitored passes only
+        tempered_text = text is not None and text[2] is not None
+        bufs = self.ws.monitor_buffers(2 if tempered_text else 1, self.size)
+        q = torch.mul(probs, self.grad_mask, out=bufs[0])
         q_coord = coord.take(q).clone()
         off = _zero_coord_columns(coord, q)
         target = self.tgt.clamp(min=0).unsqueeze(-1)
@@ -441,7 +452,7 @@ class ChunkStats:
                 parts["text_gate"] = TermRows(a=text[1], c=text_c)
             else:
                 s_coord = coord.take(text[2]).clone()
-                s = _zero_coord_columns(coord, text[2].clone())
+                s = _zero_coord_columns(coord, bufs[1].copy_(text[2]))
                 s_target = s.gather(-1, target).squeeze(-1)
                 parts["text_gate"] = TermRows(b=text[1], c=text_c)
         full = FullRows(off, q_coord, off.gather(-1, target).squeeze(-1), s, s_coord, s_target)

@@ -142,13 +142,20 @@ def chunk_gram(
         return x.t() @ (x * w.unsqueeze(-1))
 
     one = torch.ones(n, dtype=torch.float32, device=device)
-    gram = gram + square(a, torch.linalg.vecdot(full.q, full.q)) + square(d, one)
+    gram = gram + square(a, _row_dots(full.q, full.q)) + square(d, one)
     gram = gram + cross(a, d, full.q_target)
     if full.s is not None and b is not None:
         assert full.s_target is not None
-        gram = gram + square(b, torch.linalg.vecdot(full.s, full.s))
-        gram = gram + cross(a, b, torch.linalg.vecdot(full.q, full.s)) + cross(b, d, full.s_target)
+        gram = gram + square(b, _row_dots(full.s, full.s))
+        gram = gram + cross(a, b, _row_dots(full.q, full.s)) + cross(b, d, full.s_target)
     return gram
+
+
+def _row_dots(x: Tensor, y: Tensor) -> Tensor:
+    """``Σ_j x[r, j] y[r, j]`` per row; a square is one fused reduction (no ``[n, V]`` temporary)."""
+    if x is y:
+        return torch.linalg.vector_norm(x, dim=-1).square()
+    return (x * y).sum(-1)
 
 
 @dataclass(frozen=True)

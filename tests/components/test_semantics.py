@@ -297,6 +297,30 @@ def test_the_objective_terms_add_no_host_sync(packed: bool, seam: bool, tmp_path
     assert counts[1] == counts[0] <= 2
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_grad_monitor_adds_no_host_sync(packed: bool, tmp_path: Path) -> None:
+    """custom.grad_monitor on (every term on, a monitored step): the step's syncs are the plain step's;
+    its Gram entries ride the one device->host transfer."""
+    from tests.components.stage1_fixtures import SwiftLikeTrainer
+
+    monitored = _all_terms()
+    monitored["grad_monitor"] = {"enabled": True, "interval": 1}
+    counts, logged = [], []
+    for custom in (_all_terms(), monitored):
+        torch.manual_seed(0)
+        model = ToyLM(len(tokenizer()))
+        trainer = build_trainer_cls(SwiftLikeTrainer, custom)(model, output_dir=str(tmp_path))
+        batch = make_batch(BatchSpec(packed=packed, with_types=True))
+        with SyncCounter(count_host_copies=True) as counter:
+            loss = trainer.compute_loss(model, batch)
+            loss.backward()
+        counts.append(counter.count)
+        logged.append(set(trainer.logged()))
+    assert counts[1] == counts[0] <= 2
+    assert {key for key in logged[1] - logged[0]} == {key for key in logged[1] if key.startswith("gradmon/")}
+    assert "gradmon/neg_cosine_pair_frac" in logged[1]
+
+
 def _all_terms() -> dict[str, Any]:
     custom = custom_with(True)
     custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
