@@ -61,8 +61,10 @@ def _logits(targets: Tensor, ids: list[int], seed: int) -> Tensor:
     return logits
 
 
-def _setup(layout: str, temperature: float) -> tuple[Tensor, Tensor, CoordSlice, list[int], BoxBatch]:
-    ids = coord_ids("permuted")
+def _setup(
+    layout: str, temperature: float, ids_layout: str = "permuted"
+) -> tuple[Tensor, Tensor, CoordSlice, list[int], BoxBatch]:
+    ids = coord_ids(ids_layout)
     labels = _labels(layout, ids)
     targets2d = next_token_targets(labels).view(labels.shape[0], -1)
     coord = CoordSlice.from_ids(ids)
@@ -128,10 +130,19 @@ def reference_terms(
     return out
 
 
-def reference_values(logits: Tensor, targets2d: Tensor, ids: list[int], cfg: CoordLossConfig) -> dict:
-    """Norms, cosines to the total and the conflicting share from each term's own autograd gradient."""
+def reference_values(
+    logits: Tensor,
+    targets2d: Tensor,
+    ids: list[int],
+    cfg: CoordLossConfig,
+    names: tuple[str, ...] | None = None,
+) -> dict:
+    """Norms, cosines to the total and the conflicting share from each term's own autograd gradient
+    (of the terms ``names``, default all)."""
     x = logits.detach().double().requires_grad_()
     terms = reference_terms(x, targets2d, ids, cfg)
+    if names is not None:
+        terms = {name: terms[name] for name in names}
     grads = {
         name: torch.autograd.grad(value, x, retain_graph=True)[0].reshape(-1) for name, value in terms.items()
     }
@@ -162,10 +173,11 @@ def _assert_match(got: MonitorValues, want: dict) -> None:
     assert got.neg_pair_frac == pytest.approx(want["frac"], abs=1e-12)
 
 
+@pytest.mark.parametrize("ids_layout", ["permuted", "consecutive"])
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
-def test_monitor_equals_the_slow_reference(layout: str, temperature: float) -> None:
-    targets2d, targets, coord, ids, boxes = _setup(layout, temperature)
+def test_monitor_equals_the_slow_reference(layout: str, temperature: float, ids_layout: str) -> None:
+    targets2d, targets, coord, ids, boxes = _setup(layout, temperature, ids_layout)
     cfg = _cfg(temperature)
     logits = _logits(targets, ids, 7)
     leaf = logits.clone().requires_grad_()
@@ -283,3 +295,31 @@ def test_monitor_is_sync_free(linear: bool) -> None:
             )
         loss.backward()
     assert counter.count == 0, counter.ops
+
+
+def test_monitor_of_the_coord_only_pass_equals_the_slow_reference() -> None:
+    """No full-vocabulary term (no base CE, gate or text gate: the two-pass path's coord terms): the
+    parts are the coord columns' only."""
+    targets2d, targets, coord, ids, boxes = _setup("packed", 0.8)
+    cfg = CoordLossConfig(ce_weight=0.3, gate_weight=0.0, temperature=0.8)
+    logits = _logits(targets, ids, 2)
+    leaf = logits.clone().requires_grad_()
+    loss, stats = coord_loss(leaf, targets, coord, cfg, boxes=boxes, chunk_size=6, grad_monitor=True)
+    loss.backward()
+    names = ("soft_ce", "w1", "ce", "bbox_geo", "bbox_size_aux")
+    got = _host(stats)
+    assert tuple(got.norms) == names
+    _assert_match(got, reference_values(logits, targets2d, ids, cfg, names))
+
+
+def test_non_finite_logits_give_no_monitor_values() -> None:
+    """A base-CE row with an infinite logit has a NaN gradient (as cross-entropy gives): the step's
+    monitor values are dropped, never logged as NaN."""
+    _, targets, coord, ids, _ = _setup("padded", 1.0)
+    logits = _logits(targets, ids, 6)
+    base_row = next(i for i, t in enumerate(targets.tolist()) if t != -100 and t not in set(ids))
+    logits[base_row, 0] = math.inf
+    leaf = logits.clone().requires_grad_()
+    _, stats = coord_loss(leaf, targets, coord, _cfg(1.0), base_ce=True, grad_monitor=True)
+    assert any(key.startswith(GRAM_PREFIX) for key in stats)
+    assert monitor_values({key: float(v) for key, v in stats.items()}) is None
