@@ -36,3 +36,13 @@ def test_benchmark_times_the_stacks_without_materialised_logits(tmp_path: Path) 
     assert payload["meta"]["variants"] == list(variants) and set(result["median_ms"]) == set(variants)
     assert [c["ok"] for c in result["checks"]] == [True, True]  # both metrics-only stacks == plain
     assert {result["added_syncs"][name] for name in bench_trainer_step.UNMATERIALISED} == {1}
+
+
+def test_benchmark_times_the_gradient_monitor(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--lengths", "300", "--vocab", "4096", "--repeats", "1", "--threads", "1", "--grad-monitor"]
+    assert bench_trainer_step.main([*argv, "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert set(result["median_ms"]) == {*bench_trainer_step.VARIANTS, "coord_on_gradmon"}
+    assert result["checks"][-1]["ok"] is True  # the monitored step's loss and gradient == coord on
+    assert result["added_syncs"]["coord_on_gradmon"] == result["added_syncs"]["coord_on"] == 1
