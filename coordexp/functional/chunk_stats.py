@@ -17,12 +17,10 @@ from coordexp.functional.coord_math import (
     CoordTerms,
     coord_terms,
     coord_terms_grad,
-    coord_terms_grad_parts,
     sanitize_logits,
     sanitizer_passes_grad,
 )
 from coordexp.functional.coord_slice import CoordSlice
-from coordexp.functional.grad_monitor import FullRows, TermRows
 from coordexp.functional.pass_spec import ChunkSource, GradSpec, PassSpec
 from coordexp.functional.targets import IGNORE_INDEX, TYPE_COORD, TYPE_DESC, TYPE_FORMAT, TYPE_IGNORE
 from coordexp.functional.text_gate import MASS_FLOOR as TEXT_MASS_FLOOR
@@ -53,15 +51,6 @@ class Workspace:
         self.u = make(spec.need_full)
         # base_all keeps the shared softmax untempered (the CE needs it): the gate's tempered rows go here
         self.t = make(spec.base_all and spec.tempered)
-        self._shape, self._device = shape, source.device
-        self.monitor: list[Tensor] = []
-        """the gradient monitor's scratch (allocated on the first monitored chunk)"""
-
-    def monitor_buffers(self, count: int, size: int) -> list[Tensor]:
-        """``count`` fp32 ``[size, V]`` scratch buffers of the gradient monitor (reused by every chunk)."""
-        while len(self.monitor) < count:
-            self.monitor.append(torch.empty(self._shape, dtype=torch.float32, device=self._device))
-        return [buf.narrow(0, 0, size) for buf in self.monitor[:count]]
 
     @staticmethod
     def take(buf: Tensor | None, size: int) -> Tensor:
@@ -348,10 +337,9 @@ class ChunkStats:
         if self.grad is None or self.grad_rows is None:
             return
         coord_grad, _ = self._coord_grad(cfg, terms, None)
-        keep = sanitizer_passes_grad(coord.take(x))
-        coord_grad.masked_fill_(~keep, 0.0)
-        if self.grad.monitor is not None:
-            self.grad.monitor.add(self._coord_parts(cfg, terms, keep), None, self.size, coord.num_bins)
+        coord_grad.masked_fill_(~sanitizer_passes_grad(coord.take(x)), 0.0)
+        if self.grad.monitor is not None:  # custom.grad_monitor: the terms' parts of these rows
+            self.grad.monitor.add_chunk(self, coord, cfg, x, terms)
         out = self.grad_rows.zero_()
         if coord.start is not None:
             coord.take(out).copy_(coord_grad)
@@ -388,9 +376,9 @@ class ChunkStats:
             row_coef = row_coef + text[1]
         row_coef = torch.where(base_on & ~raw_top.isfinite(), math.nan, row_coef)
         if self.grad.monitor is not None and coord is not None and cfg is not None and terms is not None:
-            gate_coef = gate_scale * lse_fix / spec.temperature
-            base_a = torch.where(base_on & ~raw_top.isfinite(), math.nan, base_coef)
-            self._monitor_full(coord, cfg, x, probs, terms, gate_coef, gate_scale, base_a, base_on, text)
+            base = torch.where(base_on & ~raw_top.isfinite(), math.nan, base_coef) if spec.do_base else None
+            gate = (gate_scale * lse_fix / spec.temperature, gate_scale)
+            self.grad.monitor.add_chunk(self, coord, cfg, x, terms, full=(probs, gate, base, base_on, text))
         mask = self.grad_mask.mul_(row_coef.unsqueeze(-1))
         work = out if out.dtype == torch.float32 else probs
         torch.mul(probs, mask, out=work)
@@ -408,60 +396,3 @@ class ChunkStats:
                 work.index_add_(-1, coord.ids, coord_grad)
         if work is not out:
             out.copy_(work)
-
-    def _coord_parts(self, cfg: CoordSoftCEW1Config, terms: CoordTerms, keep: Tensor) -> dict[str, TermRows]:
-        """The coord-column parts (softCE, W1, CE) of the chunk's gradient rows, for the monitor."""
-        assert self.grad is not None
-        row_scale = torch.where(self.coord_row, self.grad.coord_scale, torch.zeros((), device=keep.device))
-        parts = coord_terms_grad_parts(terms, self.bins, cfg, row_scale)
-        return {name: TermRows(c=part.masked_fill_(~keep, 0.0)) for name, part in parts.items()}
-
-    def _monitor_full(
-        self,
-        coord: CoordSlice,
-        cfg: CoordSoftCEW1Config,
-        x: Tensor,
-        probs: Tensor,
-        terms: CoordTerms,
-        gate_coef: Tensor,
-        gate_scale: Tensor,
-        base_coef: Tensor,
-        base_on: Tensor,
-        text: tuple[Tensor, Tensor, Tensor | None] | None,
-    ) -> None:
-        """Each term's part of the chunk's gradient rows (as :meth:`_write_full_grad` sums them) into
-        the monitor's Gram matrix (:mod:`coordexp.functional.grad_monitor`); before the mask is scaled."""
-        assert self.grad is not None and self.grad.monitor is not None and self.grad_mask is not None
-        keep = sanitizer_passes_grad(coord.take(x))
-        parts = self._coord_parts(cfg, terms, keep)
-        if self.spec.do_base:
-            parts["base_ce"] = TermRows(a=base_coef, d=torch.where(base_on, -base_coef, 0.0))
-        if cfg.gate_weight != 0:
-            gate_c = terms.p * (-gate_scale / self.spec.temperature).unsqueeze(-1)
-            parts["gate"] = TermRows(a=gate_coef, c=gate_c.masked_fill_(~keep, 0.0))
-        tempered_text = text is not None and text[2] is not None
-        bufs = self.ws.monitor_buffers(2 if tempered_text else 1, self.size)
-        q = torch.mul(probs, self.grad_mask, out=bufs[0])
-        q_coord = coord.take(q).clone()
-        off = _zero_coord_columns(coord, q)
-        target = self.tgt.clamp(min=0).unsqueeze(-1)
-        s = s_coord = s_target = None
-        if text is not None:
-            text_c = text[0].masked_fill(~keep, 0.0)
-            if text[2] is None:
-                parts["text_gate"] = TermRows(a=text[1], c=text_c)
-            else:
-                s_coord = coord.take(text[2]).clone()
-                s = _zero_coord_columns(coord, bufs[1].copy_(text[2]))
-                s_target = s.gather(-1, target).squeeze(-1)
-                parts["text_gate"] = TermRows(b=text[1], c=text_c)
-        full = FullRows(off, q_coord, off.gather(-1, target).squeeze(-1), s, s_coord, s_target)
-        self.grad.monitor.add(parts, full, self.size, coord.num_bins)
-
-
-def _zero_coord_columns(coord: CoordSlice, rows: Tensor) -> Tensor:
-    """``rows`` with its coord columns set to 0, in place."""
-    if coord.start is not None:
-        coord.take(rows).zero_()
-        return rows
-    return rows.index_fill_(-1, coord.ids, 0.0)

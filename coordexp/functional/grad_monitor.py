@@ -22,11 +22,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["GRAM_PREFIX", "FullRows", "GradMonitor", "TermRows", "chunk_gram", "monitor_values"]
+from coordexp.functional.coord_math import CoordTerms, coord_terms_grad_parts, sanitizer_passes_grad
+from coordexp.functional.coord_slice import CoordSlice
+from coordexp.generated.models.config import CoordSoftCEW1Config
+
+__all__ = [
+    "GRAM_PREFIX",
+    "ChunkView",
+    "FullRows",
+    "GradMonitor",
+    "TermRows",
+    "chunk_gram",
+    "coord_parts",
+    "monitor_values",
+]
 
 GRAM_PREFIX = "gradmon:"
 """statistics ``gradmon:<term i>:<term j>`` (i <= j in the monitor's order) hold ``G[i, j]``"""
@@ -58,6 +72,44 @@ class FullRows:
     s_target: Tensor | None = None
 
 
+class ChunkView(Protocol):
+    """What the monitor reads of a chunk of the pass (``chunk_stats.ChunkStats``) while it writes its
+    gradient rows."""
+
+    coord_row: Tensor
+    """the chunk's coord-target rows ``[n]`` (bool)"""
+    bins: Tensor
+    tgt: Tensor
+    grad_mask: Tensor | None
+    """1.0 where the gradient flows, 0.0 where the sanitiser changed the logit ``[n, V]``"""
+    grad: Any
+    """the pass's ``GradSpec`` (``coord_scale``)"""
+
+
+Full = tuple[
+    Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor, tuple[Tensor, Tensor, Tensor | None] | None
+]
+"""``(softmax rows, (gate's softmax coefficient, gate scale), base CE's coefficient or None, base rows,
+text gate's (coord part, coefficient, tempered softmax or None) or None)``"""
+
+
+def coord_parts(
+    terms: CoordTerms, bins: Tensor, cfg: CoordSoftCEW1Config, row_scale: Tensor, keep: Tensor
+) -> dict[str, TermRows]:
+    """The coord-column parts (softCE, W1, CE with a non-zero weight) of a chunk's gradient rows,
+    zero where the sanitiser changed the logit (``keep`` False)."""
+    parts = coord_terms_grad_parts(terms, bins, cfg, row_scale)
+    return {name: TermRows(c=part.masked_fill_(~keep, 0.0)) for name, part in parts.items()}
+
+
+def _zero_coord_columns(coord: CoordSlice, rows: Tensor) -> Tensor:
+    """``rows`` with its coord columns set to 0, in place."""
+    if coord.start is not None:
+        coord.take(rows).zero_()
+        return rows
+    return rows.index_fill_(-1, coord.ids, 0.0)
+
+
 @dataclass
 class GradMonitor:
     """The monitored terms of one pass (in this order) and their Gram matrix, summed over chunks."""
@@ -68,6 +120,8 @@ class GradMonitor:
     """``[N, K]`` gradient of each box part on the coord columns (rows of the logits)"""
     start: int = 0
     size: int = 0
+    scratch: list[Tensor] = field(default_factory=list)
+    """chunk-sized fp32 scratch of a monitored pass (one, two with the tempered text gate)"""
 
     @classmethod
     def of(cls, names: tuple[str, ...], device: torch.device) -> GradMonitor:
@@ -85,6 +139,60 @@ class GradMonitor:
         for name, grad in self.box_parts.items():
             rows[name] = TermRows(c=grad.narrow(0, self.start, n))
         self.gram.add_(chunk_gram([rows[name] for name in self.names], full, n, k, self.gram.device))
+
+    def add_chunk(
+        self,
+        chunk: ChunkView,
+        coord: CoordSlice,
+        cfg: CoordSoftCEW1Config,
+        x: Tensor,
+        terms: CoordTerms,
+        full: Full | None = None,
+    ) -> None:
+        """Each term's part of a chunk's gradient rows ``x`` ``[n, V]``, as the pass sums them, into the
+        Gram matrix: the coord terms', and with ``full`` (a chunk with the full-vocab softmax) the base
+        CE's, the gate's and the text gate's (called before the pass scales its gradient mask)."""
+        n = x.shape[0]
+        keep = sanitizer_passes_grad(coord.take(x))
+        row_scale = torch.where(chunk.coord_row, chunk.grad.coord_scale, 0.0)
+        parts = coord_parts(terms, chunk.bins, cfg, row_scale, keep)
+        if full is None:
+            self.add(parts, None, n, coord.num_bins)
+            return
+        probs, gate, base, base_on, text = full
+        assert chunk.grad_mask is not None
+        if base is not None:
+            parts["base_ce"] = TermRows(a=base, d=torch.where(base_on, -base, 0.0))
+        if cfg.gate_weight != 0:
+            gate_c = terms.p * (-gate[1] / cfg.temperature).unsqueeze(-1)
+            parts["gate"] = TermRows(a=gate[0], c=gate_c.masked_fill_(~keep, 0.0))
+        bufs = self._buffers(2 if text is not None and text[2] is not None else 1, probs)
+        q = torch.mul(probs, chunk.grad_mask, out=bufs[0])
+        q_coord = coord.take(q).clone()
+        off = _zero_coord_columns(coord, q)
+        target = chunk.tgt.clamp(min=0).unsqueeze(-1)
+        s = s_coord = s_target = None
+        if text is not None:
+            text_c = text[0].masked_fill(~keep, 0.0)
+            if text[2] is None:
+                parts["text_gate"] = TermRows(a=text[1], c=text_c)
+            else:
+                s_coord = coord.take(text[2]).clone()
+                s = _zero_coord_columns(coord, bufs[1].copy_(text[2]))
+                s_target = s.gather(-1, target).squeeze(-1)
+                parts["text_gate"] = TermRows(b=text[1], c=text_c)
+        full_rows = FullRows(off, q_coord, off.gather(-1, target).squeeze(-1), s, s_coord, s_target)
+        self.add(parts, full_rows, n, coord.num_bins)
+
+    def _buffers(self, count: int, like: Tensor) -> list[Tensor]:
+        """``count`` fp32 chunk-sized scratch buffers, allocated on the pass's first (largest) chunk and
+        reused by every later one."""
+        n, v = like.shape
+        if self.scratch and self.scratch[0].shape[0] < n:
+            self.scratch.clear()
+        while len(self.scratch) < count:
+            self.scratch.append(torch.empty((n, v), dtype=torch.float32, device=like.device))
+        return [buf.narrow(0, 0, n) for buf in self.scratch[:count]]
 
     def stats(self) -> dict[str, Tensor]:
         """The Gram entries as 0-d statistics (upper triangle)."""
