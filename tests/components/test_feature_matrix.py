@@ -509,3 +509,15 @@ def test_grad_monitor_on_changes_neither_loss_nor_gradient(tmp_path: Path) -> No
     plain_loss.backward()
     for p, ref in zip(model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, ref.grad, rtol=0, atol=0)
+
+
+def test_grad_monitor_writes_nothing_in_eval(tmp_path: Path) -> None:
+    """Eval computes no gradient: the monitor's keys are train-only (check-logs expects them so)."""
+    trainer, _, _ = run_step(
+        _with_monitor(False),
+        BatchSpec(packed=False, with_types=True),
+        tmp_path,
+        train=False,
+        base=SwiftLikeTrainer,
+    )
+    assert set(trainer.logged("eval")) == ALL_49

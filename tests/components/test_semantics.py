@@ -355,3 +355,27 @@ def test_every_term_weighs_its_weight_for_any_accumulation(seam: bool, tmp_path:
         logged = trainer.logged()
         assert {"loss/geo/bbox_geo", "loss/geo/bbox_size_aux", "coord_diag/text_gate"} <= set(logged)
     torch.testing.assert_close(losses[4], losses[1] / 4)
+
+
+def test_the_grad_monitor_reads_the_pass_s_loss_for_any_accumulation(tmp_path: Path) -> None:
+    """With G = 4 the step's loss is divided by G; the monitor's values are those of the pass's own
+    loss (documented), so they equal G = 1's."""
+    from tests.components.stage1_fixtures import SwiftLikeTrainer
+
+    custom = _all_terms()
+    custom["grad_monitor"] = {"enabled": True, "interval": 1}
+    logged = {}
+    for accum, num_items in ((1, None), (4, torch.tensor(123))):
+        torch.manual_seed(0)
+        model = ToyLM(len(tokenizer()))
+        trainer = build_trainer_cls(SwiftLikeTrainer, custom)(
+            model, output_dir=str(tmp_path), grad_accum=accum
+        )
+        trainer.compute_loss(
+            model, make_batch(BatchSpec(packed=True, with_types=True)), num_items_in_batch=num_items
+        )
+        logged[accum] = {k: v for k, v in trainer.logged().items() if k.startswith("gradmon/")}
+    assert "gradmon/grad_norm/bbox_size_aux" in logged[1]
+    assert set(logged[4]) == set(logged[1])
+    for key, values in logged[1].items():
+        assert logged[4][key] == pytest.approx(values, rel=1e-6, abs=1e-7), key
