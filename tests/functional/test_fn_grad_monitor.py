@@ -78,10 +78,16 @@ def _cfg(temperature: float) -> CoordLossConfig:
 
 
 def reference_terms(
-    x: Tensor, targets2d: Tensor, ids: list[int], cfg: CoordLossConfig, boxes: bool = True
+    x: Tensor,
+    targets2d: Tensor,
+    ids: list[int],
+    cfg: CoordLossConfig,
+    boxes: bool = True,
+    types: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Each term of the loss as it enters it (weight and denominator included), float64, from the
-    formulas, differentiable in ``x`` ``[N, V]``."""
+    formulas, differentiable in ``x`` ``[N, V]``; with ``types`` the text gate's positions are the
+    DESC (1) / FORMAT (3) ones."""
     targets = targets2d.reshape(-1)
     idx = torch.tensor(ids)
     bin_of = {tok: k for k, tok in enumerate(ids)}
@@ -110,8 +116,9 @@ def reference_terms(
         "ce": cfg.ce_weight * terms["ce"] / n_coord,
         "gate": cfg.gate_weight * terms["gate"] / n_coord,
     }
-    g_sum, _ = ref.ref_text_gate(x, base_rows, ids, t)
-    out["text_gate"] = cfg.text_gate_weight * g_sum / max(len(base_rows), 1)
+    text_rows = base_rows if types is None else [i for i in base_rows if int(types[i]) in (1, 3)]
+    g_sum, _ = ref.ref_text_gate(x, text_rows, ids, t)
+    out["text_gate"] = cfg.text_gate_weight * g_sum / max(len(text_rows), 1)
     if not boxes:
         return out
     positions, bins, _, _ = ref.ref_groups(targets2d, ids)
@@ -136,11 +143,12 @@ def reference_values(
     ids: list[int],
     cfg: CoordLossConfig,
     names: tuple[str, ...] | None = None,
+    types: Tensor | None = None,
 ) -> dict:
     """Norms, cosines to the total and the conflicting share from each term's own autograd gradient
     (of the terms ``names``, default all)."""
     x = logits.detach().double().requires_grad_()
-    terms = reference_terms(x, targets2d, ids, cfg)
+    terms = reference_terms(x, targets2d, ids, cfg, types=types)
     if names is not None:
         terms = {name: terms[name] for name in names}
     grads = {
@@ -173,16 +181,31 @@ def _assert_match(got: MonitorValues, want: dict) -> None:
     assert got.neg_pair_frac == pytest.approx(want["frac"], abs=1e-12)
 
 
+def _types(targets: Tensor, ids: list[int]) -> Tensor:
+    """Token types of the targets: COORD (2) at coord ids, text alternating DESC (1) / FORMAT (3), the
+    first text target IGNORE-typed (-1: no text-gate position)."""
+    types = torch.full_like(targets, -1)
+    text = [i for i, t in enumerate(targets.tolist()) if t != -100 and t not in set(ids)]
+    for j, i in enumerate(text[1:]):
+        types[i] = 1 if j % 2 else 3
+    types[torch.isin(targets, torch.tensor(ids))] = 2
+    return types
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["no_types", "types"])
 @pytest.mark.parametrize("ids_layout", ["permuted", "consecutive"])
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
-def test_monitor_equals_the_slow_reference(layout: str, temperature: float, ids_layout: str) -> None:
+def test_monitor_equals_the_slow_reference(
+    layout: str, temperature: float, ids_layout: str, typed: bool
+) -> None:
     targets2d, targets, coord, ids, boxes = _setup(layout, temperature, ids_layout)
     cfg = _cfg(temperature)
     logits = _logits(targets, ids, 7)
+    types = _types(targets, ids) if typed else None
     leaf = logits.clone().requires_grad_()
     loss, stats = coord_loss(
-        leaf, targets, coord, cfg, base_ce=True, boxes=boxes, chunk_size=5, grad_monitor=True
+        leaf, targets, coord, cfg, base_ce=True, boxes=boxes, chunk_size=5, grad_monitor=True, types=types
     )
     (grad,) = torch.autograd.grad(loss, leaf)
     got = _host(stats)
@@ -196,7 +219,7 @@ def test_monitor_equals_the_slow_reference(layout: str, temperature: float, ids_
         "bbox_geo",
         "bbox_size_aux",
     ]
-    _assert_match(got, reference_values(logits, targets2d, ids, cfg))
+    _assert_match(got, reference_values(logits, targets2d, ids, cfg, types=types))
     # the monitored terms add up to the gradient the pass hands to autograd
     assert got.total_norm == pytest.approx(float(grad.double().norm()), rel=1e-5)
 
