@@ -346,3 +346,13 @@ def test_non_finite_logits_give_no_monitor_values() -> None:
     _, stats = coord_loss(leaf, targets, coord, _cfg(1.0), base_ce=True, grad_monitor=True)
     assert any(key.startswith(GRAM_PREFIX) for key in stats)
     assert monitor_values({key: float(v) for key, v in stats.items()}) is None
+
+
+def test_monitor_of_bf16_logits_equals_the_slow_reference() -> None:
+    """bf16 logits (as a model gives them): the pass and the monitor work in fp32 on their values."""
+    targets2d, targets, coord, ids, boxes = _setup("packed", 0.8)
+    logits = _logits(targets, ids, 7).to(torch.bfloat16)
+    leaf = logits.clone().requires_grad_()
+    loss, stats = coord_loss(leaf, targets, coord, _cfg(0.8), base_ce=True, boxes=boxes, grad_monitor=True)
+    loss.backward()
+    _assert_match(_host(stats), reference_values(logits.float(), targets2d, ids, _cfg(0.8)))
