@@ -327,7 +327,7 @@ class CoordLossComponent(BaseComponent):
 _GRADMON_WARNED = WarnOnce()
 
 
-def warn_once(kind: str, message: str) -> None:
+def _warn_once(kind: str, message: str) -> None:
     _GRADMON_WARNED.warn(kind, message, RuntimeWarning, stacklevel=3)
 
 
@@ -344,7 +344,7 @@ def _gradmon_report(s: dict[str, float]) -> dict[str, StepValue]:
     for name, norm in values.norms.items():
         key = f"gradmon/grad_norm/{name}"
         if key not in METRIC_SPECS:  # a box part the catalog does not declare yet: never an unknown key
-            warn_once(
+            _warn_once(
                 f"gradmon_{name}",
                 f"coordexp: the gradient monitor's term {name!r} has no {key} in the metric catalog; "
                 "it still counts in the total and the pair share but has no key of its own (warned once)",
