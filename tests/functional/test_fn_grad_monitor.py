@@ -356,3 +356,34 @@ def test_monitor_of_bf16_logits_equals_the_slow_reference() -> None:
     loss, stats = coord_loss(leaf, targets, coord, _cfg(0.8), base_ce=True, boxes=boxes, grad_monitor=True)
     loss.backward()
     _assert_match(_host(stats), reference_values(logits.float(), targets2d, ids, _cfg(0.8)))
+
+
+def test_a_further_box_part_is_monitored_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part ``box_terms_value`` gains (adjacent repulsion is added there) is monitored without a
+    change to the monitor: here a stand-in part ``Σ z^2 / 10^4`` over the valid box slots' coord logits."""
+    from coordexp.functional import box_terms as box_module
+    from coordexp.functional import loss_plan
+
+    original = box_module.box_terms_value
+
+    def with_extra(z: Tensor, boxes: BoxBatch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        parts, stats = original(z, boxes)
+        valid = boxes.groups.valid.repeat_interleave(4).to(z.dtype)  # padded boxes' slots are not boxes
+        return {**parts, "adjacent_repulsion": ((z * z).sum(-1) * valid).sum() / 1e4}, stats
+
+    monkeypatch.setattr(box_module, "box_terms_value", with_extra)
+    monkeypatch.setattr(loss_plan, "box_terms_value", with_extra)
+    targets2d, targets, coord, ids, boxes = _setup("padded", 1.0)
+    cfg = _cfg(1.0)
+    logits = _logits(targets, ids, 9)
+    leaf = logits.clone().requires_grad_()
+    loss, stats = coord_loss(leaf, targets, coord, cfg, base_ce=True, boxes=boxes, grad_monitor=True)
+    (grad,) = torch.autograd.grad(loss, leaf)
+    got = _host(stats)
+    assert list(got.norms)[-1] == "adjacent_repulsion"
+    x = logits.double().requires_grad_()
+    positions = [p for box in ref.ref_groups(targets2d, ids)[0] for p in box]
+    z = x[positions][:, torch.tensor(ids)]
+    (extra,) = torch.autograd.grad((z * z).sum() / 1e4, x)
+    assert got.norms["adjacent_repulsion"] == pytest.approx(float(extra.norm()), rel=1e-5)
+    assert got.total_norm == pytest.approx(float(grad.double().norm()), rel=1e-5)
