@@ -80,3 +80,26 @@ def test_run_with_every_term_passes_check_logs(
     assert set(report["expected"]) <= set(report["seen_train"]) & set(report["seen_eval"])
     records = [json.loads(line) for line in Path(result.output_dir, "logging.jsonl").read_text().splitlines()]
     assert any("eval_loss/geo/bbox_geo" in r for r in records)
+
+
+def test_run_with_the_grad_monitor_passes_check_logs(
+    make_config: Callable[..., TrainConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """custom.grad_monitor on (every other optimizer step) with every term: every gradmon key the
+    config enables is seen in train records, none in eval records, and check-logs passes."""
+    from coordexp.cli import check_logs
+
+    custom = {**ALL_TERMS, "grad_monitor": {"enabled": True, "interval": 2}}
+    result = train(make_config(layout="packing", custom=custom))
+    capsys.readouterr()
+    code = check_logs.main([str(result.output_dir), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"], report["violations"]
+    assert report["missing_train"] == [] and report["missing_eval"] == []
+    gradmon = {key for key in report["expected"] if key.startswith("gradmon/")}
+    assert {
+        "gradmon/cos_to_total/bbox_geo",
+        "gradmon/grad_norm/text_gate",
+        "gradmon/total_grad_norm",
+    } <= gradmon
+    assert gradmon <= set(report["seen_train"]) and not gradmon & set(report["seen_eval"])
