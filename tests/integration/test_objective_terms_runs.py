@@ -103,3 +103,29 @@ def test_run_with_the_grad_monitor_passes_check_logs(
         "gradmon/total_grad_norm",
     } <= gradmon
     assert gradmon <= set(report["seen_train"]) and not gradmon & set(report["seen_eval"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_monitor_without_logits_equals_the_materialised_pass(
+    layout: str, make_config: Callable[..., TrainConfig]
+) -> None:
+    """A real accumulation window (two micro-batches) with every term and the monitor on every step:
+    the gradmon values (with respect to the logits either way) of the pass from the hidden states equal
+    the materialised pass's, and the monitor changes neither loss nor gradient."""
+    torch.manual_seed(0)
+    custom = {**ALL_TERMS, "grad_monitor": {"enabled": True, "interval": 1}}
+    trainer = build_trainer(make_config(layout=layout, custom=custom))
+    pipeline = trainer.stage1_pipeline()
+    batches, num_items = _window(trainer)
+    runs = {}
+    for materialize in (False, True):
+        trainer.compute_loss_func = Stage1LossFunc(trainer)
+        pipeline.materialize_logits = materialize
+        runs[materialize] = _run_window(trainer, batches, num_items)
+    assert "gradmon/cos_to_total/bbox_size_aux" in runs[True][2]
+    _assert_same(runs[False], runs[True])
+    assert pipeline.coord is not None
+    pipeline.coord.grad_monitor = None  # the same window unmonitored: the same losses and gradients
+    plain = _run_window(trainer, batches, num_items)
+    assert not any(key.startswith("gradmon/") for key in plain[2])
+    _assert_same(plain, runs[True], logged=False)
