@@ -43,6 +43,8 @@ class MetricSpec:
     renamed_to: str | None
     eval_only: bool
     """written only into eval records (logged as ``eval_`` + key), once per evaluation"""
+    train_only: bool
+    """written only into train records (it needs the training gradient)"""
 
 
 CONDITIONS: Final[Mapping[str, str]] = MappingProxyType(
@@ -74,6 +76,10 @@ CONDITIONS: Final[Mapping[str, str]] = MappingProxyType(
         "det_f1ish@0.30": "custom.eval_detection.metrics is f1ish or both and f1ish_iou_thrs holds 0.3.",
         "det_f1ish@0.50": "custom.eval_detection.metrics is f1ish or both and f1ish_iou_thrs holds 0.5.",
         "det_f1ish@0.75": "custom.eval_detection.metrics is f1ish or both and f1ish_iou_thrs holds 0.75.",
+        "grad_monitor": "custom.grad_monitor.enabled is true (with the coord loss on): the per-term gradients of the one pass are monitored on every interval-th optimizer step, in train mode.",
+        "coord_soft_ce_term": "custom.coord_soft_ce_w1.enabled is true and soft_ce_weight != 0: the term is part of the coord loss.",
+        "coord_w1_term": "custom.coord_soft_ce_w1.enabled is true and w1_weight != 0: the term is part of the coord loss.",
+        "coord_ce_term": "custom.coord_soft_ce_w1.enabled is true and ce_weight != 0: the term is part of the coord loss.",
     }
 )
 """Conditions a key's ``requires`` may name: all must hold for the key to be written."""
@@ -100,6 +106,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "accum/grad_steps": MetricSpec(
             key="accum/grad_steps",
@@ -121,6 +128,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "accum/current_grad_steps": MetricSpec(
             key="accum/current_grad_steps",
@@ -142,6 +150,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "pack/num_samples": MetricSpec(
             key="pack/num_samples",
@@ -163,6 +172,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/loss": MetricSpec(
             key="base_ce/loss",
@@ -184,6 +194,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/noncoord_tokens": MetricSpec(
             key="base_ce/noncoord_tokens",
@@ -205,6 +216,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/noncoord_tokens_per_sample": MetricSpec(
             key="base_ce/noncoord_tokens_per_sample",
@@ -226,6 +238,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "base_ce/loss_per_sample": MetricSpec(
             key="base_ce/loss_per_sample",
@@ -247,6 +260,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/enabled": MetricSpec(
             key="coord_diag/enabled",
@@ -268,6 +282,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/loss": MetricSpec(
             key="coord_diag/loss",
@@ -289,6 +304,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/soft_ce": MetricSpec(
             key="coord_diag/soft_ce",
@@ -310,6 +326,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/w1": MetricSpec(
             key="coord_diag/w1",
@@ -331,6 +348,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/ce": MetricSpec(
             key="coord_diag/ce",
@@ -352,6 +370,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/gate": MetricSpec(
             key="coord_diag/gate",
@@ -373,6 +392,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/coord_vocab_mass": MetricSpec(
             key="coord_diag/coord_vocab_mass",
@@ -394,6 +414,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/coord_tokens": MetricSpec(
             key="coord_diag/coord_tokens",
@@ -415,6 +436,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/acc_top5": MetricSpec(
             key="coord_diag/acc_top5",
@@ -436,6 +458,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/p_gt_mean": MetricSpec(
             key="coord_diag/p_gt_mean",
@@ -457,6 +480,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/margin_mean": MetricSpec(
             key="coord_diag/margin_mean",
@@ -478,6 +502,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/expected_bin_mae": MetricSpec(
             key="coord_diag/expected_bin_mae",
@@ -499,6 +524,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/expected_bin_abs_err_p90": MetricSpec(
             key="coord_diag/expected_bin_abs_err_p90",
@@ -520,6 +546,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/w1_to_delta": MetricSpec(
             key="coord_diag/w1_to_delta",
@@ -541,6 +568,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/coord_tokens_per_sample": MetricSpec(
             key="coord_diag/coord_tokens_per_sample",
@@ -562,6 +590,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/loss_per_sample": MetricSpec(
             key="coord_diag/loss_per_sample",
@@ -583,6 +612,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "stage1/total_loss_per_sample_est": MetricSpec(
             key="stage1/total_loss_per_sample_est",
@@ -604,6 +634,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/loss": MetricSpec(
             key="coord_softce_w1/loss",
@@ -625,6 +656,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/loss",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/soft_ce": MetricSpec(
             key="coord_softce_w1/soft_ce",
@@ -646,6 +678,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/soft_ce",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/w1": MetricSpec(
             key="coord_softce_w1/w1",
@@ -667,6 +700,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/w1",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/ce": MetricSpec(
             key="coord_softce_w1/ce",
@@ -688,6 +722,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/ce",
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/gate": MetricSpec(
             key="coord_softce_w1/gate",
@@ -709,6 +744,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/gate",
             eval_only=False,
+            train_only=False,
         ),
         "token_acc_top5": MetricSpec(
             key="token_acc_top5",
@@ -730,6 +766,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "text_token_acc": MetricSpec(
             key="text_token_acc",
@@ -751,6 +788,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "desc_token_frac": MetricSpec(
             key="desc_token_frac",
@@ -772,6 +810,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "desc_token_acc": MetricSpec(
             key="desc_token_acc",
@@ -793,6 +832,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "desc_token_acc_top5": MetricSpec(
             key="desc_token_acc_top5",
@@ -814,6 +854,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "format_token_frac": MetricSpec(
             key="format_token_frac",
@@ -835,6 +876,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "format_token_acc": MetricSpec(
             key="format_token_acc",
@@ -856,6 +898,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "format_token_acc_top5": MetricSpec(
             key="format_token_acc_top5",
@@ -877,6 +920,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_token_frac": MetricSpec(
             key="coord_token_frac",
@@ -898,6 +942,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_token_acc": MetricSpec(
             key="coord_token_acc",
@@ -919,6 +964,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_token_acc_top5": MetricSpec(
             key="coord_token_acc_top5",
@@ -940,6 +986,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_coord_to_noncoord": MetricSpec(
             key="coord_monitor/flip_coord_to_noncoord",
@@ -961,6 +1008,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_text_to_coord": MetricSpec(
             key="coord_monitor/flip_text_to_coord",
@@ -982,6 +1030,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_format_to_coord": MetricSpec(
             key="coord_monitor/flip_format_to_coord",
@@ -1003,6 +1052,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/flip_desc_to_coord": MetricSpec(
             key="coord_monitor/flip_desc_to_coord",
@@ -1024,6 +1074,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_coord": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_coord",
@@ -1045,6 +1096,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_text": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_text",
@@ -1066,6 +1118,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_format": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_format",
@@ -1087,6 +1140,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_monitor/coord_vocab_mass_at_gt_desc": MetricSpec(
             key="coord_monitor/coord_vocab_mass_at_gt_desc",
@@ -1108,6 +1162,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/text_gate": MetricSpec(
             key="coord_diag/text_gate",
@@ -1129,6 +1184,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/text_coord_vocab_mass": MetricSpec(
             key="coord_diag/text_coord_vocab_mass",
@@ -1150,6 +1206,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/text_gate": MetricSpec(
             key="coord_softce_w1/text_gate",
@@ -1171,6 +1228,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/text_gate",
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion": MetricSpec(
             key="coord_diag/adjacent_repulsion",
@@ -1192,6 +1250,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_softce_w1/adjacent_repulsion": MetricSpec(
             key="coord_softce_w1/adjacent_repulsion",
@@ -1213,6 +1272,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="deprecated",
             renamed_to="coord_diag/adjacent_repulsion",
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion_pair_count": MetricSpec(
             key="coord_diag/adjacent_repulsion_pair_count",
@@ -1234,6 +1294,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion_applied_count": MetricSpec(
             key="coord_diag/adjacent_repulsion_applied_count",
@@ -1255,6 +1316,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "coord_diag/adjacent_repulsion_copy_score_mean": MetricSpec(
             key="coord_diag/adjacent_repulsion_copy_score_mean",
@@ -1276,6 +1338,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_geo": MetricSpec(
             key="loss/geo/bbox_geo",
@@ -1297,6 +1360,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_smoothl1": MetricSpec(
             key="loss/geo/bbox_smoothl1",
@@ -1318,6 +1382,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_ciou": MetricSpec(
             key="loss/geo/bbox_ciou",
@@ -1339,6 +1404,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/groups_total": MetricSpec(
             key="bbox_geo/groups_total",
@@ -1360,6 +1426,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/coord_slots_total": MetricSpec(
             key="bbox_geo/coord_slots_total",
@@ -1381,6 +1448,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/skipped_incomplete_rows": MetricSpec(
             key="bbox_geo/skipped_incomplete_rows",
@@ -1402,6 +1470,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/skipped_incomplete_coord_slots": MetricSpec(
             key="bbox_geo/skipped_incomplete_coord_slots",
@@ -1423,6 +1492,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/groups_per_sample": MetricSpec(
             key="bbox_geo/groups_per_sample",
@@ -1444,6 +1514,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_geo/loss_per_sample": MetricSpec(
             key="bbox_geo/loss_per_sample",
@@ -1465,6 +1536,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_size_aux": MetricSpec(
             key="loss/geo/bbox_size_aux",
@@ -1486,6 +1558,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_log_wh": MetricSpec(
             key="loss/geo/bbox_log_wh",
@@ -1507,6 +1580,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "loss/geo/bbox_oversize": MetricSpec(
             key="loss/geo/bbox_oversize",
@@ -1528,6 +1602,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/groups_total": MetricSpec(
             key="bbox_size_aux/groups_total",
@@ -1549,6 +1624,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/coord_slots_total": MetricSpec(
             key="bbox_size_aux/coord_slots_total",
@@ -1570,6 +1646,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/skipped_incomplete_rows": MetricSpec(
             key="bbox_size_aux/skipped_incomplete_rows",
@@ -1591,6 +1668,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/skipped_incomplete_coord_slots": MetricSpec(
             key="bbox_size_aux/skipped_incomplete_coord_slots",
@@ -1612,6 +1690,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/groups_per_sample": MetricSpec(
             key="bbox_size_aux/groups_per_sample",
@@ -1633,6 +1712,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/mean_width": MetricSpec(
             key="bbox_size_aux/mean_width",
@@ -1654,6 +1734,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/mean_height": MetricSpec(
             key="bbox_size_aux/mean_height",
@@ -1675,6 +1756,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/mean_log_area": MetricSpec(
             key="bbox_size_aux/mean_log_area",
@@ -1696,6 +1778,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "bbox_size_aux/loss_per_sample": MetricSpec(
             key="bbox_size_aux/loss_per_sample",
@@ -1717,6 +1800,447 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
+        ),
+        "gradmon/grad_norm/base_ce": MetricSpec(
+            key="gradmon/grad_norm/base_ce",
+            description="L2 norm of the gradient of the base CE over the supervised non-coord targets with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("grad_monitor", "noncoord_targets")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/base_ce": MetricSpec(
+            key="gradmon/cos_to_total/base_ce",
+            description="Cosine between the gradient of the base CE over the supervised non-coord targets and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("grad_monitor", "noncoord_targets")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/soft_ce": MetricSpec(
+            key="gradmon/grad_norm/soft_ce",
+            description="L2 norm of the gradient of soft_ce_weight x softCE (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_soft_ce_term", "coord_targets", "grad_monitor")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/soft_ce": MetricSpec(
+            key="gradmon/cos_to_total/soft_ce",
+            description="Cosine between the gradient of soft_ce_weight x softCE (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_soft_ce_term", "coord_targets", "grad_monitor")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/w1": MetricSpec(
+            key="gradmon/grad_norm/w1",
+            description="L2 norm of the gradient of w1_weight x W1 (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_targets", "coord_w1_term", "grad_monitor")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/w1": MetricSpec(
+            key="gradmon/cos_to_total/w1",
+            description="Cosine between the gradient of w1_weight x W1 (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_targets", "coord_w1_term", "grad_monitor")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/ce": MetricSpec(
+            key="gradmon/grad_norm/ce",
+            description="L2 norm of the gradient of ce_weight x CE over the coord bins (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_ce_term", "coord_targets", "grad_monitor")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/ce": MetricSpec(
+            key="gradmon/cos_to_total/ce",
+            description="Cosine between the gradient of ce_weight x CE over the coord bins (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_ce_term", "coord_targets", "grad_monitor")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/gate": MetricSpec(
+            key="gradmon/grad_norm/gate",
+            description="L2 norm of the gradient of gate_weight x gate (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_gate", "coord_targets", "grad_monitor")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/gate": MetricSpec(
+            key="gradmon/cos_to_total/gate",
+            description="Cosine between the gradient of gate_weight x gate (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_gate", "coord_targets", "grad_monitor")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/text_gate": MetricSpec(
+            key="gradmon/grad_norm/text_gate",
+            description="L2 norm of the gradient of the text gate (text_gate_weight, text-gate positions) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_targets", "grad_monitor", "noncoord_targets", "text_gate")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/text_gate": MetricSpec(
+            key="gradmon/cos_to_total/text_gate",
+            description="Cosine between the gradient of the text gate (text_gate_weight, text-gate positions) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_targets", "grad_monitor", "noncoord_targets", "text_gate")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/bbox_geo": MetricSpec(
+            key="gradmon/grad_norm/bbox_geo",
+            description="L2 norm of the gradient of the bbox_geo term (SmoothL1 + CIoU on the decoded boxes) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("bbox_geo", "coord_targets", "grad_monitor")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/bbox_geo": MetricSpec(
+            key="gradmon/cos_to_total/bbox_geo",
+            description="Cosine between the gradient of the bbox_geo term (SmoothL1 + CIoU on the decoded boxes) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("bbox_geo", "coord_targets", "grad_monitor")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/bbox_size_aux": MetricSpec(
+            key="gradmon/grad_norm/bbox_size_aux",
+            description="L2 norm of the gradient of the bbox_size_aux term (log_wh + oversize on the decoded boxes) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("bbox_size_aux", "coord_targets", "grad_monitor")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/bbox_size_aux": MetricSpec(
+            key="gradmon/cos_to_total/bbox_size_aux",
+            description="Cosine between the gradient of the bbox_size_aux term (log_wh + oversize on the decoded boxes) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("bbox_size_aux", "coord_targets", "grad_monitor")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/grad_norm/adjacent_repulsion": MetricSpec(
+            key="gradmon/grad_norm/adjacent_repulsion",
+            description="L2 norm of the gradient of the adjacent repulsion term with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("adjacent_repulsion", "coord_targets", "grad_monitor")),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/cos_to_total/adjacent_repulsion": MetricSpec(
+            key="gradmon/cos_to_total/adjacent_repulsion",
+            description="Cosine between the gradient of the adjacent repulsion term and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("adjacent_repulsion", "coord_targets", "grad_monitor")),
+            unit="cosine",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=-1,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/total_grad_norm": MetricSpec(
+            key="gradmon/total_grad_norm",
+            description="L2 norm of the total gradient of the loss (the sum of every monitored term's gradient) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference). Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("grad_monitor",)),
+            unit="1",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=None,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
+        ),
+        "gradmon/neg_cosine_pair_frac": MetricSpec(
+            key="gradmon/neg_cosine_pair_frac",
+            description="Share of the pairs of active terms (non-zero gradient) whose gradients with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference) have a negative cosine (conflicting terms); written when at least two terms are active. Aggregation: mean of the monitored micro-steps' values (per-step mean).",
+            owner="coordexp",
+            owner_when=(),
+            group="gradmon",
+            in_loss="no",
+            in_loss_condition=None,
+            feature="grad_monitor",
+            requires=frozenset(("coord_targets", "grad_monitor", "noncoord_targets")),
+            unit="fraction",
+            aggregation="mean",
+            numerator=None,
+            denominator=None,
+            minimum=0,
+            maximum=1,
+            is_number=True,
+            stability="experimental",
+            renamed_to=None,
+            eval_only=False,
+            train_only=True,
         ),
         "loss": MetricSpec(
             key="loss",
@@ -1738,6 +2262,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "grad_norm": MetricSpec(
             key="grad_norm",
@@ -1759,6 +2284,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "epoch": MetricSpec(
             key="epoch",
@@ -1780,6 +2306,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "token_acc": MetricSpec(
             key="token_acc",
@@ -1801,6 +2328,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "aux_loss": MetricSpec(
             key="aux_loss",
@@ -1822,6 +2350,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "global_step/max_steps": MetricSpec(
             key="global_step/max_steps",
@@ -1843,6 +2372,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "percentage": MetricSpec(
             key="percentage",
@@ -1864,6 +2394,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "elapsed_time": MetricSpec(
             key="elapsed_time",
@@ -1885,6 +2416,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "remaining_time": MetricSpec(
             key="remaining_time",
@@ -1906,6 +2438,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "memory(GiB)": MetricSpec(
             key="memory(GiB)",
@@ -1927,6 +2460,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_speed(iter/s)": MetricSpec(
             key="train_speed(iter/s)",
@@ -1948,6 +2482,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_speed(s/it)": MetricSpec(
             key="train_speed(s/it)",
@@ -1969,6 +2504,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_runtime": MetricSpec(
             key="train_runtime",
@@ -1990,6 +2526,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_samples_per_second": MetricSpec(
             key="train_samples_per_second",
@@ -2011,6 +2548,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_steps_per_second": MetricSpec(
             key="train_steps_per_second",
@@ -2032,6 +2570,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "total_flos": MetricSpec(
             key="total_flos",
@@ -2053,6 +2592,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "train_loss": MetricSpec(
             key="train_loss",
@@ -2074,6 +2614,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_runtime": MetricSpec(
             key="eval_runtime",
@@ -2095,6 +2636,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_samples_per_second": MetricSpec(
             key="eval_samples_per_second",
@@ -2116,6 +2658,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_steps_per_second": MetricSpec(
             key="eval_steps_per_second",
@@ -2137,6 +2680,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "eval_loss": MetricSpec(
             key="eval_loss",
@@ -2158,6 +2702,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "step": MetricSpec(
             key="step",
@@ -2179,6 +2724,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="stable",
             renamed_to=None,
             eval_only=False,
+            train_only=False,
         ),
         "det_empty_pred": MetricSpec(
             key="det_empty_pred",
@@ -2200,6 +2746,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_parse_valid_rate": MetricSpec(
             key="det_parse_valid_rate",
@@ -2221,6 +2768,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_start_objects_wrapper_rate": MetricSpec(
             key="det_start_objects_wrapper_rate",
@@ -2242,6 +2790,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_start_bare_desc_rate": MetricSpec(
             key="det_start_bare_desc_rate",
@@ -2263,6 +2812,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_start_coord_first_rate": MetricSpec(
             key="det_start_coord_first_rate",
@@ -2284,6 +2834,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_truncated_rate": MetricSpec(
             key="det_truncated_rate",
@@ -2305,6 +2856,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_invalid_rate": MetricSpec(
             key="det_invalid_rate",
@@ -2326,6 +2878,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AP": MetricSpec(
             key="det_bbox_AP",
@@ -2347,6 +2900,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AP50": MetricSpec(
             key="det_bbox_AP50",
@@ -2368,6 +2922,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AP75": MetricSpec(
             key="det_bbox_AP75",
@@ -2389,6 +2944,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_APs": MetricSpec(
             key="det_bbox_APs",
@@ -2410,6 +2966,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_APm": MetricSpec(
             key="det_bbox_APm",
@@ -2431,6 +2988,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_APl": MetricSpec(
             key="det_bbox_APl",
@@ -2452,6 +3010,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AR1": MetricSpec(
             key="det_bbox_AR1",
@@ -2473,6 +3032,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AR10": MetricSpec(
             key="det_bbox_AR10",
@@ -2494,6 +3054,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_AR100": MetricSpec(
             key="det_bbox_AR100",
@@ -2515,6 +3076,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_ARs": MetricSpec(
             key="det_bbox_ARs",
@@ -2536,6 +3098,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_ARm": MetricSpec(
             key="det_bbox_ARm",
@@ -2557,6 +3120,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_bbox_ARl": MetricSpec(
             key="det_bbox_ARl",
@@ -2578,6 +3142,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_tp_loc": MetricSpec(
             key="det_f1ish@0.30_tp_loc",
@@ -2599,6 +3164,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fp_loc": MetricSpec(
             key="det_f1ish@0.30_fp_loc",
@@ -2620,6 +3186,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fn_loc": MetricSpec(
             key="det_f1ish@0.30_fn_loc",
@@ -2641,6 +3208,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_pred_total": MetricSpec(
             key="det_f1ish@0.30_pred_total",
@@ -2662,6 +3230,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_pred_eval": MetricSpec(
             key="det_f1ish@0.30_pred_eval",
@@ -2683,6 +3252,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_pred_ignored": MetricSpec(
             key="det_f1ish@0.30_pred_ignored",
@@ -2704,6 +3274,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_loc_micro": MetricSpec(
             key="det_f1ish@0.30_precision_loc_micro",
@@ -2725,6 +3296,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_loc_micro": MetricSpec(
             key="det_f1ish@0.30_recall_loc_micro",
@@ -2746,6 +3318,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_loc_micro": MetricSpec(
             key="det_f1ish@0.30_f1_loc_micro",
@@ -2767,6 +3340,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_loc_macro": MetricSpec(
             key="det_f1ish@0.30_precision_loc_macro",
@@ -2788,6 +3362,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_loc_macro": MetricSpec(
             key="det_f1ish@0.30_recall_loc_macro",
@@ -2809,6 +3384,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_loc_macro": MetricSpec(
             key="det_f1ish@0.30_f1_loc_macro",
@@ -2830,6 +3406,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_matched_sem_ok": MetricSpec(
             key="det_f1ish@0.30_matched_sem_ok",
@@ -2851,6 +3428,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_matched_sem_bad": MetricSpec(
             key="det_f1ish@0.30_matched_sem_bad",
@@ -2872,6 +3450,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_sem_acc_on_matched": MetricSpec(
             key="det_f1ish@0.30_sem_acc_on_matched",
@@ -2893,6 +3472,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_tp_full": MetricSpec(
             key="det_f1ish@0.30_tp_full",
@@ -2914,6 +3494,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fp_full": MetricSpec(
             key="det_f1ish@0.30_fp_full",
@@ -2935,6 +3516,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_fn_full": MetricSpec(
             key="det_f1ish@0.30_fn_full",
@@ -2956,6 +3538,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_full_micro": MetricSpec(
             key="det_f1ish@0.30_precision_full_micro",
@@ -2977,6 +3560,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_full_micro": MetricSpec(
             key="det_f1ish@0.30_recall_full_micro",
@@ -2998,6 +3582,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_full_micro": MetricSpec(
             key="det_f1ish@0.30_f1_full_micro",
@@ -3019,6 +3604,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_precision_full_macro": MetricSpec(
             key="det_f1ish@0.30_precision_full_macro",
@@ -3040,6 +3626,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_recall_full_macro": MetricSpec(
             key="det_f1ish@0.30_recall_full_macro",
@@ -3061,6 +3648,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.30_f1_full_macro": MetricSpec(
             key="det_f1ish@0.30_f1_full_macro",
@@ -3082,6 +3670,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_tp_loc": MetricSpec(
             key="det_f1ish@0.50_tp_loc",
@@ -3103,6 +3692,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fp_loc": MetricSpec(
             key="det_f1ish@0.50_fp_loc",
@@ -3124,6 +3714,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fn_loc": MetricSpec(
             key="det_f1ish@0.50_fn_loc",
@@ -3145,6 +3736,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_pred_total": MetricSpec(
             key="det_f1ish@0.50_pred_total",
@@ -3166,6 +3758,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_pred_eval": MetricSpec(
             key="det_f1ish@0.50_pred_eval",
@@ -3187,6 +3780,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_pred_ignored": MetricSpec(
             key="det_f1ish@0.50_pred_ignored",
@@ -3208,6 +3802,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_loc_micro": MetricSpec(
             key="det_f1ish@0.50_precision_loc_micro",
@@ -3229,6 +3824,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_loc_micro": MetricSpec(
             key="det_f1ish@0.50_recall_loc_micro",
@@ -3250,6 +3846,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_loc_micro": MetricSpec(
             key="det_f1ish@0.50_f1_loc_micro",
@@ -3271,6 +3868,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_loc_macro": MetricSpec(
             key="det_f1ish@0.50_precision_loc_macro",
@@ -3292,6 +3890,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_loc_macro": MetricSpec(
             key="det_f1ish@0.50_recall_loc_macro",
@@ -3313,6 +3912,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_loc_macro": MetricSpec(
             key="det_f1ish@0.50_f1_loc_macro",
@@ -3334,6 +3934,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_matched_sem_ok": MetricSpec(
             key="det_f1ish@0.50_matched_sem_ok",
@@ -3355,6 +3956,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_matched_sem_bad": MetricSpec(
             key="det_f1ish@0.50_matched_sem_bad",
@@ -3376,6 +3978,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_sem_acc_on_matched": MetricSpec(
             key="det_f1ish@0.50_sem_acc_on_matched",
@@ -3397,6 +4000,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_tp_full": MetricSpec(
             key="det_f1ish@0.50_tp_full",
@@ -3418,6 +4022,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fp_full": MetricSpec(
             key="det_f1ish@0.50_fp_full",
@@ -3439,6 +4044,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_fn_full": MetricSpec(
             key="det_f1ish@0.50_fn_full",
@@ -3460,6 +4066,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_full_micro": MetricSpec(
             key="det_f1ish@0.50_precision_full_micro",
@@ -3481,6 +4088,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_full_micro": MetricSpec(
             key="det_f1ish@0.50_recall_full_micro",
@@ -3502,6 +4110,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_full_micro": MetricSpec(
             key="det_f1ish@0.50_f1_full_micro",
@@ -3523,6 +4132,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_precision_full_macro": MetricSpec(
             key="det_f1ish@0.50_precision_full_macro",
@@ -3544,6 +4154,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_recall_full_macro": MetricSpec(
             key="det_f1ish@0.50_recall_full_macro",
@@ -3565,6 +4176,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.50_f1_full_macro": MetricSpec(
             key="det_f1ish@0.50_f1_full_macro",
@@ -3586,6 +4198,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_tp_loc": MetricSpec(
             key="det_f1ish@0.75_tp_loc",
@@ -3607,6 +4220,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fp_loc": MetricSpec(
             key="det_f1ish@0.75_fp_loc",
@@ -3628,6 +4242,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fn_loc": MetricSpec(
             key="det_f1ish@0.75_fn_loc",
@@ -3649,6 +4264,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_pred_total": MetricSpec(
             key="det_f1ish@0.75_pred_total",
@@ -3670,6 +4286,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_pred_eval": MetricSpec(
             key="det_f1ish@0.75_pred_eval",
@@ -3691,6 +4308,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_pred_ignored": MetricSpec(
             key="det_f1ish@0.75_pred_ignored",
@@ -3712,6 +4330,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_loc_micro": MetricSpec(
             key="det_f1ish@0.75_precision_loc_micro",
@@ -3733,6 +4352,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_loc_micro": MetricSpec(
             key="det_f1ish@0.75_recall_loc_micro",
@@ -3754,6 +4374,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_loc_micro": MetricSpec(
             key="det_f1ish@0.75_f1_loc_micro",
@@ -3775,6 +4396,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_loc_macro": MetricSpec(
             key="det_f1ish@0.75_precision_loc_macro",
@@ -3796,6 +4418,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_loc_macro": MetricSpec(
             key="det_f1ish@0.75_recall_loc_macro",
@@ -3817,6 +4440,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_loc_macro": MetricSpec(
             key="det_f1ish@0.75_f1_loc_macro",
@@ -3838,6 +4462,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_matched_sem_ok": MetricSpec(
             key="det_f1ish@0.75_matched_sem_ok",
@@ -3859,6 +4484,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_matched_sem_bad": MetricSpec(
             key="det_f1ish@0.75_matched_sem_bad",
@@ -3880,6 +4506,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_sem_acc_on_matched": MetricSpec(
             key="det_f1ish@0.75_sem_acc_on_matched",
@@ -3901,6 +4528,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_tp_full": MetricSpec(
             key="det_f1ish@0.75_tp_full",
@@ -3922,6 +4550,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fp_full": MetricSpec(
             key="det_f1ish@0.75_fp_full",
@@ -3943,6 +4572,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_fn_full": MetricSpec(
             key="det_f1ish@0.75_fn_full",
@@ -3964,6 +4594,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_full_micro": MetricSpec(
             key="det_f1ish@0.75_precision_full_micro",
@@ -3985,6 +4616,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_full_micro": MetricSpec(
             key="det_f1ish@0.75_recall_full_micro",
@@ -4006,6 +4638,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_full_micro": MetricSpec(
             key="det_f1ish@0.75_f1_full_micro",
@@ -4027,6 +4660,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_precision_full_macro": MetricSpec(
             key="det_f1ish@0.75_precision_full_macro",
@@ -4048,6 +4682,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_recall_full_macro": MetricSpec(
             key="det_f1ish@0.75_recall_full_macro",
@@ -4069,6 +4704,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
         "det_f1ish@0.75_f1_full_macro": MetricSpec(
             key="det_f1ish@0.75_f1_full_macro",
@@ -4090,6 +4726,7 @@ METRIC_SPECS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             stability="experimental",
             renamed_to=None,
             eval_only=True,
+            train_only=False,
         ),
     }
 )
@@ -4263,6 +4900,26 @@ ALL_KEYS: Final[frozenset[str]] = frozenset(
     "format_token_frac",
     "global_step/max_steps",
     "grad_norm",
+    "gradmon/cos_to_total/adjacent_repulsion",
+    "gradmon/cos_to_total/base_ce",
+    "gradmon/cos_to_total/bbox_geo",
+    "gradmon/cos_to_total/bbox_size_aux",
+    "gradmon/cos_to_total/ce",
+    "gradmon/cos_to_total/gate",
+    "gradmon/cos_to_total/soft_ce",
+    "gradmon/cos_to_total/text_gate",
+    "gradmon/cos_to_total/w1",
+    "gradmon/grad_norm/adjacent_repulsion",
+    "gradmon/grad_norm/base_ce",
+    "gradmon/grad_norm/bbox_geo",
+    "gradmon/grad_norm/bbox_size_aux",
+    "gradmon/grad_norm/ce",
+    "gradmon/grad_norm/gate",
+    "gradmon/grad_norm/soft_ce",
+    "gradmon/grad_norm/text_gate",
+    "gradmon/grad_norm/w1",
+    "gradmon/neg_cosine_pair_frac",
+    "gradmon/total_grad_norm",
     "learning_rate",
     "loss",
     "loss/geo/bbox_ciou",
@@ -4449,6 +5106,26 @@ COORDEXP_KEYS: Final[frozenset[str]] = frozenset(
     "format_token_acc",
     "format_token_acc_top5",
     "format_token_frac",
+    "gradmon/cos_to_total/adjacent_repulsion",
+    "gradmon/cos_to_total/base_ce",
+    "gradmon/cos_to_total/bbox_geo",
+    "gradmon/cos_to_total/bbox_size_aux",
+    "gradmon/cos_to_total/ce",
+    "gradmon/cos_to_total/gate",
+    "gradmon/cos_to_total/soft_ce",
+    "gradmon/cos_to_total/text_gate",
+    "gradmon/cos_to_total/w1",
+    "gradmon/grad_norm/adjacent_repulsion",
+    "gradmon/grad_norm/base_ce",
+    "gradmon/grad_norm/bbox_geo",
+    "gradmon/grad_norm/bbox_size_aux",
+    "gradmon/grad_norm/ce",
+    "gradmon/grad_norm/gate",
+    "gradmon/grad_norm/soft_ce",
+    "gradmon/grad_norm/text_gate",
+    "gradmon/grad_norm/w1",
+    "gradmon/neg_cosine_pair_frac",
+    "gradmon/total_grad_norm",
     "learning_rate",
     "loss/geo/bbox_ciou",
     "loss/geo/bbox_geo",
@@ -4589,6 +5266,32 @@ EVAL_ONLY_KEYS: Final[frozenset[str]] = frozenset(
 )
 """Keys written only into eval records (as ``eval_`` + key), once per evaluation."""
 
+TRAIN_ONLY_KEYS: Final[frozenset[str]] = frozenset(
+    {
+    "gradmon/cos_to_total/adjacent_repulsion",
+    "gradmon/cos_to_total/base_ce",
+    "gradmon/cos_to_total/bbox_geo",
+    "gradmon/cos_to_total/bbox_size_aux",
+    "gradmon/cos_to_total/ce",
+    "gradmon/cos_to_total/gate",
+    "gradmon/cos_to_total/soft_ce",
+    "gradmon/cos_to_total/text_gate",
+    "gradmon/cos_to_total/w1",
+    "gradmon/grad_norm/adjacent_repulsion",
+    "gradmon/grad_norm/base_ce",
+    "gradmon/grad_norm/bbox_geo",
+    "gradmon/grad_norm/bbox_size_aux",
+    "gradmon/grad_norm/ce",
+    "gradmon/grad_norm/gate",
+    "gradmon/grad_norm/soft_ce",
+    "gradmon/grad_norm/text_gate",
+    "gradmon/grad_norm/w1",
+    "gradmon/neg_cosine_pair_frac",
+    "gradmon/total_grad_norm",
+    }
+)
+"""Keys written only into train records (they need the training gradient)."""
+
 KEYS_BY_GROUP: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
         "base_ce": frozenset(("base_ce/loss", "base_ce/loss_per_sample", "base_ce/noncoord_tokens", "base_ce/noncoord_tokens_per_sample")),
@@ -4598,6 +5301,7 @@ KEYS_BY_GROUP: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "coord_monitor": frozenset(("coord_monitor/coord_vocab_mass_at_gt_coord", "coord_monitor/coord_vocab_mass_at_gt_desc", "coord_monitor/coord_vocab_mass_at_gt_format", "coord_monitor/coord_vocab_mass_at_gt_text", "coord_monitor/flip_coord_to_noncoord", "coord_monitor/flip_desc_to_coord", "coord_monitor/flip_format_to_coord", "coord_monitor/flip_text_to_coord")),
         "detection": frozenset(("det_bbox_AP", "det_bbox_AP50", "det_bbox_AP75", "det_bbox_APl", "det_bbox_APm", "det_bbox_APs", "det_bbox_AR1", "det_bbox_AR10", "det_bbox_AR100", "det_bbox_ARl", "det_bbox_ARm", "det_bbox_ARs", "det_empty_pred", "det_f1ish@0.30_f1_full_macro", "det_f1ish@0.30_f1_full_micro", "det_f1ish@0.30_f1_loc_macro", "det_f1ish@0.30_f1_loc_micro", "det_f1ish@0.30_fn_full", "det_f1ish@0.30_fn_loc", "det_f1ish@0.30_fp_full", "det_f1ish@0.30_fp_loc", "det_f1ish@0.30_matched_sem_bad", "det_f1ish@0.30_matched_sem_ok", "det_f1ish@0.30_precision_full_macro", "det_f1ish@0.30_precision_full_micro", "det_f1ish@0.30_precision_loc_macro", "det_f1ish@0.30_precision_loc_micro", "det_f1ish@0.30_pred_eval", "det_f1ish@0.30_pred_ignored", "det_f1ish@0.30_pred_total", "det_f1ish@0.30_recall_full_macro", "det_f1ish@0.30_recall_full_micro", "det_f1ish@0.30_recall_loc_macro", "det_f1ish@0.30_recall_loc_micro", "det_f1ish@0.30_sem_acc_on_matched", "det_f1ish@0.30_tp_full", "det_f1ish@0.30_tp_loc", "det_f1ish@0.50_f1_full_macro", "det_f1ish@0.50_f1_full_micro", "det_f1ish@0.50_f1_loc_macro", "det_f1ish@0.50_f1_loc_micro", "det_f1ish@0.50_fn_full", "det_f1ish@0.50_fn_loc", "det_f1ish@0.50_fp_full", "det_f1ish@0.50_fp_loc", "det_f1ish@0.50_matched_sem_bad", "det_f1ish@0.50_matched_sem_ok", "det_f1ish@0.50_precision_full_macro", "det_f1ish@0.50_precision_full_micro", "det_f1ish@0.50_precision_loc_macro", "det_f1ish@0.50_precision_loc_micro", "det_f1ish@0.50_pred_eval", "det_f1ish@0.50_pred_ignored", "det_f1ish@0.50_pred_total", "det_f1ish@0.50_recall_full_macro", "det_f1ish@0.50_recall_full_micro", "det_f1ish@0.50_recall_loc_macro", "det_f1ish@0.50_recall_loc_micro", "det_f1ish@0.50_sem_acc_on_matched", "det_f1ish@0.50_tp_full", "det_f1ish@0.50_tp_loc", "det_f1ish@0.75_f1_full_macro", "det_f1ish@0.75_f1_full_micro", "det_f1ish@0.75_f1_loc_macro", "det_f1ish@0.75_f1_loc_micro", "det_f1ish@0.75_fn_full", "det_f1ish@0.75_fn_loc", "det_f1ish@0.75_fp_full", "det_f1ish@0.75_fp_loc", "det_f1ish@0.75_matched_sem_bad", "det_f1ish@0.75_matched_sem_ok", "det_f1ish@0.75_precision_full_macro", "det_f1ish@0.75_precision_full_micro", "det_f1ish@0.75_precision_loc_macro", "det_f1ish@0.75_precision_loc_micro", "det_f1ish@0.75_pred_eval", "det_f1ish@0.75_pred_ignored", "det_f1ish@0.75_pred_total", "det_f1ish@0.75_recall_full_macro", "det_f1ish@0.75_recall_full_micro", "det_f1ish@0.75_recall_loc_macro", "det_f1ish@0.75_recall_loc_micro", "det_f1ish@0.75_sem_acc_on_matched", "det_f1ish@0.75_tp_full", "det_f1ish@0.75_tp_loc", "det_invalid_rate", "det_parse_valid_rate", "det_start_bare_desc_rate", "det_start_coord_first_rate", "det_start_objects_wrapper_rate", "det_truncated_rate")),
         "framework": frozenset(("aux_loss", "elapsed_time", "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "global_step/max_steps", "grad_norm", "loss", "memory(GiB)", "percentage", "remaining_time", "step", "token_acc", "total_flos", "train_loss", "train_runtime", "train_samples_per_second", "train_speed(iter/s)", "train_speed(s/it)", "train_steps_per_second")),
+        "gradmon": frozenset(("gradmon/cos_to_total/adjacent_repulsion", "gradmon/cos_to_total/base_ce", "gradmon/cos_to_total/bbox_geo", "gradmon/cos_to_total/bbox_size_aux", "gradmon/cos_to_total/ce", "gradmon/cos_to_total/gate", "gradmon/cos_to_total/soft_ce", "gradmon/cos_to_total/text_gate", "gradmon/cos_to_total/w1", "gradmon/grad_norm/adjacent_repulsion", "gradmon/grad_norm/base_ce", "gradmon/grad_norm/bbox_geo", "gradmon/grad_norm/bbox_size_aux", "gradmon/grad_norm/ce", "gradmon/grad_norm/gate", "gradmon/grad_norm/soft_ce", "gradmon/grad_norm/text_gate", "gradmon/grad_norm/w1", "gradmon/neg_cosine_pair_frac", "gradmon/total_grad_norm")),
         "legacy": frozenset(("coord_softce_w1/adjacent_repulsion", "coord_softce_w1/ce", "coord_softce_w1/gate", "coord_softce_w1/loss", "coord_softce_w1/soft_ce", "coord_softce_w1/text_gate", "coord_softce_w1/w1")),
         "packing": frozenset(("pack/num_samples",)),
         "runtime": frozenset(("accum/current_grad_steps", "accum/grad_steps", "learning_rate")),
@@ -4614,6 +5318,7 @@ KEYS_BY_FEATURE: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "coord_soft_ce_w1": frozenset(("base_ce/loss", "base_ce/loss_per_sample", "base_ce/noncoord_tokens", "base_ce/noncoord_tokens_per_sample", "coord_diag/acc_top5", "coord_diag/adjacent_repulsion", "coord_diag/adjacent_repulsion_applied_count", "coord_diag/adjacent_repulsion_copy_score_mean", "coord_diag/adjacent_repulsion_pair_count", "coord_diag/ce", "coord_diag/coord_tokens", "coord_diag/coord_tokens_per_sample", "coord_diag/coord_vocab_mass", "coord_diag/enabled", "coord_diag/expected_bin_abs_err_p90", "coord_diag/expected_bin_mae", "coord_diag/gate", "coord_diag/loss", "coord_diag/loss_per_sample", "coord_diag/margin_mean", "coord_diag/p_gt_mean", "coord_diag/soft_ce", "coord_diag/text_coord_vocab_mass", "coord_diag/text_gate", "coord_diag/w1", "coord_diag/w1_to_delta", "coord_softce_w1/adjacent_repulsion", "coord_softce_w1/ce", "coord_softce_w1/gate", "coord_softce_w1/loss", "coord_softce_w1/soft_ce", "coord_softce_w1/text_gate", "coord_softce_w1/w1", "pack/num_samples", "stage1/total_loss_per_sample_est")),
         "eval_detection": frozenset(("det_bbox_AP", "det_bbox_AP50", "det_bbox_AP75", "det_bbox_APl", "det_bbox_APm", "det_bbox_APs", "det_bbox_AR1", "det_bbox_AR10", "det_bbox_AR100", "det_bbox_ARl", "det_bbox_ARm", "det_bbox_ARs", "det_empty_pred", "det_f1ish@0.30_f1_full_macro", "det_f1ish@0.30_f1_full_micro", "det_f1ish@0.30_f1_loc_macro", "det_f1ish@0.30_f1_loc_micro", "det_f1ish@0.30_fn_full", "det_f1ish@0.30_fn_loc", "det_f1ish@0.30_fp_full", "det_f1ish@0.30_fp_loc", "det_f1ish@0.30_matched_sem_bad", "det_f1ish@0.30_matched_sem_ok", "det_f1ish@0.30_precision_full_macro", "det_f1ish@0.30_precision_full_micro", "det_f1ish@0.30_precision_loc_macro", "det_f1ish@0.30_precision_loc_micro", "det_f1ish@0.30_pred_eval", "det_f1ish@0.30_pred_ignored", "det_f1ish@0.30_pred_total", "det_f1ish@0.30_recall_full_macro", "det_f1ish@0.30_recall_full_micro", "det_f1ish@0.30_recall_loc_macro", "det_f1ish@0.30_recall_loc_micro", "det_f1ish@0.30_sem_acc_on_matched", "det_f1ish@0.30_tp_full", "det_f1ish@0.30_tp_loc", "det_f1ish@0.50_f1_full_macro", "det_f1ish@0.50_f1_full_micro", "det_f1ish@0.50_f1_loc_macro", "det_f1ish@0.50_f1_loc_micro", "det_f1ish@0.50_fn_full", "det_f1ish@0.50_fn_loc", "det_f1ish@0.50_fp_full", "det_f1ish@0.50_fp_loc", "det_f1ish@0.50_matched_sem_bad", "det_f1ish@0.50_matched_sem_ok", "det_f1ish@0.50_precision_full_macro", "det_f1ish@0.50_precision_full_micro", "det_f1ish@0.50_precision_loc_macro", "det_f1ish@0.50_precision_loc_micro", "det_f1ish@0.50_pred_eval", "det_f1ish@0.50_pred_ignored", "det_f1ish@0.50_pred_total", "det_f1ish@0.50_recall_full_macro", "det_f1ish@0.50_recall_full_micro", "det_f1ish@0.50_recall_loc_macro", "det_f1ish@0.50_recall_loc_micro", "det_f1ish@0.50_sem_acc_on_matched", "det_f1ish@0.50_tp_full", "det_f1ish@0.50_tp_loc", "det_f1ish@0.75_f1_full_macro", "det_f1ish@0.75_f1_full_micro", "det_f1ish@0.75_f1_loc_macro", "det_f1ish@0.75_f1_loc_micro", "det_f1ish@0.75_fn_full", "det_f1ish@0.75_fn_loc", "det_f1ish@0.75_fp_full", "det_f1ish@0.75_fp_loc", "det_f1ish@0.75_matched_sem_bad", "det_f1ish@0.75_matched_sem_ok", "det_f1ish@0.75_precision_full_macro", "det_f1ish@0.75_precision_full_micro", "det_f1ish@0.75_precision_loc_macro", "det_f1ish@0.75_precision_loc_micro", "det_f1ish@0.75_pred_eval", "det_f1ish@0.75_pred_ignored", "det_f1ish@0.75_pred_total", "det_f1ish@0.75_recall_full_macro", "det_f1ish@0.75_recall_full_micro", "det_f1ish@0.75_recall_loc_macro", "det_f1ish@0.75_recall_loc_micro", "det_f1ish@0.75_sem_acc_on_matched", "det_f1ish@0.75_tp_full", "det_f1ish@0.75_tp_loc", "det_invalid_rate", "det_parse_valid_rate", "det_start_bare_desc_rate", "det_start_coord_first_rate", "det_start_objects_wrapper_rate", "det_truncated_rate")),
         "framework": frozenset(("aux_loss", "elapsed_time", "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "global_step/max_steps", "grad_norm", "loss", "memory(GiB)", "percentage", "remaining_time", "step", "token_acc", "total_flos", "train_loss", "train_runtime", "train_samples_per_second", "train_speed(iter/s)", "train_speed(s/it)", "train_steps_per_second")),
+        "grad_monitor": frozenset(("gradmon/cos_to_total/adjacent_repulsion", "gradmon/cos_to_total/base_ce", "gradmon/cos_to_total/bbox_geo", "gradmon/cos_to_total/bbox_size_aux", "gradmon/cos_to_total/ce", "gradmon/cos_to_total/gate", "gradmon/cos_to_total/soft_ce", "gradmon/cos_to_total/text_gate", "gradmon/cos_to_total/w1", "gradmon/grad_norm/adjacent_repulsion", "gradmon/grad_norm/base_ce", "gradmon/grad_norm/bbox_geo", "gradmon/grad_norm/bbox_size_aux", "gradmon/grad_norm/ce", "gradmon/grad_norm/gate", "gradmon/grad_norm/soft_ce", "gradmon/grad_norm/text_gate", "gradmon/grad_norm/w1", "gradmon/neg_cosine_pair_frac", "gradmon/total_grad_norm")),
         "runtime": frozenset(("accum/current_grad_steps", "accum/grad_steps", "learning_rate")),
         "token_type_metrics": frozenset(("coord_monitor/coord_vocab_mass_at_gt_coord", "coord_monitor/coord_vocab_mass_at_gt_desc", "coord_monitor/coord_vocab_mass_at_gt_format", "coord_monitor/coord_vocab_mass_at_gt_text", "coord_monitor/flip_coord_to_noncoord", "coord_monitor/flip_desc_to_coord", "coord_monitor/flip_format_to_coord", "coord_monitor/flip_text_to_coord", "coord_token_acc", "coord_token_acc_top5", "coord_token_frac", "desc_token_acc", "desc_token_acc_top5", "desc_token_frac", "format_token_acc", "format_token_acc_top5", "format_token_frac", "text_token_acc", "token_acc_top5")),
     }

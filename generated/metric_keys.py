@@ -88,6 +88,26 @@ __all__ = [
     "BBOX_SIZE_AUX_MEAN_HEIGHT",
     "BBOX_SIZE_AUX_MEAN_LOG_AREA",
     "BBOX_SIZE_AUX_LOSS_PER_SAMPLE",
+    "GRADMON_GRAD_NORM_BASE_CE",
+    "GRADMON_COS_TO_TOTAL_BASE_CE",
+    "GRADMON_GRAD_NORM_SOFT_CE",
+    "GRADMON_COS_TO_TOTAL_SOFT_CE",
+    "GRADMON_GRAD_NORM_W1",
+    "GRADMON_COS_TO_TOTAL_W1",
+    "GRADMON_GRAD_NORM_CE",
+    "GRADMON_COS_TO_TOTAL_CE",
+    "GRADMON_GRAD_NORM_GATE",
+    "GRADMON_COS_TO_TOTAL_GATE",
+    "GRADMON_GRAD_NORM_TEXT_GATE",
+    "GRADMON_COS_TO_TOTAL_TEXT_GATE",
+    "GRADMON_GRAD_NORM_BBOX_GEO",
+    "GRADMON_COS_TO_TOTAL_BBOX_GEO",
+    "GRADMON_GRAD_NORM_BBOX_SIZE_AUX",
+    "GRADMON_COS_TO_TOTAL_BBOX_SIZE_AUX",
+    "GRADMON_GRAD_NORM_ADJACENT_REPULSION",
+    "GRADMON_COS_TO_TOTAL_ADJACENT_REPULSION",
+    "GRADMON_TOTAL_GRAD_NORM",
+    "GRADMON_NEG_COSINE_PAIR_FRAC",
     "LOSS",
     "GRAD_NORM",
     "EPOCH",
@@ -593,6 +613,106 @@ BBOX_SIZE_AUX_LOSS_PER_SAMPLE: Final = "bbox_size_aux/loss_per_sample"
 """loss/geo/bbox_size_aux x boxes / pack/num_samples.
 
 Group: bbox_size_aux. Owner: coordexp. Unit: 1/sample. In loss: no."""
+
+GRADMON_GRAD_NORM_BASE_CE: Final = "gradmon/grad_norm/base_ce"
+"""L2 norm of the gradient of the base CE over the supervised non-coord targets with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_BASE_CE: Final = "gradmon/cos_to_total/base_ce"
+"""Cosine between the gradient of the base CE over the supervised non-coord targets and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_SOFT_CE: Final = "gradmon/grad_norm/soft_ce"
+"""L2 norm of the gradient of soft_ce_weight x softCE (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_SOFT_CE: Final = "gradmon/cos_to_total/soft_ce"
+"""Cosine between the gradient of soft_ce_weight x softCE (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_W1: Final = "gradmon/grad_norm/w1"
+"""L2 norm of the gradient of w1_weight x W1 (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_W1: Final = "gradmon/cos_to_total/w1"
+"""Cosine between the gradient of w1_weight x W1 (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_CE: Final = "gradmon/grad_norm/ce"
+"""L2 norm of the gradient of ce_weight x CE over the coord bins (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_CE: Final = "gradmon/cos_to_total/ce"
+"""Cosine between the gradient of ce_weight x CE over the coord bins (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_GATE: Final = "gradmon/grad_norm/gate"
+"""L2 norm of the gradient of gate_weight x gate (coord targets) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_GATE: Final = "gradmon/cos_to_total/gate"
+"""Cosine between the gradient of gate_weight x gate (coord targets) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_TEXT_GATE: Final = "gradmon/grad_norm/text_gate"
+"""L2 norm of the gradient of the text gate (text_gate_weight, text-gate positions) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_TEXT_GATE: Final = "gradmon/cos_to_total/text_gate"
+"""Cosine between the gradient of the text gate (text_gate_weight, text-gate positions) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_BBOX_GEO: Final = "gradmon/grad_norm/bbox_geo"
+"""L2 norm of the gradient of the bbox_geo term (SmoothL1 + CIoU on the decoded boxes) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_BBOX_GEO: Final = "gradmon/cos_to_total/bbox_geo"
+"""Cosine between the gradient of the bbox_geo term (SmoothL1 + CIoU on the decoded boxes) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_BBOX_SIZE_AUX: Final = "gradmon/grad_norm/bbox_size_aux"
+"""L2 norm of the gradient of the bbox_size_aux term (log_wh + oversize on the decoded boxes) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_BBOX_SIZE_AUX: Final = "gradmon/cos_to_total/bbox_size_aux"
+"""Cosine between the gradient of the bbox_size_aux term (log_wh + oversize on the decoded boxes) and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_GRAD_NORM_ADJACENT_REPULSION: Final = "gradmon/grad_norm/adjacent_repulsion"
+"""L2 norm of the gradient of the adjacent repulsion term with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference), on monitored steps (custom.grad_monitor.interval); 0 when the term has no gradient in the micro-batch. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_COS_TO_TOTAL_ADJACENT_REPULSION: Final = "gradmon/cos_to_total/adjacent_repulsion"
+"""Cosine between the gradient of the adjacent repulsion term and the total gradient of the loss, both with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference); written only when both are non-zero. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: cosine. In loss: no."""
+
+GRADMON_TOTAL_GRAD_NORM: Final = "gradmon/total_grad_norm"
+"""L2 norm of the total gradient of the loss (the sum of every monitored term's gradient) with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference). Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: 1. In loss: no."""
+
+GRADMON_NEG_COSINE_PAIR_FRAC: Final = "gradmon/neg_cosine_pair_frac"
+"""Share of the pairs of active terms (non-zero gradient) whose gradients with respect to the logits of the micro-batch (d loss / d logits as this term enters the loss, weight and denominator included, grad_output 1; the hidden states and head are not the reference) have a negative cosine (conflicting terms); written when at least two terms are active. Aggregation: mean of the monitored micro-steps' values (per-step mean).
+
+Group: gradmon. Owner: coordexp. Unit: fraction. In loss: no."""
 
 LOSS: Final = "loss"
 """Training objective of the logging window, as the HF Trainer logs it (mean per optimizer step).

@@ -26,6 +26,7 @@ from coordexp.generated.metric_catalog import (
     DEPRECATED_ALIASES,
     EVAL_ONLY_KEYS,
     METRIC_SPECS,
+    TRAIN_ONLY_KEYS,
 )
 from coordexp.run_folder.names import CONFIG_FILE, LOGGING_FILE, TRAINER_STATE_FILE
 from coordexp.run_folder.reader import LogRecord, RunLogs, eval_configured
@@ -85,12 +86,13 @@ class CheckReport:
         """One line in the spirit of a telemetry live check: how much of the registry was seen."""
         expected = set(self.expected)
         train_expected = expected - EVAL_ONLY_KEYS  # eval-only keys never appear in a train record
+        eval_expected = expected - TRAIN_ONLY_KEYS  # nor train-only ones in an eval record
         train_total, total = len(COORDEXP_KEYS - EVAL_ONLY_KEYS), len(COORDEXP_KEYS)
         parts = [
             f"coverage: train {len(self.seen_train)}/{train_total} catalog keys seen "
             f"({len(train_expected & set(self.seen_train))}/{len(train_expected)} enabled), "
             f"eval {len(self.seen_eval)}/{total} "
-            f"({len(expected & set(self.seen_eval))}/{len(expected)} enabled)"
+            f"({len(eval_expected & set(self.seen_eval))}/{len(eval_expected)} enabled)"
         ]
         never = [*self.missing_train, *(EVAL_PREFIX + k for k in self.missing_eval)]
         parts.append("enabled but never seen: " + (", ".join(never) if never else "none"))
@@ -176,6 +178,8 @@ def check_record(
             eval_form = key != base
             if base in EVAL_ONLY_KEYS and record.mode == "train":
                 out.append(Violation(where, key, "mode_mismatch", "an eval-only key in a train record"))
+            elif base in TRAIN_ONLY_KEYS and record.mode == "eval":
+                out.append(Violation(where, key, "mode_mismatch", "a train-only key in an eval record"))
             elif eval_form and record.mode == "train":
                 out.append(Violation(where, key, "mode_mismatch", "eval_ key in a train record"))
             elif not eval_form and record.mode == "eval":
@@ -222,7 +226,7 @@ def check_run(logs: RunLogs, *, extra_labels: Iterable[str] = (), train_only: bo
         seen_train=sorted(seen_train),
         seen_eval=sorted(seen_eval),
         missing_train=sorted(expected - EVAL_ONLY_KEYS - seen_train),
-        missing_eval=[] if train_only or not has_eval else sorted(expected - seen_eval),
+        missing_eval=[] if train_only or not has_eval else sorted(expected - TRAIN_ONLY_KEYS - seen_eval),
         deprecated_seen={k: v for k, v in DEPRECATED_ALIASES.items() if k in seen_train | seen_eval},
     )
     for problem in logs.problems:

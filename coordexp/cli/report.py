@@ -159,7 +159,10 @@ def panels_for(table: MetricTable) -> list[Panel]:
         if group == "token_acc":
             keys.insert(0, K.TOKEN_ACC)  # ms-swift's own top-1 accuracy sits best next to ours
         bounded = [k for k in keys if METRIC_SPECS[k].minimum == 0 and METRIC_SPECS[k].maximum == 1]
-        scale = [k for k in keys if k not in bounded]
+        signed = [k for k in keys if METRIC_SPECS[k].minimum == -1 and METRIC_SPECS[k].maximum == 1]
+        scale = [k for k in keys if k not in bounded and k not in signed]
+        if signed:  # cosines (gradmon/cos_to_total/*): their own linear [-1, 1] panel
+            candidates.append(Panel(f"{group} [-1, 1]", tuple(signed)))
         if bounded and scale:
             candidates.append(Panel(f"{group} [0, 1]", tuple(bounded)))
             candidates.append(Panel(f"{group} (scale)", tuple(scale), log_scale=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -26,10 +27,12 @@ from coordexp.components.runtime import current_accumulation_steps
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.functional import IGNORE_INDEX, CoordSlice, coord_loss
 from coordexp.functional.box_terms import BoxBatch
+from coordexp.functional.grad_monitor import GRAM_PREFIX, monitor_values
 from coordexp.functional.linear_pass import OutputHead, linear_coord_loss
 from coordexp.functional.text_gate import text_gate_positions
 from coordexp.generated import metric_keys as K
-from coordexp.generated.models.config import CoordSoftCEW1Config
+from coordexp.generated.metric_catalog import METRIC_SPECS
+from coordexp.generated.models.config import CoordSoftCEW1Config, GradMonitorConfig
 from coordexp.reporting.aggregation import Ratio, StepValue
 
 _ALIASES = (
@@ -71,7 +74,12 @@ class CoordLossComponent(BaseComponent):
     feature: ClassVar[str] = "coord_soft_ce_w1"
     objective_conditions: ClassVar[frozenset[str]] = frozenset({"coord_loss"})
 
-    def __init__(self, cfg: CoordSoftCEW1Config, boxes: BoxTermsPart | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CoordSoftCEW1Config,
+        boxes: BoxTermsPart | None = None,
+        grad_monitor: GradMonitorConfig | None = None,
+    ) -> None:
         self.cfg = cfg
         self.enabled = bool(cfg.enabled)
         self.loss_cfg = cfg  # the parsed section is what the loss functions read
@@ -82,6 +90,18 @@ class CoordLossComponent(BaseComponent):
         self._warned = WarnOnce()
         self.eos_token_id: int | None = None
         """the tokenizer's eos id (set by the pipeline): never a text-gate position"""
+        self.grad_monitor = grad_monitor if grad_monitor is not None and self.enabled else None
+        """``custom.grad_monitor`` when on (it needs the coord loss: the config loader refuses it without)"""
+        self._warned_two_pass = False
+
+    def monitors(self, ctx: StepContext) -> bool:
+        """Whether this step's pass monitors the per-term gradients: the monitor is on, the step trains
+        and its optimizer step is a multiple of ``interval`` (host values only: no sync)."""
+        monitor = self.grad_monitor
+        if monitor is None or not monitor.enabled or ctx.mode != "train":
+            return False
+        step = int(getattr(getattr(ctx.trainer, "state", None), "global_step", 0) or 0)
+        return step % monitor.interval == 0
 
     def _text_count(self, inputs: PassInputs, coord: CoordSlice) -> Tensor | None:
         """This batch's text-gate positions (None when the text gate is off)."""
@@ -157,6 +177,14 @@ class CoordLossComponent(BaseComponent):
         """After the forward: base CE + coord terms (one gradient), and the step's statistics."""
         assert ctx.loss is not None
         coord, targets = self.require(ctx, inputs.coord), inputs.targets
+        if self.monitors(ctx) and not self._warned_two_pass:
+            self._warned_two_pass = True
+            warnings.warn(
+                "coordexp: custom.grad_monitor needs the one-pass seam (an ms-swift trainer): here the "
+                "model computes the base CE outside the pass, so no gradmon/* key is written (warned once)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         is_coord, _ = coord.lookup(targets)
         boxes = self._box_batch(ctx, inputs, coord)
         text = self._text_count(inputs, coord)
@@ -216,6 +244,7 @@ class CoordLossComponent(BaseComponent):
             boxes=boxes,
             eos_token_id=self.eos_token_id,
             text_denominator=counts[2] if text is not None else None,
+            grad_monitor=self.monitors(ctx),
             **inputs.options,
         )
         if head is None:
@@ -327,4 +356,40 @@ class CoordLossComponent(BaseComponent):
             out[K.STAGE1_TOTAL_LOSS_PER_SAMPLE_EST] = Ratio(
                 base_sum + coord_loss_sum + box_sum, samples, observed=s["n_sup"] > 0
             )
+            out.update(_gradmon_report(s))
         ctx.metrics.update(out)
+
+
+_GRADMON_WARNED = WarnOnce()
+
+
+def _warn_once(kind: str, message: str) -> None:
+    _GRADMON_WARNED.warn(kind, message, RuntimeWarning, stacklevel=3)
+
+
+def _gradmon_report(s: dict[str, float]) -> dict[str, StepValue]:
+    """The ``gradmon/*`` keys of a monitored step (none on other steps, or when a Gram entry is not
+    finite): each term's norm, its cosine to the total when both are non-zero, the total norm and the
+    share of conflicting pairs of active terms (with at least two)."""
+    if not any(key.startswith(GRAM_PREFIX) for key in s):
+        return {}
+    values = monitor_values(s)
+    if values is None:
+        return {}
+    out: dict[str, StepValue] = {}
+    for name, norm in values.norms.items():
+        key = f"gradmon/grad_norm/{name}"
+        if key not in METRIC_SPECS:  # a box part the catalog does not declare yet: never an unknown key
+            _warn_once(
+                f"gradmon_{name}",
+                f"coordexp: the gradient monitor's term {name!r} has no {key} in the metric catalog; "
+                "it still counts in the total and the pair share but has no key of its own (warned once)",
+            )
+            continue
+        out[key] = norm
+        if name in values.cosines:
+            out[f"gradmon/cos_to_total/{name}"] = values.cosines[name]
+    out[K.GRADMON_TOTAL_GRAD_NORM] = values.total_norm
+    if values.neg_pair_frac is not None:
+        out[K.GRADMON_NEG_COSINE_PAIR_FRAC] = values.neg_pair_frac
+    return out

@@ -64,6 +64,7 @@ from coordexp.contracts.stash import BatchExtras
 from coordexp.diagnostics.best_effort import BestEffort
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.functional import DEFAULT_CHUNK_SIZE, STAT_KEYS, CoordSlice
+from coordexp.functional.grad_monitor import GRAM_PREFIX
 from coordexp.reporting import MetricReporter, trainer_mode
 from coordexp.swift_seam.loss_func import Stage1LossFunc
 from coordexp.swift_seam.output_head import HeadCapture, capture_output_head, report_token_acc
@@ -100,7 +101,7 @@ class Stage1Pipeline:
         self._box_sections = custom
         self.runtime = RuntimeComponent() if RUNTIME in active else None
         self.coord = (
-            CoordLossComponent(coord, BoxTermsPart.of(custom, coord.temperature))
+            CoordLossComponent(coord, BoxTermsPart.of(custom, coord.temperature), custom.grad_monitor)
             if COORD in active and coord is not None
             else None
         )
@@ -141,6 +142,7 @@ class Stage1Pipeline:
             token_type_metrics=self.token_metrics.cfg if self.token_metrics is not None else None,
             bbox_geo=self._box_sections.bbox_geo if self.coord is not None else None,
             bbox_size_aux=self._box_sections.bbox_size_aux if self.coord is not None else None,
+            grad_monitor=self.coord.grad_monitor if self.coord is not None else None,
         )
         return keys_written_under(conditions_from_config(sections))
 
@@ -310,6 +312,7 @@ class Stage1Pipeline:
     def _to_host(self, ctx: StepContext) -> None:
         """The step's single device->host transfer."""
         names = list(ctx.device_values) + [k for k in STAT_KEYS if k in ctx.stats]
+        names += [k for k in ctx.stats if k.startswith(GRAM_PREFIX)]  # a monitored step's Gram entries
         if not names:
             return
         values = [ctx.device_values[n] if n in ctx.device_values else ctx.stats[n] for n in names]

@@ -159,6 +159,11 @@ def not_yet_computed_errors(model: generated.CustomConfig) -> list[str]:
         if is_on and path in NOT_YET_COMPUTED
     ]
     coord_on = model.coord_soft_ce_w1 is not None and model.coord_soft_ce_w1.enabled
+    if model.grad_monitor is not None and model.grad_monitor.enabled and not coord_on:
+        errors.append(
+            "custom.grad_monitor.enabled: the monitor reads the per-term gradients of the coord loss's "
+            "pass; set custom.coord_soft_ce_w1.enabled: true"
+        )
     for path in (
         "custom.bbox_geo.enabled",
         "custom.bbox_size_aux.enabled",
@@ -274,6 +279,10 @@ class BBoxGeoConfig(_Section, generated.BBoxGeoConfig):
 
 class BBoxSizeAuxConfig(_Section, generated.BBoxSizeAuxConfig):
     """``custom.bbox_size_aux``."""
+
+
+class GradMonitorConfig(_Section, generated.GradMonitorConfig):
+    """``custom.grad_monitor``."""
 
 
 class InstabilityMonitorConfig(_Section, generated.InstabilityMonitorConfig):

@@ -103,6 +103,12 @@ def conditions_from_config(custom: Stage1CustomConfig | None) -> frozenset[str]:
             held.add("text_gate")
         if coord.enabled and coord.adjacent_repulsion_weight != 0:
             held.add("adjacent_repulsion")
+        for name in ("soft_ce", "w1", "ce"):
+            if coord.enabled and getattr(coord, f"{name}_weight") != 0:
+                held.add(f"coord_{name}_term")
+        monitor = custom.grad_monitor
+        if coord.enabled and monitor is not None and monitor.enabled:
+            held.add("grad_monitor")
     if custom.bbox_geo is not None and custom.bbox_geo.enabled:
         held.add("bbox_geo")
     if custom.bbox_size_aux is not None and custom.bbox_size_aux.enabled:

@@ -338,6 +338,8 @@ class ChunkStats:
             return
         coord_grad, _ = self._coord_grad(cfg, terms, None)
         coord_grad.masked_fill_(~sanitizer_passes_grad(coord.take(x)), 0.0)
+        if self.grad.monitor is not None:  # custom.grad_monitor: the terms' parts of these rows
+            self.grad.monitor.add_chunk(self, coord, cfg, x, terms)
         out = self.grad_rows.zero_()
         if coord.start is not None:
             coord.take(out).copy_(coord_grad)
@@ -373,6 +375,10 @@ class ChunkStats:
         if text is not None and text[2] is None:  # the text gate on the pass's own softmax (T = 1)
             row_coef = row_coef + text[1]
         row_coef = torch.where(base_on & ~raw_top.isfinite(), math.nan, row_coef)
+        if self.grad.monitor is not None and coord is not None and cfg is not None and terms is not None:
+            base = torch.where(base_on & ~raw_top.isfinite(), math.nan, base_coef) if spec.do_base else None
+            gate = (gate_scale * lse_fix / spec.temperature, gate_scale)
+            self.grad.monitor.add_chunk(self, coord, cfg, x, terms, full=(probs, gate, base, base_on, text))
         mask = self.grad_mask.mul_(row_coef.unsqueeze(-1))
         work = out if out.dtype == torch.float32 else probs
         torch.mul(probs, mask, out=work)

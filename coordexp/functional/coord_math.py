@@ -136,3 +136,23 @@ def coord_terms_grad(
         w1_grad = p * (g - (p * g).sum(-1, keepdim=True))
         grad = grad + (row_scale * cfg.w1_weight).unsqueeze(-1) * w1_grad
     return grad / cfg.temperature
+
+
+def coord_terms_grad_parts(
+    terms: CoordTerms, bins: Tensor, cfg: CoordSoftCEW1Config, row_scale: Tensor
+) -> dict[str, Tensor]:
+    """The parts of :func:`coord_terms_grad` without the gate, one per term with a non-zero weight:
+    ``soft_ce``, ``w1``, ``ce`` (each ``row_scale * weight * ∂term/∂z / T``, ``[n, K]``)."""
+    p = terms.p
+    k = p.shape[-1]
+    parts: dict[str, Tensor] = {}
+    if cfg.soft_ce_weight != 0:
+        parts["soft_ce"] = (p - terms.q) * (row_scale * cfg.soft_ce_weight).unsqueeze(-1)
+    if cfg.w1_weight != 0:
+        sign = torch.sign(terms.cdf_gap)
+        g = (sign.sum(-1, keepdim=True) - sign.cumsum(-1) + sign) / k
+        parts["w1"] = p * (g - (p * g).sum(-1, keepdim=True)) * (row_scale * cfg.w1_weight).unsqueeze(-1)
+    if cfg.ce_weight != 0:
+        onehot = torch.zeros_like(p).scatter_(-1, bins.unsqueeze(-1), 1.0)
+        parts["ce"] = (p - onehot) * (row_scale * cfg.ce_weight).unsqueeze(-1)
+    return {name: part / cfg.temperature for name, part in parts.items()}

@@ -260,6 +260,7 @@ def linear_coord_loss(
     boxes: BoxBatch | None = None,
     eos_token_id: int | None = None,
     text_denominator: Denominator = None,
+    grad_monitor: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`~coordexp.functional.losses.coord_loss` of ``hidden @ head.weight.T (+ bias)`` without
     those logits: the same loss, statistics and (through ``hidden`` and the head) gradients.
@@ -277,6 +278,7 @@ def linear_coord_loss(
         boxes=boxes,
         eos_token_id=eos_token_id,
         text_denominator=text_denominator,
+        grad_monitor=grad_monitor,
     )
     return _apply(hidden, head, targets, types, coord_denominator, base_denominator, plan, preds)
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from coordexp.functional.box_terms import BoxBatch, box_terms_with_grad
+from coordexp.functional.box_terms import BoxBatch, box_terms_value, box_terms_with_grad
 from coordexp.functional.coord_slice import CoordSlice
+from coordexp.functional.grad_monitor import GradMonitor
 from coordexp.functional.pass_spec import GradSpec, PassOptions, PassSpec, pass_spec
 from coordexp.functional.targets import IGNORE_INDEX
 from coordexp.functional.text_gate import text_gate_positions
@@ -66,15 +67,41 @@ class LossPlan:
 
     box_value: Tensor | None = None
     box_stats: dict[str, Tensor] = field(default_factory=dict)
+    grad_monitor: bool = False
+    """monitor the per-term gradients in this pass (``custom.grad_monitor``; only with a gradient)"""
+    monitor: GradMonitor | None = None
+    """the monitor of the forward's pass (set by :meth:`box_terms`; dropped once its statistics are out)"""
+
+    def monitor_names(self, box_parts: tuple[str, ...]) -> tuple[str, ...]:
+        """The terms of the loss, in the monitor's order: base CE, the coord terms with a non-zero
+        weight, the gate, the text gate, then the box parts by name."""
+        names = ["base_ce"] if self.spec.do_base else []
+        cfg = self.cfg
+        if cfg is not None:
+            names += [n for n, w in (("soft_ce", cfg.soft_ce_weight), ("w1", cfg.w1_weight)) if w != 0]
+            names += ["ce"] if cfg.ce_weight != 0 else []
+            names += ["gate"] if cfg.gate_weight != 0 and self.spec.gate else []
+        names += ["text_gate"] if self.spec.text_gate else []
+        return (*names, *box_parts)
 
     def box_terms(self, coord_rows: Callable[[Tensor], Tensor], n_rows: int) -> Tensor | None:
         """Compute the box terms from ``coord_rows(positions)`` (the coord-slice logits ``[P, K]`` of
         those rows) before the pass; returns their gradient as ``[n_rows, K]`` (None without one)."""
+        coord = self.coord
+        monitoring = self.grad_monitor and self.want_grad and self.cfg is not None and coord is not None
         if self.boxes is None:
+            if monitoring and coord is not None:
+                self.monitor = GradMonitor.of(self.monitor_names(()), coord.device)
             return None
         positions = self.boxes.flat_positions
         z = coord_rows(positions)
         self.box_value, self.box_stats, grad = box_terms_with_grad(z, self.boxes, self.want_grad)
+        if monitoring:
+            parts = _box_part_grads(z, self.boxes)
+            self.monitor = GradMonitor.of(self.monitor_names(tuple(parts)), z.device)
+            for name, part in parts.items():
+                rows = torch.zeros((n_rows, z.shape[-1]), dtype=torch.float32, device=z.device)
+                self.monitor.box_parts[name] = rows.index_add_(0, positions, part)
         if grad is None:
             return None
         extra = torch.zeros((n_rows, z.shape[-1]), dtype=torch.float32, device=z.device)
@@ -109,7 +136,7 @@ class LossPlan:
     ) -> tuple[PassSpec, GradSpec]:
         """The spec of a pass that also writes ``d loss / d logits`` (``grad_output = 1``) into ``out``
         (plus ``coord_extra`` in the coord columns)."""
-        grad = GradSpec(out, 1.0 / coord_den, 1.0 / base_den, coord_extra, self.text_scale)
+        grad = GradSpec(out, 1.0 / coord_den, 1.0 / base_den, coord_extra, self.text_scale, self.monitor)
         return replace(self.spec, grad=True), grad
 
     def loss(
@@ -136,8 +163,29 @@ class LossPlan:
         if self.box_value is not None:
             loss = loss + self.box_value
             stats = {**stats, **self.box_stats}
+        # the Gram entries are in the stats: a backward that reruns the pass monitors nothing
+        self.monitor, self.grad_monitor = None, False
         self.stats = stats
         return loss
+
+
+def _box_part_grads(z: Tensor, boxes: BoxBatch) -> dict[str, Tensor]:
+    """``d part / d z`` ``[M * 4, K]`` of each part of :func:`box_terms_value` (autograd on the small box
+    tensor), for the gradient monitor."""
+    zf = z.detach().to(torch.float32)
+    with torch.enable_grad():
+        zf.requires_grad_(True)
+        parts, _ = box_terms_value(zf, boxes)
+        names = list(parts)
+        grads: dict[str, Tensor] = {}
+        for i, name in enumerate(names):
+            value = parts[name]
+            if not value.requires_grad:  # a part that does not depend on the logits
+                grads[name] = torch.zeros_like(zf)
+                continue
+            (grad,) = torch.autograd.grad(value, zf, retain_graph=i + 1 < len(names), allow_unused=True)
+            grads[name] = torch.zeros_like(zf) if grad is None else grad
+    return grads
 
 
 @dataclass(frozen=True)
@@ -164,6 +212,7 @@ def coord_loss_plan(
     boxes: BoxBatch | None = None,
     eos_token_id: int | None = None,
     text_denominator: Denominator = None,
+    grad_monitor: bool = False,
 ) -> LossPlan:
     """The loss of :func:`~coordexp.functional.losses.coord_loss`: the coord terms, plus with
     ``base_ce`` the CE over the non-coord targets, plus with ``boxes`` the box terms."""
@@ -176,7 +225,15 @@ def coord_loss_plan(
         base_ce=base_ce,
         eos_token_id=eos_token_id,
     )
-    return LossPlan(spec, cfg, base_ce, logits.want_grad, boxes=boxes, text_denominator=text_denominator)
+    return LossPlan(
+        spec,
+        cfg,
+        base_ce,
+        logits.want_grad,
+        boxes=boxes,
+        text_denominator=text_denominator,
+        grad_monitor=grad_monitor,
+    )
 
 
 def ce_loss_plan(

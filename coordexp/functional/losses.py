@@ -127,6 +127,7 @@ def coord_loss(
     boxes: BoxBatch | None = None,
     eos_token_id: int | None = None,
     text_denominator: Denominator = None,
+    grad_monitor: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Differentiable coord loss (plus, with ``base_ce``, the base CE) and every Stage-1 statistic.
 
@@ -142,7 +143,8 @@ def coord_loss(
     (:mod:`coordexp.functional.box_terms`) and their statistics. With ``cfg.text_gate_weight != 0``
     the text gate (:mod:`coordexp.functional.text_gate`) is added: ``text_gate_weight Σ g /
     text_denominator`` (default: the batch's text-gate positions; never ``eos_token_id``), 0 when the
-    batch has no coord target.
+    batch has no coord target. ``grad_monitor`` (with a gradient): the statistics also hold the Gram
+    matrix of the terms' gradients with respect to the logits (:mod:`coordexp.functional.grad_monitor`).
     """
     validate_inputs(logits, targets, types, chunk_size)
     options = PassOptions(top5=top5, mass=mass, mass_max_tokens=mass_max_tokens, chunk_size=chunk_size)
@@ -155,6 +157,7 @@ def coord_loss(
         boxes=boxes,
         eos_token_id=eos_token_id,
         text_denominator=text_denominator,
+        grad_monitor=grad_monitor,
     )
     loss = _CoordLossFunction.apply(logits, targets, types, coord_denominator, base_denominator, plan)
     return loss, plan.stats

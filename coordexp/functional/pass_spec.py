@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from coordexp.functional.coord_slice import CoordSlice
+from coordexp.functional.grad_monitor import GradMonitor
 from coordexp.generated.models.config import CoordSoftCEW1Config
 
 DEFAULT_CHUNK_SIZE = 2048
@@ -121,6 +122,8 @@ class GradSpec:
     coord_extra: Tensor | None = None
     text_scale: Tensor | None = None
     """``text_gate_weight / N_text`` (0 without a coord target in the batch): the text gate's rows"""
+    monitor: GradMonitor | None = None
+    """on a monitored pass: the per-term Gram matrix the chunks add to (``custom.grad_monitor``)"""
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,8 @@ def run_stage1_pass(
         size = min(rows, n_rows - start)
         x = source.read(start, size)
         grad_rows = None if grad is None or source.grad_rows is None else source.grad_rows(start, size)
+        if grad is not None and grad.monitor is not None:
+            grad.monitor.at(start, size)
         cols, chunk_absmax, err, pred = process_chunk(
             spec,
             ws,
@@ -186,6 +188,8 @@ def run_stage1_pass(
         found["bin_abs_err_p90"] = padded_quantile(err_buf, found.get("n_coord", zero), 0.9)
     packed = torch.stack([found.get(key, zero) for key in STAT_KEYS])
     stats = dict(zip(STAT_KEYS, packed.unbind(0), strict=True))
+    if grad is not None and grad.monitor is not None:
+        stats.update(grad.monitor.stats())
     return PassResult(stats)
 
 

@@ -17,6 +17,7 @@ from coordexp.config import (
     BBoxSizeAuxConfig,
     CoordSoftCEW1Config,
     EvalDetectionConfig,
+    GradMonitorConfig,
     InstabilityMonitorConfig,
     MetricsConfig,
     Stage1CustomConfig,
@@ -38,6 +39,7 @@ TRAINER_SECTIONS: Mapping[str, Any] = MappingProxyType(
         "eval_detection": EvalDetectionConfig,
         "bbox_geo": BBoxGeoConfig,
         "bbox_size_aux": BBoxSizeAuxConfig,
+        "grad_monitor": GradMonitorConfig,
     }
 )
 

@@ -348,6 +348,25 @@ class EvalDetectionConfig(BaseModel):
     )
 
 
+class GradMonitorConfig(BaseModel):
+    """
+    custom.grad_monitor: per-term gradient monitor of the one Stage-1 pass (train mode, on every interval-th optimizer step): each loss term's gradient norm with respect to the logits, its cosine to the total gradient and the share of term pairs in conflict, from the gradient rows the pass already forms (no extra backward). Needs custom.coord_soft_ce_w1.enabled: true.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+    )
+    enabled: bool = Field(
+        False, description="Turn the gradient monitor on (gradmon/* keys)."
+    )
+    interval: int = Field(
+        20,
+        description="Monitor the micro-steps of every interval-th optimizer step (global_step % interval == 0), so that its cost is amortised; 1: every step.",
+        ge=1,
+    )
+
+
 class InstabilityMonitorConfig(BaseModel):
     """
     custom.instability_monitor: loss/logit instability detection, event dumps, early stop and guard.
@@ -409,6 +428,7 @@ class CustomConfig(BaseModel):
     bbox_geo: BBoxGeoConfig | None = None
     bbox_size_aux: BBoxSizeAuxConfig | None = None
     eval_detection: EvalDetectionConfig | None = None
+    grad_monitor: GradMonitorConfig | None = None
 
 
 class Stage1Config(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from coordexp.contracts import keys_written_under
-from coordexp.generated.metric_catalog import METRIC_SPECS
+from coordexp.generated.metric_catalog import METRIC_SPECS, TRAIN_ONLY_KEYS
 
 FULL_CUSTOM: dict[str, Any] = {
     "coord_soft_ce_w1": {"enabled": True, "gate_weight": 1.0, "text_gate_weight": 0.1},
@@ -46,15 +46,19 @@ ALL_CONDITIONS = (
     "supervised",
     "coord_targets",
     "noncoord_targets",
+    "repulsion_applied",
     "token_types",
     "desc_targets",
     "format_targets",
     "text_gate",
     "bbox_geo",
     "bbox_size_aux",
+    "coord_soft_ce_term",
+    "coord_w1_term",
 )
 RUN_KEYS = keys_written_under(ALL_CONDITIONS)
-"""the keys of the clean run: every catalog key but the adjacent repulsion's (its config is refused)"""
+"""the keys of the clean run: every catalog key but the adjacent repulsion's (off here; its batch
+condition ``repulsion_applied`` is assumed like every batch condition) and the gradient monitor's (off here; see test_grad_monitor_keys_are_train_only)"""
 
 
 @dataclass
@@ -101,7 +105,7 @@ def build_records(
                 "eval_samples_per_second": 40.0,
                 "eval_steps_per_second": 10.0,
             }
-            for key in sorted(keys):
+            for key in sorted(keys - TRAIN_ONLY_KEYS):  # the gradient monitor's keys need a gradient
                 scale = 1.0 if METRIC_SPECS[key].maximum == 1 else 1.05
                 ev["eval_" + key] = value_for(key, step) * scale
             ev["eval_token_acc"] = 0.09 * step

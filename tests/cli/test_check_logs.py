@@ -298,3 +298,24 @@ def test_token_acc_is_range_checked_where_coordexp_computes_it() -> None:
     assert [(v.key, v.rule) for v in found] == [("token_acc", "out_of_range")]
     ok = LogRecord("logging.jsonl", 2, 2, "train", {"token_acc": 0.5})
     assert check_record(ok, conditions={"logits_unmaterialised"}) == []
+
+
+def test_grad_monitor_keys_are_train_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coordexp.generated.metric_catalog import TRAIN_ONLY_KEYS
+
+    assert TRAIN_ONLY_KEYS == {key for key in COORDEXP_KEYS if key.startswith("gradmon/")}
+    custom = {"coord_soft_ce_w1": {"enabled": True}, "grad_monitor": {"enabled": True, "interval": 1}}
+    conditions = tuple(conditions_from_config(load_custom_config(custom)))
+    assert "grad_monitor" in conditions
+    code, report = check_json(make_run(tmp_path / "a", custom=custom, conditions=conditions), capsys)
+    assert code == 0, report["violations"]
+    assert K.GRADMON_TOTAL_GRAD_NORM in report["expected"] and report["missing_eval"] == []
+    run = make_run(
+        tmp_path / "b",
+        custom=custom,
+        conditions=conditions,
+        mutate=_set("eval", "eval_" + K.GRADMON_TOTAL_GRAD_NORM, 1.0),
+    )
+    code, report = check_json(run, capsys)
+    assert code == 1
+    assert ("eval_" + K.GRADMON_TOTAL_GRAD_NORM, "mode_mismatch") in rules(report)

@@ -116,3 +116,21 @@ def test_run_without_metrics_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
 
 def test_parser_prog() -> None:
     assert report.build_parser().prog == "coordexp report"
+
+
+def test_the_gradient_monitor_gets_its_panels(tmp_path: Path) -> None:
+    from coordexp.cli.check_logs import conditions_from_config
+    from coordexp.config import load_custom_config
+
+    custom = {"coord_soft_ce_w1": {"enabled": True}, "grad_monitor": {"enabled": True}}
+    conditions = tuple(conditions_from_config(load_custom_config(custom)))
+    logs = read_run(make_run(tmp_path, custom=custom, conditions=conditions))
+    panels = {
+        p.title: p for p in panels_for(build_table(logs.records_from("logging.jsonl"), "logging.jsonl"))
+    }
+    cosines = panels["gradmon [-1, 1]"]
+    assert cosines.keys and all(k.startswith("gradmon/cos_to_total/") for k in cosines.keys)
+    assert not cosines.log_scale
+    assert panels["gradmon [0, 1]"].keys == (K.GRADMON_NEG_COSINE_PAIR_FRAC,)
+    norms = panels["gradmon (scale)"]
+    assert K.GRADMON_TOTAL_GRAD_NORM in norms.keys and K.GRADMON_GRAD_NORM_BASE_CE in norms.keys

@@ -486,3 +486,101 @@ def test_repulsion_without_the_box_extras_fails_fast(tmp_path: Path) -> None:
     custom["coord_soft_ce_w1"]["adjacent_repulsion_weight"] = 0.5
     with pytest.raises(CoordObjectiveError, match="box_slots"):
         run_step(custom, BatchSpec(packed=False, with_types=True), tmp_path)
+
+
+# -- issue 21: the gradient monitor (custom.grad_monitor) -----------------------------------------------
+def _gradmon(terms: tuple[str, ...]) -> set[str]:
+    """The monitor's keys for ``terms`` (typed out: norm and cosine per term, total, pair share)."""
+    keys = {f"gradmon/{kind}/{term}" for kind in ("grad_norm", "cos_to_total") for term in terms}
+    return keys | {"gradmon/total_grad_norm", "gradmon/neg_cosine_pair_frac"}
+
+
+# FULL_CUSTOM's coord loss: soft_ce, w1 (defaults 1.0), ce 0.5, gate 1.0, plus the base CE
+GRADMON_PLAIN = _gradmon(("base_ce", "soft_ce", "w1", "ce", "gate"))
+GRADMON_ALL = GRADMON_PLAIN | _gradmon(("text_gate", "bbox_geo", "bbox_size_aux"))
+
+
+def _with_monitor(all_terms: bool, interval: int = 1) -> dict[str, Any]:
+    custom = _with_boxes(True, True) if all_terms else custom_with(True)
+    if all_terms:
+        custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
+    custom["grad_monitor"] = {"enabled": True, "interval": interval}
+    return custom
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("with_types", [True, False], ids=["types", "no_types"])
+@pytest.mark.parametrize("all_terms", [True, False], ids=["all_terms", "coord_terms"])
+def test_grad_monitor_cells_emit_exactly_the_reference_keys(
+    all_terms: bool, with_types: bool, packed: bool, tmp_path: Path
+) -> None:
+    from coordexp.config import load_custom_config
+    from coordexp.contracts.catalog import TOKEN_TYPE_CONDITIONS, conditions_from_config, keys_written_under
+
+    custom = _with_monitor(all_terms)
+    trainer, loss, model = run_step(
+        custom, BatchSpec(packed=packed, with_types=with_types), tmp_path, base=SwiftLikeTrainer
+    )
+    logged = trainer.logged("train")
+    extra = (BOX_GEO | BOX_SIZE | TEXT_GATE | GRADMON_ALL) if all_terms else GRADMON_PLAIN
+    assert set(logged) == EXPECTED[(True, with_types)] | extra
+    conditions = conditions_from_config(load_custom_config(custom))
+    if not with_types:
+        conditions -= TOKEN_TYPE_CONDITIONS
+    assert set(logged) == keys_written_under(conditions)
+    for key, values in logged.items():
+        assert len(values) == 1 and math.isfinite(values[0]), key
+        assert check_metric_key(key, values[0], dataset_labels=["lvis", "coco", "mixed"], mode="strict")
+    assert logged["gradmon/total_grad_norm"][0] > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_grad_monitor_off_steps_and_two_pass_write_no_gradmon_key(tmp_path: Path) -> None:
+    spec = BatchSpec(packed=True, with_types=True)
+    plain_trainer, plain_loss, plain_model = run_step(
+        custom_with(True), spec, tmp_path, base=SwiftLikeTrainer
+    )
+    # interval 2 at global_step 0 monitors; the same step at global_step 1 does not
+    torch.manual_seed(0)
+    model = ToyLM(len(tokenizer()))
+    cls = build_trainer_cls(SwiftLikeTrainer, _with_monitor(False, interval=2))
+    trainer = cls(model, output_dir=str(tmp_path))
+    trainer.state.global_step = 1
+    loss = trainer.compute_loss(model, make_batch(spec))
+    assert set(trainer.logged("train")) == set(plain_trainer.logged("train"))
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+    loss.backward()
+    plain_loss.backward()
+    for p, ref in zip(model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, ref.grad, rtol=0, atol=0)
+    # the two-pass path (no compute_loss_func seam): the model's own CE is outside the pass
+    with pytest.warns(RuntimeWarning, match="grad_monitor needs the one-pass seam"):
+        two_pass, _, _ = run_step(_with_monitor(False), spec, tmp_path)
+    assert not any(key.startswith("gradmon/") for key in two_pass.logged("train"))
+
+
+def test_grad_monitor_on_changes_neither_loss_nor_gradient(tmp_path: Path) -> None:
+    spec = BatchSpec(packed=False, with_types=True)
+    _, plain_loss, plain_model = run_step(_with_boxes(True, True), spec, tmp_path, base=SwiftLikeTrainer)
+    custom = _with_monitor(True)
+    custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.0
+    trainer, loss, model = run_step(custom, spec, tmp_path, base=SwiftLikeTrainer)
+    assert "gradmon/grad_norm/bbox_geo" in trainer.logged("train")
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+    loss.backward()
+    plain_loss.backward()
+    for p, ref in zip(model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, ref.grad, rtol=0, atol=0)
+
+
+def test_grad_monitor_writes_nothing_in_eval(tmp_path: Path) -> None:
+    """Eval computes no gradient: the monitor's keys are train-only (check-logs expects them so)."""
+    trainer, _, _ = run_step(
+        _with_monitor(False),
+        BatchSpec(packed=False, with_types=True),
+        tmp_path,
+        train=False,
+        base=SwiftLikeTrainer,
+    )
+    assert set(trainer.logged("eval")) == ALL_49

@@ -247,7 +247,7 @@ def test_extras_are_stashed_for_the_step(tmp_path: Path) -> None:
     from coordexp.contracts.stash import get_stashed_batch_extras
 
     trainer, model = _trainer(custom_with(True), tmp_path)
-    batch = make_batch(BatchSpec(packed=True, with_types=True))
+    batch = make_batch(BatchSpec(packed=True, with_types=True, with_boxes=True))
     trainer.compute_loss(model, batch)
     extras = get_stashed_batch_extras(trainer)
     assert extras is not None and extras.dataset_labels == ["mixed"] and extras.token_types is not None
@@ -287,6 +287,30 @@ def test_the_objective_terms_add_no_host_sync(packed: bool, seam: bool, tmp_path
     assert counts[1] == counts[0] <= 2
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_grad_monitor_adds_no_host_sync(packed: bool, tmp_path: Path) -> None:
+    """custom.grad_monitor on (every term on, a monitored step): the step's syncs are the plain step's;
+    its Gram entries ride the one device->host transfer."""
+    from tests.components.stage1_fixtures import SwiftLikeTrainer
+
+    monitored = _all_terms()
+    monitored["grad_monitor"] = {"enabled": True, "interval": 1}
+    counts, logged = [], []
+    for custom in (_all_terms(), monitored):
+        torch.manual_seed(0)
+        model = ToyLM(len(tokenizer()))
+        trainer = build_trainer_cls(SwiftLikeTrainer, custom)(model, output_dir=str(tmp_path))
+        batch = make_batch(BatchSpec(packed=packed, with_types=True, with_boxes=True))
+        with SyncCounter(count_host_copies=True) as counter:
+            loss = trainer.compute_loss(model, batch)
+            loss.backward()
+        counts.append(counter.count)
+        logged.append(set(trainer.logged()))
+    assert counts[1] == counts[0] <= 2
+    assert {key for key in logged[1] - logged[0]} == {key for key in logged[1] if key.startswith("gradmon/")}
+    assert {"gradmon/neg_cosine_pair_frac", "gradmon/grad_norm/adjacent_repulsion"} <= logged[1]
+
+
 def _all_terms() -> dict[str, Any]:
     custom = custom_with(True)
     custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
@@ -324,3 +348,27 @@ def test_every_term_weighs_its_weight_for_any_accumulation(seam: bool, tmp_path:
         assert {"loss/geo/bbox_geo", "loss/geo/bbox_size_aux", "coord_diag/text_gate"} <= set(logged)
         assert logged["coord_diag/adjacent_repulsion_applied_count"] == [1.0]
     torch.testing.assert_close(losses[4], losses[1] / 4)
+
+
+def test_the_grad_monitor_reads_the_pass_s_loss_for_any_accumulation(tmp_path: Path) -> None:
+    """With G = 4 the step's loss is divided by G; the monitor's values are those of the pass's own
+    loss (documented), so they equal G = 1's."""
+    from tests.components.stage1_fixtures import SwiftLikeTrainer
+
+    custom = _all_terms()
+    custom["grad_monitor"] = {"enabled": True, "interval": 1}
+    logged = {}
+    for accum, num_items in ((1, None), (4, torch.tensor(123))):
+        torch.manual_seed(0)
+        model = ToyLM(len(tokenizer()))
+        trainer = build_trainer_cls(SwiftLikeTrainer, custom)(
+            model, output_dir=str(tmp_path), grad_accum=accum
+        )
+        trainer.compute_loss(
+            model, make_batch(BatchSpec(packed=True, with_types=True, with_boxes=True)), num_items_in_batch=num_items
+        )
+        logged[accum] = {k: v for k, v in trainer.logged().items() if k.startswith("gradmon/")}
+    assert "gradmon/grad_norm/bbox_size_aux" in logged[1]
+    assert set(logged[4]) == set(logged[1])
+    for key, values in logged[1].items():
+        assert logged[4][key] == pytest.approx(values, rel=1e-6, abs=1e-7), key

@@ -94,6 +94,28 @@ def test_equals_the_materialised_path(
     assert "forward" not in model.head.__dict__  # the head's own forward is back
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_grad_monitor_without_logits_equals_the_materialised_path(packed: bool, tmp_path: Path) -> None:
+    """custom.grad_monitor with every term on: the gradmon/* values from the hidden-state pass equal
+    those of the materialised logits (both are taken with respect to the logits)."""
+    base = HeadLM(len(tokenizer()))
+    results = []
+    for materialize in (True, False):
+        custom = _custom(True, True, materialize)
+        custom["coord_soft_ce_w1"]["text_gate_weight"] = 0.2
+        custom["bbox_geo"] = {"enabled": True, "smoothl1_weight": 0.5, "ciou_weight": 1.0}
+        custom["grad_monitor"] = {"enabled": True, "interval": 1}
+        loss, logged = _step(custom, copy.deepcopy(base), packed, tmp_path)
+        results.append((loss, logged))
+    (ref_loss, ref_logged), (loss, logged) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert set(logged) == set(ref_logged)
+    gradmon = {key for key in ref_logged if key.startswith("gradmon/")}
+    assert "gradmon/cos_to_total/bbox_geo" in gradmon and "gradmon/grad_norm/text_gate" in gradmon
+    for key in gradmon:
+        assert logged[key] == pytest.approx(ref_logged[key], rel=1e-5, abs=1e-6), key
+
+
 def test_the_head_forward_is_restored_when_the_step_raises(tmp_path: Path) -> None:
     model = HeadLM(len(tokenizer()))
     cls = build_trainer_cls(SwiftLikeTrainer, _custom(True, True, False))

@@ -96,6 +96,22 @@ REFERENCE_ADDITION_KEYS = {
     "coord_diag/adjacent_repulsion_applied_count",
     "coord_diag/adjacent_repulsion_copy_score_mean",
 }
+GRADMON_TERMS = (
+    "base_ce",
+    "soft_ce",
+    "w1",
+    "ce",
+    "gate",
+    "text_gate",
+    "bbox_geo",
+    "bbox_size_aux",
+    "adjacent_repulsion",
+)
+# The gradient monitor (custom.grad_monitor): the reference's gradmon/* family, one norm and one cosine
+# per term, the total norm and the conflicting-pair share.
+REFERENCE_GRADMON_KEYS = {
+    f"gradmon/{kind}/{term}" for kind in ("grad_norm", "cos_to_total") for term in GRADMON_TERMS
+} | {"gradmon/total_grad_norm", "gradmon/neg_cosine_pair_frac"}
 REFERENCE_FRAMEWORK_KEYS = {
     "loss",
     "grad_norm",
@@ -131,7 +147,9 @@ def test_catalog_holds_exactly_the_49_package_keys_the_29_objective_keys_and_the
     assert len(REFERENCE_ADDITION_KEYS) == 29
     detection = set(detection_keys("both", (0.3, 0.5, 0.75)))  # every threshold the config allows
     assert set(cat.EVAL_ONLY_KEYS) == detection
-    assert set(cat.COORDEXP_KEYS) == REFERENCE_PACKAGE_KEYS | REFERENCE_ADDITION_KEYS | detection
+    assert len(REFERENCE_GRADMON_KEYS) == 20
+    expected = REFERENCE_PACKAGE_KEYS | REFERENCE_ADDITION_KEYS | REFERENCE_GRADMON_KEYS | detection
+    assert set(cat.COORDEXP_KEYS) == expected
 
 
 def test_framework_keys_are_listed_and_owned_by_the_framework() -> None:

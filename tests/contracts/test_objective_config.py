@@ -81,3 +81,31 @@ def test_defaults_are_the_reference_s() -> None:
 def test_config_errors_at_load(custom: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_custom_config(custom)
+
+
+def test_grad_monitor_section() -> None:
+    assert load_custom_config({}).grad_monitor is None  # absent: off
+    monitor = load_custom_config({"coord_soft_ce_w1": COORD, "grad_monitor": {"enabled": True}}).grad_monitor
+    assert monitor is not None and monitor.enabled and monitor.interval == 20
+    off = load_custom_config({"grad_monitor": {"enabled": False}}).grad_monitor  # off needs no coord loss
+    assert off is not None and not off.enabled
+
+
+@pytest.mark.parametrize(
+    ("custom", "message"),
+    [
+        ({"grad_monitor": {"enabled": True}}, "custom.grad_monitor.enabled: the monitor reads"),
+        (
+            {"coord_soft_ce_w1": {"enabled": False}, "grad_monitor": {"enabled": True}},
+            "set custom.coord_soft_ce_w1.enabled: true",
+        ),
+        ({"coord_soft_ce_w1": COORD, "grad_monitor": {"enabled": True, "interval": 0}}, "interval"),
+        ({"coord_soft_ce_w1": COORD, "grad_monitor": {"enabled": True, "every": 5}}, "every"),
+        ({"coord_soft_ce_w1": COORD, "grad_monitor": {"enabled": "sometimes"}}, "enabled"),
+    ],
+)
+def test_grad_monitor_is_refused_at_load_in_one_line(custom: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_custom_config(custom)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)

@@ -163,3 +163,52 @@ def test_every_term_equals_the_slow_reference_in_a_real_run(
     torch.manual_seed(0)
     custom = {**ALL_TERMS, "stage1_pass": {"materialize_logits": materialize}}
     assert_window_equals_the_reference(build_trainer(make_config(layout=layout, custom=custom)))
+
+
+def test_run_with_the_grad_monitor_passes_check_logs(
+    make_config: Callable[..., TrainConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """custom.grad_monitor on (every other optimizer step) with every term: every gradmon key the
+    config enables is seen in train records, none in eval records, and check-logs passes."""
+    from coordexp.cli import check_logs
+
+    custom = {**ALL_TERMS, "grad_monitor": {"enabled": True, "interval": 2}}
+    result = train(make_config(layout="packing", custom=custom))
+    capsys.readouterr()
+    code = check_logs.main([str(result.output_dir), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"], report["violations"]
+    assert report["missing_train"] == [] and report["missing_eval"] == []
+    gradmon = {key for key in report["expected"] if key.startswith("gradmon/")}
+    assert {
+        "gradmon/cos_to_total/bbox_geo",
+        "gradmon/grad_norm/text_gate",
+        "gradmon/total_grad_norm",
+    } <= gradmon
+    assert gradmon <= set(report["seen_train"]) and not gradmon & set(report["seen_eval"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_monitor_without_logits_equals_the_materialised_pass(
+    layout: str, make_config: Callable[..., TrainConfig]
+) -> None:
+    """A real accumulation window (two micro-batches) with every term and the monitor on every step:
+    the gradmon values (with respect to the logits either way) of the pass from the hidden states equal
+    the materialised pass's, and the monitor changes neither loss nor gradient."""
+    torch.manual_seed(0)
+    custom = {**ALL_TERMS, "grad_monitor": {"enabled": True, "interval": 1}}
+    trainer = build_trainer(make_config(layout=layout, custom=custom))
+    pipeline = trainer.stage1_pipeline()
+    batches, num_items = _window(trainer)
+    runs = {}
+    for materialize in (False, True):
+        trainer.compute_loss_func = Stage1LossFunc(trainer)
+        pipeline.materialize_logits = materialize
+        runs[materialize] = _run_window(trainer, batches, num_items)
+    assert "gradmon/cos_to_total/bbox_size_aux" in runs[True][2]
+    _assert_same(runs[False], runs[True])
+    assert pipeline.coord is not None
+    pipeline.coord.grad_monitor = None  # the same window unmonitored: the same losses and gradients
+    plain = _run_window(trainer, batches, num_items)
+    assert not any(key.startswith("gradmon/") for key in plain[2])
+    _assert_same(plain, runs[True], logged=False)

@@ -57,3 +57,13 @@ def test_benchmark_times_every_term_on(tmp_path: Path) -> None:
     assert {"all_terms", "all_terms_no_logits"} <= set(result["median_ms"])
     # every term on (boxes and repulsion pairs from the row's box extras): still ONE added host sync
     assert result["added_syncs"]["all_terms"] == result["added_syncs"]["all_terms_no_logits"] == 1
+
+
+def test_benchmark_times_the_gradient_monitor(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--lengths", "300", "--vocab", "4096", "--repeats", "1", "--threads", "1", "--grad-monitor"]
+    assert bench_trainer_step.main([*argv, "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert set(result["median_ms"]) == {*bench_trainer_step.VARIANTS, "coord_on_gradmon"}
+    assert result["checks"][-1]["ok"] is True  # the monitored step's loss and gradient == coord on
+    assert result["added_syncs"]["coord_on_gradmon"] == result["added_syncs"]["coord_on"] == 1

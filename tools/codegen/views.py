@@ -37,6 +37,8 @@ class MetricView:
     deprecation_note: str
     eval_only: bool
     """written only into eval records (once per evaluation)"""
+    train_only: bool
+    """written only into train records (the training gradient)"""
 
 
 def metric_views(metrics: Mapping[str, Any]) -> list[MetricView]:
@@ -68,6 +70,7 @@ def metric_views(metrics: Mapping[str, Any]) -> list[MetricView]:
                 renamed_to=dep.get("renamed_to"),
                 deprecation_note=dep.get("note", ""),
                 eval_only=bool(ext.get("eval_only", False)),
+                train_only=bool(ext.get("train_only", False)),
             )
         )
     return views
