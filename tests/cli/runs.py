@@ -58,7 +58,8 @@ ALL_CONDITIONS = (
 )
 RUN_KEYS = keys_written_under(ALL_CONDITIONS)
 """the keys of the clean run: every catalog key but the adjacent repulsion's (off here; its batch
-condition ``repulsion_applied`` is assumed like every batch condition) and the gradient monitor's (off here; see test_grad_monitor_keys_are_train_only)"""
+condition ``repulsion_applied`` is assumed like every batch condition) and the gradient monitor's
+(off here; see test_grad_monitor_keys_are_train_only)"""
 
 
 @dataclass

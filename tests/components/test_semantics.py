@@ -365,7 +365,9 @@ def test_the_grad_monitor_reads_the_pass_s_loss_for_any_accumulation(tmp_path: P
             model, output_dir=str(tmp_path), grad_accum=accum
         )
         trainer.compute_loss(
-            model, make_batch(BatchSpec(packed=True, with_types=True, with_boxes=True)), num_items_in_batch=num_items
+            model,
+            make_batch(BatchSpec(packed=True, with_types=True, with_boxes=True)),
+            num_items_in_batch=num_items,
         )
         logged[accum] = {k: v for k, v in trainer.logged().items() if k.startswith("gradmon/")}
     assert "gradmon/grad_norm/bbox_size_aux" in logged[1]
