@@ -123,13 +123,14 @@ def sample_box_codes(
     *,
     tokenizer: Any,
     labels: torch.Tensor,
-    texts: Sequence[str],
+    alternatives: Sequence[Sequence[str]],
     answer_format: AnswerFormat = "auto",
     attention_mask: torch.Tensor | None = None,
     suffix: list[int],
     specials: Collection[int],
 ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
-    """``(box_slots, box_pairs, why unread or None)`` aligned to one sample's 1-D ``labels``."""
+    """``(box_slots, box_pairs, why unread or None)`` aligned to one sample's 1-D ``labels``, from the
+    first of ``alternatives`` (each: the sample's assistant turns) whose tokens are the labels'."""
     labels = labels.reshape(-1)
     supervised = labels != IGNORE_INDEX
     if attention_mask is not None:
@@ -138,9 +139,12 @@ def sample_box_codes(
     links = torch.full_like(labels, _NONE_LINK, dtype=torch.int64)
     if not bool(supervised.any()):
         return slots, links, None
-    candidates, problem = (
-        _candidates(tokenizer, texts, answer_format, suffix) if texts else ([], "no answer text")
-    )
+    candidates: list[Codes] = []
+    problem: str | None = None if alternatives else "no answer text and no usable assistant_payload"
+    for texts in alternatives:
+        found, why = _candidates(tokenizer, texts, answer_format, suffix)
+        candidates += found
+        problem = problem or why
     sup_ids = [int(i) for i in labels[supervised].tolist()]
     for ids, slot_codes, link_codes in candidates:
         aligned = align_supervised(sup_ids, ids, slot_codes, suffix, specials, fill=_NONE_SLOT)
@@ -199,28 +203,16 @@ class BoxSlotsEnricher:
         self, sample: Sample, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         suffix, specials = self._lazy_init()
-        problem: str | None = "no answer text and no usable assistant_payload"
-        for texts in _sample_texts(sample):
-            slots, links, problem = sample_box_codes(
-                tokenizer=self.template.tokenizer,
-                labels=labels,
-                texts=texts,
-                answer_format=sample.get(ANSWER_FORMAT_KEY) or "auto",
-                attention_mask=attention_mask,
-                suffix=suffix,
-                specials=specials,
-            )
-            if problem is None:
-                return slots, links
-        slots, links, _ = sample_box_codes(
+        slots, links, problem = sample_box_codes(
             tokenizer=self.template.tokenizer,
             labels=labels,
-            texts=[],
+            alternatives=_sample_texts(sample),
+            answer_format=sample.get(ANSWER_FORMAT_KEY) or "auto",
             attention_mask=attention_mask,
             suffix=suffix,
             specials=specials,
         )
-        if slots.ne(_NONE_SLOT).any():  # something supervised: the sample is unread (warned once)
+        if problem is not None:  # the sample is unread (warned once)
             source_file, source_line = sample.get(SOURCE_FILE_KEY), sample.get(SOURCE_LINE_KEY)
             where = (
                 f"{source_file}:{source_line}" if is_source_line(source_line) else "a row without file:line"

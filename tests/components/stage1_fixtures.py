@@ -227,7 +227,7 @@ def encode(payload: dict[str, Any], dataset: str) -> Sample:
     slots, links, problem = sample_box_codes(
         tokenizer=tok,
         labels=torch.tensor(labels),
-        texts=[serialize_payload(payload)],
+        alternatives=[[serialize_payload(payload)]],
         suffix=suffix_ids,
         specials=tail_special_ids(tok),
     )
