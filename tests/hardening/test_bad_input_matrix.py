@@ -42,6 +42,8 @@ from coordexp.contracts import ContractViolation, ContractWarning, check_batch_e
 from coordexp.generated import metric_keys as K
 from coordexp.generated.batch_extras import (
     BATCH_EXTRAS_KEYS,
+    BOX_PAIRS_KEY,
+    BOX_SLOTS_KEY,
     DATASET_LABELS_KEY,
     DATASET_SEGMENTS_KEY,
     INSTABILITY_META_JSON_KEY,
@@ -181,7 +183,7 @@ def _meta_json(rows: int = 3) -> str:
 
 
 def _full_batch() -> dict[str, Any]:
-    batch = make_batch(BatchSpec(packed=False, with_types=True))
+    batch = make_batch(BatchSpec(packed=False, with_types=True, with_boxes=True))
     batch[INSTABILITY_META_JSON_KEY] = _meta_json(3)
     return batch
 
@@ -915,6 +917,41 @@ CASES: tuple[Case, ...] = (
         TOKEN_TYPES_KEY,
         "values",
         _setter(TOKEN_TYPES_KEY, lambda b: b[TOKEN_TYPES_KEY].masked_fill(b["labels"] != -100, 7)),
+    ),
+    _extra_case(
+        "guards-box-slots-wrong-dtype",
+        "`box_slots` is float32",
+        BOX_SLOTS_KEY,
+        "dtype",
+        _setter(BOX_SLOTS_KEY, lambda b: b[BOX_SLOTS_KEY].float()),
+    ),
+    _extra_case(
+        "guards-box-slots-wrong-shape",
+        "`box_slots` is one position shorter than `labels`",
+        BOX_SLOTS_KEY,
+        "shape",
+        _setter(BOX_SLOTS_KEY, lambda b: b[BOX_SLOTS_KEY][:, :-1]),
+    ),
+    _extra_case(
+        "guards-box-slots-invalid-value",
+        "`box_slots` holds 4 (not UNREAD/NONE/X1/Y1/X2/Y2)",
+        BOX_SLOTS_KEY,
+        "values",
+        _setter(BOX_SLOTS_KEY, lambda b: b[BOX_SLOTS_KEY].masked_fill(b[BOX_SLOTS_KEY] == 3, 4)),
+    ),
+    _extra_case(
+        "guards-box-pairs-wrong-shape",
+        "`box_pairs` has 2 rows for 3",
+        BOX_PAIRS_KEY,
+        "shape",
+        _setter(BOX_PAIRS_KEY, lambda b: b[BOX_PAIRS_KEY][:2]),
+    ),
+    _extra_case(
+        "guards-box-pairs-invalid-value",
+        "`box_pairs` holds 3 (not NONE/FIRST/OTHER_DESC/SAME_DESC)",
+        BOX_PAIRS_KEY,
+        "values",
+        _setter(BOX_PAIRS_KEY, lambda b: b[BOX_PAIRS_KEY].masked_fill(b[BOX_PAIRS_KEY] == 0, 3)),
     ),
     _extra_case(
         "guards-meta-json-not-a-string",
