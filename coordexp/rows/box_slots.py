@@ -30,15 +30,12 @@ from coordexp.coord_tokens.payload import typed_serialization
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.functional.adjacent_repulsion import object_links
 from coordexp.generated.batch_extras import BOX_PAIRS_KEY, BOX_SLOTS_KEY, IGNORE_INDEX, BoxPair, BoxSlot
-from coordexp.rows.enrichers import group_rows
+from coordexp.rows.enrichers import group_rows, sample_labels, sample_where
 from coordexp.rows.fields import (
     ANSWER_FORMAT_KEY,
     ANSWER_TEXTS_KEY,
     PAYLOAD_FIELD,
-    SOURCE_FILE_KEY,
-    SOURCE_LINE_KEY,
     Sample,
-    is_source_line,
     sample_fields,
 )
 from coordexp.rows.token_types import (
@@ -213,17 +210,13 @@ class BoxSlotsEnricher:
             specials=specials,
         )
         if problem is not None:  # the sample is unread (warned once)
-            source_file, source_line = sample.get(SOURCE_FILE_KEY), sample.get(SOURCE_LINE_KEY)
-            where = (
-                f"{source_file}:{source_line}" if is_source_line(source_line) else "a row without file:line"
-            )
             self._warned.log(
                 "unread_boxes",
                 logger,
                 "box terms: %s gives no boxes (%s), so its batch row is left out of bbox_geo / "
                 "bbox_size_aux / adjacent repulsion (counted in */skipped_incomplete_rows); further such "
                 "rows are not warned about",
-                where,
+                sample_where(sample),
                 problem,
             )
         return slots, links
@@ -245,7 +238,7 @@ class BoxSlotsEnricher:
             if len(row) == 1:
                 slots[i], links[i] = self.sample_codes(row[0], labels[i], None if mask is None else mask[i])
                 continue
-            parts = [self.sample_codes(s, _labels_of(s)) for s in row]
+            parts = [self.sample_codes(s, sample_labels(s)) for s in row]
             row_slots = torch.cat([p[0] for p in parts]) if parts else slots[i]
             if row_slots.numel() != labels.shape[-1]:
                 slots[i] = torch.where(labels[i] != IGNORE_INDEX, _UNREAD, _NONE_SLOT)
@@ -253,8 +246,3 @@ class BoxSlotsEnricher:
             slots[i] = row_slots.to(labels.device)
             links[i] = torch.cat([p[1] for p in parts]).to(labels.device)
         batch[BOX_SLOTS_KEY], batch[BOX_PAIRS_KEY] = slots, links
-
-
-def _labels_of(sample: Sample) -> torch.Tensor:
-    labels = sample.get("labels")
-    return torch.as_tensor([] if labels is None else labels, dtype=torch.int64).reshape(-1)

@@ -63,6 +63,18 @@ class Enricher(Protocol):
 # ---------------------------------------------------------------- sample and row helpers
 
 
+def sample_labels(sample: Sample) -> torch.Tensor:
+    """The sample's own 1-D labels (empty when it has none): a packed row's part, before collation."""
+    labels = sample.get("labels")
+    return torch.as_tensor([] if labels is None else labels, dtype=torch.int64).reshape(-1)
+
+
+def sample_where(sample: Sample) -> str:
+    """``file:line`` of the row the sample was loaded from, for a warning that names it."""
+    source_file, source_line = sample.get(SOURCE_FILE_KEY), sample.get(SOURCE_LINE_KEY)
+    return f"{source_file}:{source_line}" if is_source_line(source_line) else "a row without file:line"
+
+
 def sample_length(sample: Sample) -> int:
     """The encoded length: ``length`` when the sample has it, else the length of its ids."""
     length = sample.get("length")
@@ -203,4 +215,6 @@ __all__ = [
     "InstabilityMetaEnricher",
     "batch_num_rows",
     "group_rows",
+    "sample_labels",
+    "sample_where",
 ]

@@ -10,15 +10,19 @@ import torch
 
 from coordexp.diagnostics.warn_once import WarnOnce
 from coordexp.generated.batch_extras import TOKEN_TYPES_KEY
-from coordexp.rows.enrichers import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Rows, group_rows
+from coordexp.rows.enrichers import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_INCLUDE,
+    Rows,
+    group_rows,
+    sample_labels,
+    sample_where,
+)
 from coordexp.rows.fields import (
     ANSWER_FORMAT_KEY,
     ANSWER_TEXTS_KEY,
     PAYLOAD_FIELD,
-    SOURCE_FILE_KEY,
-    SOURCE_LINE_KEY,
     Sample,
-    is_source_line,
     sample_dataset_label,
     sample_fields,
 )
@@ -33,11 +37,6 @@ from coordexp.rows.token_types import (
 from coordexp.run_folder.names import UNTYPED_ROWS_FILE
 
 logger = logging.getLogger("coordexp.data_collators.enrichers")  # where these warnings always came from
-
-
-def _sample_labels(sample: Sample) -> torch.Tensor:
-    labels = sample.get("labels")
-    return torch.as_tensor([] if labels is None else labels, dtype=torch.int64).reshape(-1)
 
 
 class TokenTypesEnricher:
@@ -102,8 +101,7 @@ class TokenTypesEnricher:
     def _warn_untyped(self, sample: Sample, problem: str | None) -> None:
         if problem == "nothing supervised":  # e.g. a sample cut away entirely: nothing to type
             return
-        source_file, source_line = sample.get(SOURCE_FILE_KEY), sample.get(SOURCE_LINE_KEY)
-        where = f"{source_file}:{source_line}" if is_source_line(source_line) else "a row without file:line"
+        where = sample_where(sample)
         self._warned.log(
             "untyped_row",
             logger,
@@ -149,7 +147,7 @@ class TokenTypesEnricher:
                 # One sample per row: type the collated row itself, whatever the padding side.
                 out[i] = self.sample_types(row[0], labels[i], None if mask is None else mask[i])
             else:
-                parts = [self.sample_types(s, _sample_labels(s)) for s in row]
+                parts = [self.sample_types(s, sample_labels(s)) for s in row]
                 out[i] = compute_packed_token_types(parts, labels.shape[-1]).to(labels.device)
         batch[TOKEN_TYPES_KEY] = out
 
